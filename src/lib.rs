@@ -1,0 +1,1 @@
+//! userhooks: per-user Sequin webhooks provisioned from a Postgres outbox.

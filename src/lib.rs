@@ -1,1 +1,24 @@
 //! userhooks: per-user Sequin webhooks provisioned from a Postgres outbox.
+//!
+//! Data flows one way: [`queue`] claims requests, [`provision`] carries them out against
+//! Sequin through [`sequin`], and [`queue`] writes the outcome back. [`worker`] runs the loop.
+
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod demo;
+pub mod emulator;
+pub mod housekeeping;
+pub mod listener;
+pub mod metrics;
+pub mod provision;
+pub mod queue;
+pub mod retry;
+pub mod sequin;
+pub mod shutdown;
+pub mod telemetry;
+pub mod webhook_url;
+pub mod worker;
+
+pub use config::Config;
+pub use worker::{build, App};

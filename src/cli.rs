@@ -1,0 +1,109 @@
+//! Command-line interface (clap): flags with environment fallbacks.
+
+use std::net::SocketAddr;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{DatabaseArgs, WorkerArgs};
+use crate::telemetry::LogFormat;
+
+#[derive(Parser, Debug)]
+#[command(name = "userhooks", version, about = "Give every user of your application their own webhook, provisioned in Sequin from a Postgres outbox")]
+pub struct Cli {
+    /// Log format.
+    #[arg(long, env = "USERHOOKS_LOG_FORMAT", default_value = "text", global = true)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create or upgrade the userhooks schema (safe to run twice, or from two processes).
+    Migrate(MigrateArgs),
+    /// Run the worker.
+    Run(WorkerArgs),
+    /// Run the strict Sequin Management API emulator.
+    Emulator(EmulatorArgs),
+    /// Show the whole flow on this machine: emulator, worker, a few users.
+    Demo(DemoArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct MigrateArgs {
+    #[command(flatten)]
+    pub db: DatabaseArgs,
+    /// Also create the example application tables (users, notifications).
+    #[arg(long)]
+    pub example_app: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct EmulatorArgs {
+    /// Address to listen on.
+    #[arg(long, env = "EMULATOR_LISTEN", default_value = "127.0.0.1:7376")]
+    pub listen: SocketAddr,
+    /// The one API token the emulator accepts.
+    #[arg(long, env = "SEQUIN_API_TOKEN", hide_env_values = true)]
+    pub token: String,
+    /// Sequin's name of the source database.
+    #[arg(long, env = "SEQUIN_DATABASE", default_value = "app")]
+    pub database: String,
+    /// Tables known in that database (repeat the flag for more).
+    #[arg(long = "table", default_value = "public.notifications")]
+    pub tables: Vec<String>,
+    /// Initial faults as JSON (same shape as PUT /_emulator/faults).
+    #[arg(long)]
+    pub faults: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// Postgres server to use; the demo creates (and recreates) its own database on it.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres",
+        hide_env_values = true
+    )]
+    pub database_url: String,
+    /// Name of the demo database (dropped and recreated).
+    #[arg(long, default_value = "userhooks_demo")]
+    pub demo_database: String,
+    /// Leave everything running (with /metrics) until Ctrl-C.
+    #[arg(long)]
+    pub keep_running: bool,
+}
+
+/// `userhooks emulator`: serve the emulator until `shutdown`.
+pub async fn run_emulator(
+    args: EmulatorArgs,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), CliError> {
+    let faults = match &args.faults {
+        Some(text) => serde_json::from_str(text)
+            .map_err(|e| CliError(format!("--faults is not valid faults JSON: {e}")))?,
+        None => crate::emulator::Faults::default(),
+    };
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| CliError(format!("cannot listen on {}: {e}", args.listen)))?;
+    let config = crate::emulator::EmulatorConfig {
+        token: args.token,
+        database: args.database,
+        tables: args.tables,
+        faults,
+        ..crate::emulator::EmulatorConfig::default()
+    };
+    eprintln!(
+        "Sequin emulator listening on http://{}/api (control routes under /_emulator/)",
+        args.listen
+    );
+    crate::emulator::serve(config, listener, shutdown)
+        .await
+        .map_err(|e| CliError(e.to_string()))
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct CliError(pub String);

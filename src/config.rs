@@ -1,0 +1,427 @@
+//! Worker configuration: flags with environment fallbacks (DESIGN.md §4), validated once at
+//! start-up with one clear message per problem.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+/// A value that must never reach a log line: `Debug` and `Display` print a placeholder.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    /// The only way to read the value; grep for it when auditing where secrets go.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// Parse `500ms`, `30s`, `2m`, `1h`, `7d` (a bare number means seconds).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration (write it like 500ms, 30s, 2m, 1h, 7d)"))?;
+    let seconds = match unit.trim() {
+        "ms" => value / 1000.0,
+        "" | "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        "d" => value * 86400.0,
+        other => {
+            return Err(format!(
+                "`{text}` has an unknown unit `{other}` (use ms, s, m, h or d)"
+            ))
+        }
+    };
+    if !seconds.is_finite() || seconds < 0.0 || seconds > 10.0 * 365.0 * 86400.0 {
+        return Err(format!("`{text}` is out of range"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+/// Booleans as `true`/`false`, also `1`/`0` (and yes/no, on/off, which people type).
+pub fn parse_bool(text: &str) -> Result<bool, String> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        other => Err(format!("`{other}` is not a boolean (use true or false)")),
+    }
+}
+
+/// Only `DATABASE_URL`: what `migrate`, `status` and `retry` need.
+#[derive(Args, Clone, Debug)]
+pub struct DatabaseArgs {
+    /// Postgres connection string.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres",
+        hide_env_values = true
+    )]
+    pub database_url: String,
+}
+
+/// Everything `userhooks run` reads, as flags with environment fallbacks.
+#[derive(Args, Clone, Debug)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    pub db: DatabaseArgs,
+    /// Base URL of Sequin's Management API, e.g. http://localhost:7376/api.
+    #[arg(long, env = "SEQUIN_API_URL")]
+    pub sequin_api_url: Option<String>,
+    /// Sequin API token (prefer SEQUIN_API_TOKEN_FILE in production).
+    #[arg(long, env = "SEQUIN_API_TOKEN", hide_env_values = true)]
+    pub sequin_api_token: Option<String>,
+    /// File holding the Sequin API token.
+    #[arg(long, env = "SEQUIN_API_TOKEN_FILE")]
+    pub sequin_api_token_file: Option<PathBuf>,
+    /// Sequin's name of the source database (see GET /api/postgres_databases).
+    #[arg(long, env = "SEQUIN_DATABASE")]
+    pub sequin_database: Option<String>,
+    /// Table whose changes are streamed to users.
+    #[arg(long, env = "USERHOOKS_SOURCE_TABLE", default_value = "public.notifications")]
+    pub source_table: String,
+    /// Column of the source table that holds the user id.
+    #[arg(long, env = "USERHOOKS_USER_COLUMN", default_value = "user_id")]
+    pub user_column: String,
+    /// Name of the shared Sequin filter function.
+    #[arg(
+        long,
+        env = "USERHOOKS_FILTER_FUNCTION",
+        default_value = "userhooks-user-filter"
+    )]
+    pub filter_function: String,
+    /// Prefix of every Sequin resource name userhooks creates.
+    #[arg(long, env = "USERHOOKS_NAME_PREFIX", default_value = "userhooks")]
+    pub name_prefix: String,
+    /// Requests processed at once.
+    #[arg(long, env = "USERHOOKS_CONCURRENCY", default_value_t = 64)]
+    pub concurrency: usize,
+    /// Fallback poll when no NOTIFY arrives.
+    #[arg(long, env = "USERHOOKS_POLL_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub poll_interval: Duration,
+    /// How long a claim is held before another worker may take the request.
+    #[arg(long, env = "USERHOOKS_LEASE", default_value = "60s", value_parser = parse_duration)]
+    pub lease: Duration,
+    /// Finished requests older than this are deleted.
+    #[arg(long, env = "USERHOOKS_RETENTION", default_value = "7d", value_parser = parse_duration)]
+    pub retention: Duration,
+    /// Address of /metrics, /healthz and /readyz; `off` disables it.
+    #[arg(long, env = "USERHOOKS_METRICS_ADDR", default_value = "127.0.0.1:9610")]
+    pub metrics_addr: String,
+    /// Allow webhook URLs on loopback/private/link-local networks (development only).
+    #[arg(long, env = "USERHOOKS_ALLOW_PRIVATE_URLS", default_value = "false", value_parser = parse_bool)]
+    pub allow_private_urls: bool,
+    /// Refuse plain-http webhook URLs.
+    #[arg(long, env = "USERHOOKS_REQUIRE_HTTPS", default_value = "false", value_parser = parse_bool)]
+    pub require_https: bool,
+    /// Time to finish in-flight requests after SIGTERM.
+    #[arg(long, env = "USERHOOKS_SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+    /// How often backfill progress is read from Sequin.
+    #[arg(long, env = "USERHOOKS_BACKFILL_POLL_INTERVAL", default_value = "2s", value_parser = parse_duration)]
+    pub backfill_poll_interval: Duration,
+    /// Timeout of one Sequin API call.
+    #[arg(long, env = "USERHOOKS_HTTP_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub http_timeout: Duration,
+    /// Sink max_retry_count (Sequin's default: retry forever).
+    #[arg(long, env = "USERHOOKS_MAX_RETRY_COUNT")]
+    pub max_retry_count: Option<u32>,
+    /// Sink load_shedding_policy: pause_on_full (Sequin's default) or discard_on_full.
+    #[arg(long, env = "USERHOOKS_LOAD_SHEDDING")]
+    pub load_shedding: Option<String>,
+    /// Identifies this process in `locked_by` (default: hostname-pid).
+    #[arg(long, env = "USERHOOKS_WORKER_ID")]
+    pub worker_id: Option<String>,
+}
+
+/// Validated configuration of the worker.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub database_url: String,
+    pub sequin_api_url: String,
+    pub sequin_token: Secret,
+    pub sequin_database: String,
+    pub source_table: String,
+    pub user_column: String,
+    pub filter_function: String,
+    pub name_prefix: String,
+    pub concurrency: usize,
+    pub poll_interval: Duration,
+    pub lease: Duration,
+    pub retention: Duration,
+    pub metrics_addr: Option<SocketAddr>,
+    pub allow_private_urls: bool,
+    pub require_https: bool,
+    pub shutdown_grace: Duration,
+    pub backfill_poll_interval: Duration,
+    pub http_timeout: Duration,
+    pub max_retry_count: Option<u32>,
+    pub load_shedding: Option<String>,
+    pub worker_id: String,
+}
+
+/// All the problems found in a configuration, one per line.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
+pub struct ConfigError(pub Vec<String>);
+
+static NAME_RE: std::sync::LazyLock<regex::Regex> =
+    std::sync::LazyLock::new(|| regex::Regex::new(r"^[A-Za-z0-9_.-]+$").expect("valid regex"));
+static IDENT_RE: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+    regex::Regex::new(r"^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)?$").expect("valid regex")
+});
+
+impl WorkerArgs {
+    pub fn into_config(self) -> Result<Config, ConfigError> {
+        let mut problems = Vec::new();
+        let sequin_api_url = match self.sequin_api_url {
+            Some(url) => match url::Url::parse(&url) {
+                Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => {
+                    url.trim_end_matches('/').to_string()
+                }
+                _ => {
+                    problems.push(format!(
+                        "SEQUIN_API_URL `{url}` is not an http(s) URL (e.g. http://localhost:7376/api)"
+                    ));
+                    String::new()
+                }
+            },
+            None => {
+                problems.push(
+                    "SEQUIN_API_URL is required (e.g. http://localhost:7376/api)".to_string(),
+                );
+                String::new()
+            }
+        };
+        let sequin_token = match (self.sequin_api_token, self.sequin_api_token_file) {
+            (Some(_), Some(_)) => {
+                problems.push(
+                    "set only one of SEQUIN_API_TOKEN and SEQUIN_API_TOKEN_FILE".to_string(),
+                );
+                Secret::new("")
+            }
+            (Some(token), None) => Secret::new(token.trim()),
+            (None, Some(path)) => match std::fs::read_to_string(&path) {
+                Ok(text) => Secret::new(text.trim()),
+                Err(err) => {
+                    problems.push(format!(
+                        "SEQUIN_API_TOKEN_FILE {}: cannot be read: {err}",
+                        path.display()
+                    ));
+                    Secret::new("")
+                }
+            },
+            (None, None) => {
+                problems.push("SEQUIN_API_TOKEN or SEQUIN_API_TOKEN_FILE is required".to_string());
+                Secret::new("")
+            }
+        };
+        if sequin_token.expose().is_empty() && problems.iter().all(|p| !p.contains("TOKEN")) {
+            problems.push("the Sequin API token is empty".to_string());
+        }
+        let sequin_database = self.sequin_database.unwrap_or_default();
+        if sequin_database.is_empty() {
+            problems.push(
+                "SEQUIN_DATABASE is required: Sequin's name of the source database".to_string(),
+            );
+        }
+        if !IDENT_RE.is_match(&self.source_table) {
+            problems.push(format!(
+                "USERHOOKS_SOURCE_TABLE `{}` is not a table name like public.notifications",
+                self.source_table
+            ));
+        }
+        if !IDENT_RE.is_match(&self.user_column) || self.user_column.contains('.') {
+            problems.push(format!(
+                "USERHOOKS_USER_COLUMN `{}` is not a column name",
+                self.user_column
+            ));
+        }
+        for (var, value) in [
+            ("USERHOOKS_FILTER_FUNCTION", &self.filter_function),
+            ("USERHOOKS_NAME_PREFIX", &self.name_prefix),
+        ] {
+            if !NAME_RE.is_match(value) || value.len() > 100 {
+                problems.push(format!(
+                    "{var} `{value}` must be 1-100 characters of A-Z a-z 0-9 _ . -"
+                ));
+            }
+        }
+        if self.concurrency == 0 || self.concurrency > 10_000 {
+            problems.push("USERHOOKS_CONCURRENCY must be between 1 and 10000".to_string());
+        }
+        if self.poll_interval < Duration::from_millis(10) {
+            problems.push("USERHOOKS_POLL_INTERVAL must be at least 10ms".to_string());
+        }
+        if self.lease < Duration::from_secs(1) {
+            problems.push("USERHOOKS_LEASE must be at least 1s".to_string());
+        }
+        if self.http_timeout >= self.lease {
+            problems.push(format!(
+                "USERHOOKS_HTTP_TIMEOUT ({:?}) must be shorter than USERHOOKS_LEASE ({:?}) so a call cannot outlive its claim",
+                self.http_timeout, self.lease
+            ));
+        }
+        let metrics_addr = if self.metrics_addr.eq_ignore_ascii_case("off") {
+            None
+        } else {
+            match self.metrics_addr.parse::<SocketAddr>() {
+                Ok(addr) => Some(addr),
+                Err(_) => {
+                    problems.push(format!(
+                        "USERHOOKS_METRICS_ADDR `{}` is not host:port (e.g. 127.0.0.1:9610) or `off`",
+                        self.metrics_addr
+                    ));
+                    None
+                }
+            }
+        };
+        if self.max_retry_count == Some(0) {
+            problems.push(
+                "USERHOOKS_MAX_RETRY_COUNT must be greater than 0 (Sequin refuses 0)".to_string(),
+            );
+        }
+        if let Some(policy) = &self.load_shedding {
+            if !matches!(policy.as_str(), "pause_on_full" | "discard_on_full") {
+                problems.push(format!(
+                    "USERHOOKS_LOAD_SHEDDING `{policy}` must be pause_on_full or discard_on_full"
+                ));
+            }
+        }
+        if !problems.is_empty() {
+            return Err(ConfigError(problems));
+        }
+        let worker_id = self.worker_id.unwrap_or_else(default_worker_id);
+        Ok(Config {
+            database_url: self.db.database_url,
+            sequin_api_url,
+            sequin_token,
+            sequin_database,
+            source_table: qualify_table(&self.source_table),
+            user_column: self.user_column,
+            filter_function: self.filter_function,
+            name_prefix: self.name_prefix,
+            concurrency: self.concurrency,
+            poll_interval: self.poll_interval,
+            lease: self.lease,
+            retention: self.retention,
+            metrics_addr,
+            allow_private_urls: self.allow_private_urls,
+            require_https: self.require_https,
+            shutdown_grace: self.shutdown_grace,
+            backfill_poll_interval: self.backfill_poll_interval,
+            http_timeout: self.http_timeout,
+            max_retry_count: self.max_retry_count,
+            load_shedding: self.load_shedding,
+            worker_id,
+        })
+    }
+}
+
+/// Sequin names tables `schema.table`; a bare name means `public`.
+fn qualify_table(table: &str) -> String {
+    if table.contains('.') {
+        table.to_string()
+    } else {
+        format!("public.{table}")
+    }
+}
+
+fn default_worker_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "host".to_string());
+    format!("{host}-{}", std::process::id())
+}
+
+impl Config {
+    /// A configuration for tests and the demo: everything defaulted except what is given.
+    pub fn for_local(database_url: &str, sequin_api_url: &str, token: &str, database: &str) -> Self {
+        Config {
+            database_url: database_url.to_string(),
+            sequin_api_url: sequin_api_url.trim_end_matches('/').to_string(),
+            sequin_token: Secret::new(token),
+            sequin_database: database.to_string(),
+            source_table: "public.notifications".to_string(),
+            user_column: "user_id".to_string(),
+            filter_function: "userhooks-user-filter".to_string(),
+            name_prefix: "userhooks".to_string(),
+            concurrency: 64,
+            poll_interval: Duration::from_secs(1),
+            lease: Duration::from_secs(60),
+            retention: Duration::from_secs(7 * 86400),
+            metrics_addr: None,
+            allow_private_urls: true,
+            require_https: false,
+            shutdown_grace: Duration::from_secs(30),
+            backfill_poll_interval: Duration::from_secs(2),
+            http_timeout: Duration::from_secs(10),
+            max_retry_count: None,
+            load_shedding: None,
+            worker_id: default_worker_id(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_accept_the_documented_units() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86400)));
+        assert_eq!(parse_duration("5"), Ok(Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn durations_refuse_garbage_with_a_hint() {
+        assert!(parse_duration("soon").unwrap_err().contains("500ms"));
+        assert!(parse_duration("3 weeks").unwrap_err().contains("unknown unit"));
+        assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn booleans_accept_true_false_one_zero() {
+        assert_eq!(parse_bool("true"), Ok(true));
+        assert_eq!(parse_bool("1"), Ok(true));
+        assert_eq!(parse_bool("FALSE"), Ok(false));
+        assert_eq!(parse_bool("0"), Ok(false));
+        assert!(parse_bool("maybe").is_err());
+    }
+
+    #[test]
+    fn secret_never_prints_its_value() {
+        let secret = Secret::new("tok-123");
+        assert!(!format!("{secret:?}").contains("tok-123"));
+        assert!(!format!("{secret}").contains("tok-123"));
+        assert_eq!(secret.expose(), "tok-123");
+    }
+}

@@ -1,0 +1,117 @@
+//! Connections and migrations.
+
+use std::str::FromStr;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::NoTls;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("DATABASE_URL is not a valid Postgres connection string: {0}")]
+    BadUrl(#[source] tokio_postgres::Error),
+    #[error("could not build the connection pool: {0}")]
+    Pool(String),
+    #[error(transparent)]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("could not get a database connection: {0}")]
+    Checkout(#[from] deadpool_postgres::PoolError),
+}
+
+/// The migrations, embedded so the binary alone can set up a database.
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "init", include_str!("../sql/migrations/0001_init.sql")),
+    (
+        2,
+        "helpers",
+        include_str!("../sql/migrations/0002_helpers.sql"),
+    ),
+];
+
+/// Parse a connection string and tag the connections with `application_name`.
+pub fn pg_config(database_url: &str, application_name: &str) -> Result<tokio_postgres::Config, DbError> {
+    let mut config = tokio_postgres::Config::from_str(database_url).map_err(DbError::BadUrl)?;
+    config.application_name(application_name);
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(std::time::Duration::from_secs(5));
+    }
+    Ok(config)
+}
+
+/// A pool of `userhooks-worker` connections.
+pub fn pool(database_url: &str, max_size: usize) -> Result<Pool, DbError> {
+    let config = pg_config(database_url, "userhooks-worker")?;
+    let manager = Manager::from_config(
+        config,
+        NoTls,
+        ManagerConfig {
+            // A cheap check on checkout, so a connection killed by a Postgres restart is
+            // replaced instead of failing the next query.
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(max_size)
+        .wait_timeout(Some(std::time::Duration::from_secs(10)))
+        .create_timeout(Some(std::time::Duration::from_secs(5)))
+        .recycle_timeout(Some(std::time::Duration::from_secs(5)))
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .build()
+        .map_err(|e| DbError::Pool(e.to_string()))
+}
+
+/// One direct connection (CLI tools, listener), driven on a background task.
+pub async fn connect(
+    database_url: &str,
+    application_name: &str,
+) -> Result<tokio_postgres::Client, DbError> {
+    let config = pg_config(database_url, application_name)?;
+    let (client, connection) = config.connect(NoTls).await?;
+    tokio::spawn(async move {
+        if let Err(err) = connection.await {
+            tracing::debug!(error = %err, "database connection closed");
+        }
+    });
+    Ok(client)
+}
+
+/// Apply the embedded migrations that are missing. Returns the versions applied.
+///
+/// Everything runs in one transaction under a transaction-level advisory lock: a second
+/// process blocks until the first commits, then sees the versions as applied.
+pub async fn migrate(database_url: &str) -> Result<Vec<i32>, DbError> {
+    let mut client = connect(database_url, "userhooks-migrate").await?;
+    let tx = client.transaction().await?;
+    // Arbitrary constant: "userhooks migrate" in this database.
+    tx.execute("select pg_advisory_xact_lock(7_303_830_001)", &[])
+        .await?;
+    tx.batch_execute(
+        "create schema if not exists userhooks;
+         create table if not exists userhooks.schema_migrations (
+             version    int primary key,
+             name       text not null,
+             applied_at timestamptz not null default now()
+         );",
+    )
+    .await?;
+    let applied: Vec<i32> = tx
+        .query("select version from userhooks.schema_migrations", &[])
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let mut done = Vec::new();
+    for (version, name, sql) in MIGRATIONS {
+        if applied.contains(version) {
+            continue;
+        }
+        tx.batch_execute(sql).await?;
+        tx.execute(
+            "insert into userhooks.schema_migrations (version, name) values ($1, $2)",
+            &[version, name],
+        )
+        .await?;
+        done.push(*version);
+    }
+    tx.commit().await?;
+    Ok(done)
+}

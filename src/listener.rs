@@ -1,0 +1,140 @@
+//! The dedicated LISTEN connection (outside the pool). NOTIFY is only a hint: the worker
+//! also polls, and claims right after every (re)connect, so a lost notification costs at
+//! most one poll interval.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::sync::{mpsc, watch, Notify};
+use tokio_postgres::{AsyncMessage, NoTls};
+
+use crate::db;
+use crate::metrics::Metrics;
+use crate::retry::RetryPolicy;
+
+pub const REQUESTS_CHANNEL: &str = "userhooks_requests";
+
+/// How often an idle LISTEN connection is checked. A connection that silently stopped
+/// delivering (a network partition, a stuck backend) fails the check and is replaced.
+const PING_INTERVAL: Duration = Duration::from_secs(30);
+const PING_TIMEOUT: Duration = Duration::from_secs(5);
+
+const RECONNECT: RetryPolicy = RetryPolicy {
+    base: Duration::from_millis(200),
+    max_delay: Duration::from_secs(10),
+    retry_after_cap: Duration::ZERO,
+};
+
+/// Keep a LISTEN connection up until `shutdown` flips to true; `wake` is notified on every
+/// notification and after every (re)connect.
+pub async fn run(
+    database_url: String,
+    wake: Arc<Notify>,
+    metrics: Arc<Metrics>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut failures: u32 = 0;
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        match listen_once(&database_url, &wake, &metrics, &mut shutdown).await {
+            Ok(()) => break, // shutdown requested
+            Err(err) => {
+                if metrics.listener_connected.get() == 1 {
+                    failures = 0; // it was up: this is a fresh loss, not a streak
+                }
+                metrics.listener_connected.set(0);
+                if failures == 0 || failures % 20 == 0 {
+                    tracing::warn!(error = %err, failures, "LISTEN connection lost; reconnecting (polling meanwhile)");
+                }
+                // Claim now: whatever was notified while we were down is in the table.
+                wake.notify_one();
+                let delay = RECONNECT.delay_now(failures.min(10), None).max(Duration::from_millis(50));
+                failures = failures.saturating_add(1);
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.changed() => {}
+                }
+            }
+        }
+    }
+    metrics.listener_connected.set(0);
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ListenError {
+    #[error(transparent)]
+    Db(#[from] db::DbError),
+    #[error(transparent)]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("the connection closed")]
+    Closed,
+    #[error("the connection did not answer a ping within {0:?}")]
+    PingTimeout(Duration),
+}
+
+async fn listen_once(
+    database_url: &str,
+    wake: &Notify,
+    metrics: &Metrics,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<(), ListenError> {
+    let config = db::pg_config(database_url, "userhooks-listener")?;
+    let (client, mut connection) = config.connect(NoTls).await?;
+    // Drive the connection on its own task and forward notifications.
+    let (tx, mut notifications) = mpsc::unbounded_channel::<()>();
+    let driver = tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(message) = messages.next().await {
+            match message {
+                Ok(AsyncMessage::Notification(_)) => {
+                    if tx.send(()).is_err() {
+                        break;
+                    }
+                }
+                Ok(_) => {}
+                Err(err) => {
+                    tracing::debug!(error = %err, "LISTEN connection error");
+                    break;
+                }
+            }
+        }
+    });
+    let result = async {
+        client
+            .batch_execute(&format!("LISTEN {REQUESTS_CHANNEL}"))
+            .await?;
+        metrics.listener_connected.set(1);
+        tracing::debug!("LISTEN connection established");
+        wake.notify_one();
+        let mut ping = tokio::time::interval(PING_INTERVAL);
+        ping.tick().await;
+        loop {
+            tokio::select! {
+                received = notifications.recv() => {
+                    match received {
+                        Some(()) => {
+                            // Coalesce a burst into one wake-up.
+                            while notifications.try_recv().is_ok() {}
+                            wake.notify_one();
+                        }
+                        None => return Err(ListenError::Closed),
+                    }
+                }
+                _ = ping.tick() => {
+                    match tokio::time::timeout(PING_TIMEOUT, client.simple_query("")).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(err)) => return Err(err.into()),
+                        Err(_) => return Err(ListenError::PingTimeout(PING_TIMEOUT)),
+                    }
+                }
+                _ = shutdown.changed() => return Ok(()),
+            }
+        }
+    }
+    .await;
+    driver.abort();
+    result
+}

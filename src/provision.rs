@@ -1,0 +1,658 @@
+//! What each action does in Sequin, and the outcome to write back.
+//!
+//! Idempotency: Sequin has no idempotency keys, but names are unique per account. Every
+//! resource name is derived from our subscription id, so a retry after a crash finds (and
+//! adopts) what an earlier attempt created instead of creating it twice.
+
+use std::sync::Arc;
+
+use deadpool_postgres::Pool;
+use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
+use tokio::sync::Mutex;
+
+use crate::config::Config;
+use crate::db::DbError;
+use crate::queue::{Action, Change, Outcome, Request};
+use crate::retry::RetryPolicy;
+use crate::sequin::{ErrorClass, Resource, SequinClient, SequinError};
+use crate::webhook_url::{self, UrlPolicy, WebhookUrl};
+
+/// Why an attempt did not succeed, before it becomes an [`Outcome`].
+#[derive(Debug, thiserror::Error)]
+pub enum ProvisionError {
+    /// The request itself is wrong (bad URL, unknown option...): fail, provision nothing.
+    #[error("{0}")]
+    Invalid(String),
+    /// The request names something that does not exist (no such subscription).
+    #[error("{0}")]
+    NotFound(String),
+    #[error(transparent)]
+    Sequin(#[from] SequinError),
+    #[error("database error: {0}")]
+    Db(#[from] DbError),
+}
+
+impl From<tokio_postgres::Error> for ProvisionError {
+    fn from(err: tokio_postgres::Error) -> Self {
+        ProvisionError::Db(DbError::Postgres(err))
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for ProvisionError {
+    fn from(err: deadpool_postgres::PoolError) -> Self {
+        ProvisionError::Db(DbError::Checkout(err))
+    }
+}
+
+impl ProvisionError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            ProvisionError::Invalid(_) | ProvisionError::NotFound(_) => ErrorClass::Permanent,
+            ProvisionError::Sequin(err) => err.class(),
+            ProvisionError::Db(_) => ErrorClass::Retryable,
+        }
+    }
+}
+
+/// Deterministic Sequin names of one subscription.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Names {
+    pub endpoint: String,
+    pub sink: String,
+}
+
+impl Names {
+    /// `{prefix}-{id}-endpoint` / `{prefix}-{id}-sink`: never UUID-shaped (Sequin would look a
+    /// UUID up as an id), only `[A-Za-z0-9_.-]`, and short, whatever the user id contains.
+    pub fn new(prefix: &str, subscription_id: i64) -> Self {
+        Names {
+            endpoint: format!("{prefix}-{subscription_id}-endpoint"),
+            sink: format!("{prefix}-{subscription_id}-sink"),
+        }
+    }
+}
+
+const SUBSCRIBE_OPTIONS: &[&str] = &["transform", "backfill", "actions", "headers", "secret"];
+const CHANGE_ACTIONS: &[&str] = &["insert", "update", "delete"];
+
+/// Options of a `subscribe` request, checked strictly: an unknown key is an error, not ignored.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct SubscribeOptions {
+    pub transform: Option<String>,
+    pub backfill: bool,
+    pub actions: Option<Vec<String>>,
+    pub headers: Map<String, Value>,
+    pub secret: Option<String>,
+}
+
+fn object<'a>(options: &'a Value, action: &str) -> Result<&'a Map<String, Value>, ProvisionError> {
+    options
+        .as_object()
+        .ok_or_else(|| ProvisionError::Invalid(format!("options of {action} must be a JSON object")))
+}
+
+fn reject_unknown(map: &Map<String, Value>, action: &str, allowed: &[&str]) -> Result<(), ProvisionError> {
+    if let Some(key) = map.keys().find(|k| !allowed.contains(&k.as_str())) {
+        let shown: String = key.chars().take(64).collect();
+        return Err(ProvisionError::Invalid(format!(
+            "unknown option `{shown}` for {action} (allowed: {})",
+            if allowed.is_empty() { "none".to_string() } else { allowed.join(", ") }
+        )));
+    }
+    Ok(())
+}
+
+fn parse_transform(value: &Value) -> Result<Option<String>, ProvisionError> {
+    match value {
+        Value::Null => Ok(None),
+        Value::String(name) if name == "none" => Ok(None),
+        Value::String(name)
+            if !name.is_empty()
+                && name.len() <= 255
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c)) =>
+        {
+            Ok(Some(name.clone()))
+        }
+        _ => Err(ProvisionError::Invalid(
+            "option `transform` must be the name of a Sequin transform function ([A-Za-z0-9_.-]) or \"none\"".to_string(),
+        )),
+    }
+}
+
+fn parse_actions(value: &Value) -> Result<Vec<String>, ProvisionError> {
+    let bad = || {
+        ProvisionError::Invalid(
+            "option `actions` must be a non-empty list of \"insert\", \"update\", \"delete\"".to_string(),
+        )
+    };
+    let items = value.as_array().ok_or_else(bad)?;
+    let mut actions = Vec::new();
+    for item in items {
+        let action = item.as_str().filter(|a| CHANGE_ACTIONS.contains(a)).ok_or_else(bad)?;
+        if !actions.iter().any(|a| a == action) {
+            actions.push(action.to_string());
+        }
+    }
+    if actions.is_empty() {
+        return Err(bad());
+    }
+    Ok(actions)
+}
+
+impl SubscribeOptions {
+    pub fn parse(options: &Value) -> Result<Self, ProvisionError> {
+        let map = object(options, "subscribe")?;
+        reject_unknown(map, "subscribe", SUBSCRIBE_OPTIONS)?;
+        let mut parsed = SubscribeOptions::default();
+        if let Some(value) = map.get("transform") {
+            parsed.transform = parse_transform(value)?;
+        }
+        if let Some(value) = map.get("backfill") {
+            parsed.backfill = value.as_bool().ok_or_else(|| {
+                ProvisionError::Invalid("option `backfill` must be true or false".to_string())
+            })?;
+        }
+        if let Some(value) = map.get("actions") {
+            parsed.actions = Some(parse_actions(value)?);
+        }
+        if let Some(value) = map.get("headers") {
+            let headers = value.as_object().ok_or_else(|| {
+                ProvisionError::Invalid("option `headers` must be an object of header names to string values".to_string())
+            })?;
+            if headers.len() > 20 {
+                return Err(ProvisionError::Invalid("option `headers` allows at most 20 headers".to_string()));
+            }
+            for (name, value) in headers {
+                let valid_name = !name.is_empty()
+                    && name.len() <= 128
+                    && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+                let valid_value = value
+                    .as_str()
+                    .is_some_and(|v| v.len() <= 1024 && !v.chars().any(|c| c.is_control()));
+                if !valid_name || !valid_value {
+                    return Err(ProvisionError::Invalid(format!(
+                        "option `headers` has an invalid header `{}`: names are HTTP tokens, values strings of at most 1024 printable characters",
+                        name.chars().take(64).collect::<String>()
+                    )));
+                }
+                if name.eq_ignore_ascii_case("authorization") {
+                    return Err(ProvisionError::Invalid(
+                        "option `headers` must not set Authorization in plain text: use option `secret`".to_string(),
+                    ));
+                }
+            }
+            parsed.headers = headers.clone();
+        }
+        if let Some(value) = map.get("secret") {
+            let secret = value
+                .as_str()
+                .filter(|s| !s.is_empty() && s.len() <= 1024 && !s.chars().any(|c| c.is_control()))
+                .ok_or_else(|| {
+                    ProvisionError::Invalid(
+                        "option `secret` must be a string of 1 to 1024 printable characters".to_string(),
+                    )
+                })?;
+            parsed.secret = Some(secret.to_string());
+        }
+        Ok(parsed)
+    }
+}
+
+pub fn secret_hash(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+/// A subscription row as the provisioning code needs it.
+#[derive(Debug, Clone)]
+struct Subscription {
+    id: i64,
+    status: String,
+    endpoint: String,
+    sequin_endpoint_id: Option<String>,
+    sequin_sink_id: Option<String>,
+}
+
+/// Carries out requests against Sequin.
+pub struct Provisioner {
+    config: Arc<Config>,
+    pool: Pool,
+    sequin: SequinClient,
+    url_policy: UrlPolicy,
+    /// Whether the shared filter function is known to exist (created once per process).
+    filter_ready: Mutex<bool>,
+}
+
+impl Provisioner {
+    pub fn new(config: Arc<Config>, pool: Pool, sequin: SequinClient) -> Self {
+        let url_policy = UrlPolicy {
+            allow_private: config.allow_private_urls,
+            require_https: config.require_https,
+        };
+        Provisioner {
+            config,
+            pool,
+            sequin,
+            url_policy,
+            filter_ready: Mutex::new(false),
+        }
+    }
+
+    pub fn sequin(&self) -> &SequinClient {
+        &self.sequin
+    }
+
+    /// Carry out one claimed request and decide its outcome. Never panics, never loses it.
+    pub async fn handle(&self, request: &Request) -> Outcome {
+        let mut created = Created::default();
+        let result = match request.action {
+            Action::Subscribe => self.subscribe(request, &mut created).await,
+            other => Err(ProvisionError::Invalid(format!(
+                "action {} is not supported by this worker version",
+                other.as_str()
+            ))),
+        };
+        match result {
+            Ok((result, changes)) => Outcome::Succeeded { result, changes },
+            Err(err) => self.failure(request, err, created).await,
+        }
+    }
+
+    /// Turn an error into an outcome, compensating what this subscription created when the
+    /// failure is final (so the user can subscribe again).
+    async fn failure(&self, request: &Request, err: ProvisionError, created: Created) -> Outcome {
+        let class = err.class();
+        if class == ErrorClass::Auth {
+            return Outcome::AuthRejected {
+                message: err.to_string(),
+            };
+        }
+        if class == ErrorClass::Retryable && !request.is_last_attempt() {
+            let retry_after = match &err {
+                ProvisionError::Sequin(e) => e.retry_after(),
+                _ => None,
+            };
+            let retry = u32::try_from(request.attempts.saturating_sub(1)).unwrap_or(0);
+            return Outcome::Retry {
+                message: format!("attempt {} of {}: {err}", request.attempts, request.max_attempts),
+                delay: RetryPolicy::DURABLE.delay_now(retry, retry_after),
+            };
+        }
+        let mut changes = Vec::new();
+        if let Some(subscription_id) = created.subscription_id {
+            self.compensate(&created).await;
+            changes.push(Change::SetStatus {
+                subscription_id,
+                status: "failed",
+            });
+        }
+        let (kind, status, details, message) = match &err {
+            ProvisionError::Invalid(msg) => ("invalid_request", None, None, msg.clone()),
+            ProvisionError::NotFound(msg) => ("not_found", None, None, msg.clone()),
+            _ if class == ErrorClass::Retryable => (
+                "exhausted",
+                err_status(&err),
+                None,
+                format!("gave up after {} attempts; last error: {err}", request.attempts),
+            ),
+            ProvisionError::Sequin(e) => (
+                "sequin_rejected",
+                e.status(),
+                e.details().cloned(),
+                e.to_string(),
+            ),
+            ProvisionError::Db(e) => ("database", None, None, e.to_string()),
+        };
+        Outcome::Failed {
+            kind,
+            message,
+            status,
+            details,
+            changes,
+        }
+    }
+
+    /// Best effort: delete the sink, then the endpoint (reverse order of creation). Whatever
+    /// cannot be deleted now is left to `userhooks reconcile`, and logged.
+    async fn compensate(&self, created: &Created) {
+        if let Some(sink) = &created.sink {
+            if let Err(err) = self.sequin.delete_sink(sink).await {
+                tracing::warn!(sink = %sink, error = %err, "compensation: could not delete sink");
+                return; // the endpoint cannot go while the sink uses it
+            }
+        }
+        if let Some(endpoint) = &created.endpoint {
+            if let Err(err) = self.sequin.delete_endpoint(endpoint).await {
+                tracing::warn!(endpoint = %endpoint, error = %err, "compensation: could not delete endpoint");
+            }
+        }
+    }
+
+    async fn validate_url(&self, raw: Option<&str>) -> Result<WebhookUrl, ProvisionError> {
+        let raw = raw.ok_or_else(|| ProvisionError::Invalid("webhook_url is required".to_string()))?;
+        webhook_url::validate(raw, &self.url_policy)
+            .await
+            .map_err(|e| ProvisionError::Invalid(e.to_string()))
+    }
+
+    async fn subscribe(
+        &self,
+        request: &Request,
+        created: &mut Created,
+    ) -> Result<(Value, Vec<Change>), ProvisionError> {
+        let options = SubscribeOptions::parse(&request.options)?;
+        let url = self.validate_url(request.webhook_url.as_deref()).await?;
+        let subscription = self.open_subscription(&request.user_id, &url, &options).await?;
+        let names = Names::new(&self.config.name_prefix, subscription.id);
+        if subscription.status != "provisioning" {
+            // Same user and URL as a live subscription: that subscription is the answer.
+            let result = json!({
+                "subscription_id": subscription.id,
+                "sink_id": subscription.sequin_sink_id,
+                "sink_name": names.sink,
+                "endpoint_id": subscription.sequin_endpoint_id,
+                "endpoint_name": names.endpoint,
+                "existing": true,
+            });
+            return Ok((result, Vec::new()));
+        }
+        created.subscription_id = Some(subscription.id);
+        self.ensure_filter().await?;
+
+        created.endpoint = Some(names.endpoint.clone());
+        let endpoint = self.ensure_endpoint(&names, &url, &options).await?;
+        created.sink = Some(names.sink.clone());
+        let sink = self
+            .ensure_sink(&names, &request.user_id, &options)
+            .await?;
+
+        let result = json!({
+            "subscription_id": subscription.id,
+            "sink_id": sink.id,
+            "sink_name": names.sink,
+            "endpoint_id": endpoint.id,
+            "endpoint_name": names.endpoint,
+        });
+        let changes = vec![Change::Activate {
+            subscription_id: subscription.id,
+            endpoint_id: endpoint.id,
+            sink_id: sink.id,
+            endpoint_name: names.endpoint,
+            sink_name: names.sink,
+        }];
+        Ok((result, changes))
+    }
+
+    /// The live subscription of (user, URL), created as `provisioning` if there is none. The
+    /// row exists before anything is created in Sequin, so nothing in Sequin is ever
+    /// unaccounted for.
+    async fn open_subscription(
+        &self,
+        user_id: &str,
+        url: &WebhookUrl,
+        options: &SubscribeOptions,
+    ) -> Result<Subscription, ProvisionError> {
+        let client = self.pool.get().await?;
+        let actions = options
+            .actions
+            .clone()
+            .unwrap_or_else(|| CHANGE_ACTIONS.iter().map(|a| a.to_string()).collect());
+        let hash = options.secret.as_deref().map(secret_hash);
+        let insert = client
+            .prepare_cached(
+                "insert into userhooks.webhook_subscriptions
+                        (user_id, endpoint, source_table, transform, actions, secret_hash)
+                 values ($1, $2, $3, $4, $5, $6)
+                 on conflict (user_id, endpoint) where status in ('provisioning', 'active', 'paused')
+                 do nothing
+                 returning id, status, endpoint, sequin_endpoint_id::text, sequin_sink_id::text",
+            )
+            .await?;
+        let rows = client
+            .query(
+                &insert,
+                &[
+                    &user_id,
+                    &url.as_str(),
+                    &self.config.source_table,
+                    &options.transform,
+                    &actions,
+                    &hash,
+                ],
+            )
+            .await?;
+        let row = match rows.into_iter().next() {
+            Some(row) => row,
+            None => {
+                let select = client
+                    .prepare_cached(
+                        "select id, status, endpoint, sequin_endpoint_id::text, sequin_sink_id::text
+                           from userhooks.webhook_subscriptions
+                          where user_id = $1 and endpoint = $2
+                            and status in ('provisioning', 'active', 'paused')",
+                    )
+                    .await?;
+                client
+                    .query_opt(&select, &[&user_id, &url.as_str()])
+                    .await?
+                    .ok_or_else(|| {
+                        // Deleted between our insert and select: let the next attempt redo it.
+                        ProvisionError::Db(DbError::Pool(
+                            "subscription changed concurrently; will retry".to_string(),
+                        ))
+                    })?
+            }
+        };
+        Ok(Subscription {
+            id: row.get(0),
+            status: row.get(1),
+            endpoint: row.get(2),
+            sequin_endpoint_id: row.get(3),
+            sequin_sink_id: row.get(4),
+        })
+    }
+
+    /// Create (or update) the shared filter function once per process.
+    pub async fn ensure_filter(&self) -> Result<(), SequinError> {
+        let mut ready = self.filter_ready.lock().await;
+        if *ready {
+            return Ok(());
+        }
+        let yaml = filter_function_yaml(&self.config.filter_function, &self.config.user_column);
+        self.sequin.config_apply(&yaml).await?;
+        *ready = true;
+        tracing::info!(function = %self.config.filter_function, "filter function is in place");
+        Ok(())
+    }
+
+    /// Create the endpoint; if the name is taken (an earlier attempt made it), adopt it and
+    /// bring its URL in line.
+    async fn ensure_endpoint(
+        &self,
+        names: &Names,
+        url: &WebhookUrl,
+        options: &SubscribeOptions,
+    ) -> Result<Resource, SequinError> {
+        let mut body = json!({ "name": names.endpoint, "url": url.as_str() });
+        if !options.headers.is_empty() {
+            body["headers"] = Value::Object(options.headers.clone());
+        }
+        if let Some(secret) = &options.secret {
+            body["encrypted_headers"] = json!({ "Authorization": format!("Bearer {secret}") });
+        }
+        match self.sequin.create_endpoint(&body).await {
+            Ok(resource) => Ok(resource),
+            Err(err) if err.is_name_taken() => {
+                let existing = self.sequin.get_endpoint(&names.endpoint).await?.ok_or_else(|| {
+                    SequinError::Unavailable {
+                        status: 404,
+                        summary: format!("endpoint {} vanished after a name clash", names.endpoint),
+                        retry_after: None,
+                    }
+                })?;
+                let same_url = existing
+                    .str_field("url")
+                    .and_then(webhook_url::normalize)
+                    .is_some_and(|u| u == url.as_str());
+                if same_url && options.secret.is_none() {
+                    Ok(existing)
+                } else {
+                    // The secret cannot be read back, so it is always re-sent on adoption.
+                    let mut update = body.clone();
+                    if let Some(map) = update.as_object_mut() {
+                        map.remove("name");
+                    }
+                    self.sequin.update_endpoint(&names.endpoint, &update).await
+                }
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    fn sink_body(&self, names: &Names, user_id: &str, options: &SubscribeOptions) -> Value {
+        let actions = options
+            .actions
+            .clone()
+            .unwrap_or_else(|| CHANGE_ACTIONS.iter().map(|a| a.to_string()).collect());
+        let mut body = json!({
+            "name": names.sink,
+            "database": self.config.sequin_database,
+            "status": "active",
+            "source": { "include_tables": [self.config.source_table] },
+            "actions": actions,
+            // One message per POST, unwrapped: what a user's webhook expects.
+            "destination": { "type": "webhook", "http_endpoint": names.endpoint, "batch": false },
+            "batch_size": 1,
+            "filter": self.config.filter_function,
+            "annotations": { "user_id": user_id },
+        });
+        if let Some(transform) = &options.transform {
+            body["transform"] = json!(transform);
+        }
+        if let Some(count) = self.config.max_retry_count {
+            body["max_retry_count"] = json!(count);
+        }
+        if let Some(policy) = &self.config.load_shedding {
+            body["load_shedding_policy"] = json!(policy);
+        }
+        body
+    }
+
+    async fn ensure_sink(
+        &self,
+        names: &Names,
+        user_id: &str,
+        options: &SubscribeOptions,
+    ) -> Result<Resource, SequinError> {
+        let body = self.sink_body(names, user_id, options);
+        match self.sequin.create_sink(&body).await {
+            Ok(resource) => Ok(resource),
+            Err(err) if err.is_name_taken() => self
+                .sequin
+                .get_sink(&names.sink)
+                .await?
+                .ok_or_else(|| SequinError::Unavailable {
+                    status: 404,
+                    summary: format!("sink {} vanished after a name clash", names.sink),
+                    retry_after: None,
+                }),
+            Err(err) if is_missing_function(&err, &self.config.filter_function) => {
+                // Someone deleted the shared filter function: put it back, then try once more.
+                *self.filter_ready.lock().await = false;
+                self.ensure_filter().await?;
+                self.sequin.create_sink(&body).await
+            }
+            Err(err) => Err(err),
+        }
+    }
+}
+
+fn is_missing_function(err: &SequinError, name: &str) -> bool {
+    err.status() == Some(422) && err.summary() == format!("Function '{name}' not found.")
+}
+
+fn err_status(err: &ProvisionError) -> Option<u16> {
+    match err {
+        ProvisionError::Sequin(e) => e.status(),
+        _ => None,
+    }
+}
+
+/// What an attempt may have created in Sequin (by name), for compensation.
+#[derive(Debug, Default)]
+struct Created {
+    subscription_id: Option<i64>,
+    endpoint: Option<String>,
+    sink: Option<String>,
+}
+
+/// The sequin.yaml text of the shared filter function: a row passes when its user column
+/// equals the sink's `user_id` annotation (both compared as strings, so INT ids work).
+pub fn filter_function_yaml(name: &str, user_column: &str) -> String {
+    format!(
+        "functions:\n  - name: \"{name}\"\n    type: \"filter\"\n    description: \"userhooks: deliver only rows whose {user_column} matches the sink's user_id annotation\"\n    code: |-\n      def filter(action, record, changes, metadata) do\n        to_string(record[\"{user_column}\"]) == to_string(metadata.consumer.annotations[\"user_id\"])\n      end\n"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_deterministic_and_sequin_safe() {
+        let names = Names::new("userhooks", 42);
+        assert_eq!(names.endpoint, "userhooks-42-endpoint");
+        assert_eq!(names.sink, "userhooks-42-sink");
+        assert_eq!(names, Names::new("userhooks", 42));
+    }
+
+    #[test]
+    fn unknown_subscribe_option_is_rejected_by_name() {
+        let err = SubscribeOptions::parse(&json!({"filters": []})).unwrap_err();
+        assert!(err.to_string().contains("unknown option `filters`"), "{err}");
+    }
+
+    #[test]
+    fn subscribe_options_parse() {
+        let parsed = SubscribeOptions::parse(&json!({
+            "transform": "webhook_transform", "backfill": true,
+            "actions": ["insert", "insert", "delete"], "headers": {"X-Source": "app"},
+            "secret": "s3cret"
+        }))
+        .unwrap();
+        assert_eq!(parsed.transform.as_deref(), Some("webhook_transform"));
+        assert!(parsed.backfill);
+        assert_eq!(parsed.actions, Some(vec!["insert".into(), "delete".into()]));
+        assert_eq!(parsed.secret.as_deref(), Some("s3cret"));
+    }
+
+    #[test]
+    fn bad_option_values_are_rejected() {
+        for bad in [
+            json!({"actions": []}),
+            json!({"actions": ["read"]}),
+            json!({"backfill": "yes"}),
+            json!({"transform": ""}),
+            json!({"headers": {"Authorization": "Bearer x"}}),
+            json!({"headers": {"X": 1}}),
+            json!({"secret": ""}),
+        ] {
+            assert!(SubscribeOptions::parse(&bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn secret_hash_is_not_the_secret() {
+        let hash = secret_hash("s3cret");
+        assert_eq!(hash.len(), 64);
+        assert!(!hash.contains("s3cret"));
+    }
+
+    #[test]
+    fn filter_yaml_compares_user_column_with_annotation() {
+        let yaml = filter_function_yaml("f", "owner_id");
+        assert!(yaml.contains("record[\"owner_id\"]"));
+        assert!(yaml.contains("metadata.consumer.annotations[\"user_id\"]"));
+        assert!(yaml.contains("type: \"filter\""));
+    }
+}

@@ -1,0 +1,537 @@
+//! Client of Sequin's Management API (see `sequin-api.md`).
+//!
+//! Every call sends `Authorization: Bearer`, `Accept: application/json` and, on writes,
+//! `Content-Type: application/json`; errors are parsed in both of Sequin's shapes and
+//! classified once into retryable / permanent / auth.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use crate::config::Secret;
+use crate::metrics::Metrics;
+use crate::retry::RetryPolicy;
+
+/// How an error should be handled: decided here, once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Try again later (transport, timeout, 408, 429, 5xx).
+    Retryable,
+    /// Retrying cannot help (other 4xx): fail the request with Sequin's reason.
+    Permanent,
+    /// Sequin rejects our token (401/403): stop claiming until it works again.
+    Auth,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SequinError {
+    #[error("Sequin rejected the API token (HTTP {status}): {summary}")]
+    Auth { status: u16, summary: String },
+    #[error("Sequin refused the request (HTTP {status}): {summary}{}", format_details(.details))]
+    Rejected {
+        status: u16,
+        summary: String,
+        details: Option<Value>,
+    },
+    #[error("Sequin is unavailable (HTTP {status}): {summary}")]
+    Unavailable {
+        status: u16,
+        summary: String,
+        retry_after: Option<Duration>,
+    },
+    #[error("Sequin did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("could not reach Sequin: {0}")]
+    Transport(String),
+    #[error("unexpected answer from Sequin: {0}")]
+    Protocol(String),
+}
+
+fn format_details(details: &Option<Value>) -> String {
+    match details {
+        Some(Value::Object(map)) if !map.is_empty() => format!(" {}", Value::Object(map.clone())),
+        _ => String::new(),
+    }
+}
+
+impl SequinError {
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            SequinError::Auth { .. } => ErrorClass::Auth,
+            SequinError::Rejected { .. } => ErrorClass::Permanent,
+            SequinError::Unavailable { .. }
+            | SequinError::Timeout(_)
+            | SequinError::Transport(_)
+            | SequinError::Protocol(_) => ErrorClass::Retryable,
+        }
+    }
+
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            SequinError::Unavailable { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            SequinError::Auth { status, .. }
+            | SequinError::Rejected { status, .. }
+            | SequinError::Unavailable { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// Sequin's one-line summary (without validation details).
+    pub fn summary(&self) -> String {
+        match self {
+            SequinError::Auth { summary, .. }
+            | SequinError::Rejected { summary, .. }
+            | SequinError::Unavailable { summary, .. } => summary.clone(),
+            other => other.to_string(),
+        }
+    }
+
+    pub fn details(&self) -> Option<&Value> {
+        match self {
+            SequinError::Rejected { details, .. } => details.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// 422 with `validation_errors.name: ["has already been taken"]`: lost a create race or
+    /// an earlier attempt already created it (there is no 409 in Sequin).
+    pub fn is_name_taken(&self) -> bool {
+        match self {
+            SequinError::Rejected {
+                status: 422,
+                details: Some(details),
+                ..
+            } => details
+                .get("name")
+                .and_then(Value::as_array)
+                .is_some_and(|msgs| {
+                    msgs.iter()
+                        .any(|m| m.as_str().is_some_and(|s| s.contains("already been taken")))
+                }),
+            _ => false,
+        }
+    }
+
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, SequinError::Rejected { status: 404, .. })
+    }
+}
+
+/// Parse an error body: `{"summary", "validation_errors"?}` first, then Phoenix's
+/// `{"errors": {"detail"}}`, then the raw text (bounded).
+fn parse_error_body(body: &str) -> (String, Option<Value>) {
+    if let Ok(value) = serde_json::from_str::<Value>(body) {
+        if let Some(summary) = value.get("summary").and_then(Value::as_str) {
+            let details = value
+                .get("validation_errors")
+                .filter(|v| v.as_object().is_some_and(|m| !m.is_empty()))
+                .cloned();
+            return (summary.trim().to_string(), details);
+        }
+        if let Some(detail) = value.pointer("/errors/detail").and_then(Value::as_str) {
+            return (detail.to_string(), None);
+        }
+    }
+    let text: String = body.chars().take(300).collect();
+    (
+        if text.trim().is_empty() {
+            "(empty body)".to_string()
+        } else {
+            text
+        },
+        None,
+    )
+}
+
+fn parse_retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let text = headers.get(RETRY_AFTER)?.to_str().ok()?;
+    text.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
+/// A created or fetched Sequin resource: its id and the full JSON.
+#[derive(Clone, Debug)]
+pub struct Resource {
+    pub id: String,
+    pub body: Value,
+}
+
+impl Resource {
+    fn from_body(body: Value) -> Result<Self, SequinError> {
+        let id = body
+            .get("id")
+            .and_then(Value::as_str)
+            .ok_or_else(|| SequinError::Protocol("response has no `id`".to_string()))?
+            .to_string();
+        Ok(Resource { id, body })
+    }
+
+    pub fn str_field(&self, key: &str) -> Option<&str> {
+        self.body.get(key).and_then(Value::as_str)
+    }
+}
+
+#[derive(Clone)]
+pub struct SequinClient {
+    http: reqwest::Client,
+    base: Arc<str>,
+    token: Secret,
+    metrics: Arc<Metrics>,
+    timeout: Duration,
+    /// In-process retries of one call before giving up to the caller.
+    in_process_retries: u32,
+}
+
+impl SequinClient {
+    pub fn new(base: &str, token: Secret, timeout: Duration, metrics: Arc<Metrics>) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(5)))
+            .pool_max_idle_per_host(256)
+            .build()
+            .expect("a default reqwest client builds");
+        SequinClient {
+            http,
+            base: base.trim_end_matches('/').into(),
+            token,
+            metrics,
+            timeout,
+            in_process_retries: 2,
+        }
+    }
+
+    /// Disable in-process retries (tests, probes).
+    pub fn with_in_process_retries(mut self, retries: u32) -> Self {
+        self.in_process_retries = retries;
+        self
+    }
+
+    /// One HTTP exchange, measured and classified.
+    async fn send_once(
+        &self,
+        operation: &'static str,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, SequinError> {
+        let url = format!("{}{}", self.base, path);
+        let mut request = self
+            .http
+            .request(method.clone(), &url)
+            .header(ACCEPT, HeaderValue::from_static("application/json"))
+            .header(AUTHORIZATION, format!("Bearer {}", self.token.expose()));
+        if method != Method::GET && method != Method::DELETE {
+            // Sequin requires the JSON content type on every write, even with an empty body.
+            request = request
+                .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+                .body(serde_json::to_vec(body.unwrap_or(&json!({}))).unwrap_or_default());
+        }
+        let started = Instant::now();
+        let outcome = request.send().await;
+        let result = match outcome {
+            Err(err) if err.is_timeout() => Err(SequinError::Timeout(self.timeout)),
+            Err(err) => Err(SequinError::Transport(transport_message(&err))),
+            Ok(response) => {
+                let status = response.status();
+                let retry_after = parse_retry_after(response.headers());
+                match response.text().await {
+                    Err(err) if err.is_timeout() => Err(SequinError::Timeout(self.timeout)),
+                    Err(err) => Err(SequinError::Transport(transport_message(&err))),
+                    Ok(text) => {
+                        self.metrics
+                            .sequin_requests_total
+                            .with_label_values(&[operation, status.as_str()])
+                            .inc();
+                        classify(status, &text, retry_after)
+                    }
+                }
+            }
+        };
+        self.metrics
+            .sequin_request_duration
+            .with_label_values(&[operation])
+            .observe(started.elapsed().as_secs_f64());
+        match &result {
+            Err(SequinError::Timeout(_)) => self
+                .metrics
+                .sequin_requests_total
+                .with_label_values(&[operation, "timeout"])
+                .inc(),
+            Err(SequinError::Transport(_)) => self
+                .metrics
+                .sequin_requests_total
+                .with_label_values(&[operation, "error"])
+                .inc(),
+            _ => {}
+        }
+        result
+    }
+
+    /// `send_once` with a few quick in-process retries for retryable errors.
+    async fn send(
+        &self,
+        operation: &'static str,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, SequinError> {
+        let mut retry = 0;
+        loop {
+            match self.send_once(operation, method.clone(), path, body).await {
+                Err(err) if err.class() == ErrorClass::Retryable && retry < self.in_process_retries => {
+                    let delay = RetryPolicy::IN_PROCESS.delay_now(retry, err.retry_after());
+                    tracing::debug!(operation, retry, ?delay, error = %err, "retrying Sequin call");
+                    tokio::time::sleep(delay).await;
+                    retry += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    // --- HTTP endpoints -------------------------------------------------------------------
+
+    pub async fn create_endpoint(&self, body: &Value) -> Result<Resource, SequinError> {
+        let value = self
+            .send("create_endpoint", Method::POST, "/destinations/http_endpoints", Some(body))
+            .await?;
+        Resource::from_body(value)
+    }
+
+    /// GET by name; `None` when it does not exist.
+    pub async fn get_endpoint(&self, name: &str) -> Result<Option<Resource>, SequinError> {
+        let path = format!("/destinations/http_endpoints/{}", segment(name));
+        optional(self.send("get_endpoint", Method::GET, &path, None).await)
+    }
+
+    pub async fn update_endpoint(&self, name: &str, body: &Value) -> Result<Resource, SequinError> {
+        let path = format!("/destinations/http_endpoints/{}", segment(name));
+        let value = self
+            .send("update_endpoint", Method::PATCH, &path, Some(body))
+            .await?;
+        Resource::from_body(value)
+    }
+
+    /// DELETE by name; `false` when it was already gone.
+    pub async fn delete_endpoint(&self, name: &str) -> Result<bool, SequinError> {
+        let path = format!("/destinations/http_endpoints/{}", segment(name));
+        Ok(optional(self.send("delete_endpoint", Method::DELETE, &path, None).await)?.is_some())
+    }
+
+    // --- Sinks ----------------------------------------------------------------------------
+
+    pub async fn create_sink(&self, body: &Value) -> Result<Resource, SequinError> {
+        let value = self
+            .send("create_sink", Method::POST, "/sinks", Some(body))
+            .await?;
+        Resource::from_body(value)
+    }
+
+    pub async fn get_sink(&self, name: &str) -> Result<Option<Resource>, SequinError> {
+        let path = format!("/sinks/{}", segment(name));
+        optional(self.send("get_sink", Method::GET, &path, None).await)
+    }
+
+    pub async fn update_sink(&self, name: &str, body: &Value) -> Result<Resource, SequinError> {
+        let path = format!("/sinks/{}", segment(name));
+        let value = self
+            .send("update_sink", Method::PATCH, &path, Some(body))
+            .await?;
+        Resource::from_body(value)
+    }
+
+    pub async fn delete_sink(&self, name: &str) -> Result<bool, SequinError> {
+        let path = format!("/sinks/{}", segment(name));
+        Ok(optional(self.send("delete_sink", Method::DELETE, &path, None).await)?.is_some())
+    }
+
+    // --- Backfills ------------------------------------------------------------------------
+
+    pub async fn create_backfill(&self, sink: &str) -> Result<Resource, SequinError> {
+        let path = format!("/sinks/{}/backfills", segment(sink));
+        let value = self
+            .send("create_backfill", Method::POST, &path, Some(&json!({})))
+            .await?;
+        Resource::from_body(value)
+    }
+
+    pub async fn get_backfill(&self, sink: &str, id: &str) -> Result<Option<Resource>, SequinError> {
+        let path = format!("/sinks/{}/backfills/{}", segment(sink), segment(id));
+        optional(self.send("get_backfill", Method::GET, &path, None).await)
+    }
+
+    pub async fn update_backfill(
+        &self,
+        sink: &str,
+        id: &str,
+        body: &Value,
+    ) -> Result<Resource, SequinError> {
+        let path = format!("/sinks/{}/backfills/{}", segment(sink), segment(id));
+        let value = self
+            .send("update_backfill", Method::PATCH, &path, Some(body))
+            .await?;
+        Resource::from_body(value)
+    }
+
+    // --- Account --------------------------------------------------------------------------
+
+    /// Upsert resources from sequin.yaml text. The response lists every resource of the
+    /// account *including database passwords*: it is dropped here, never logged or returned.
+    pub async fn config_apply(&self, yaml: &str) -> Result<(), SequinError> {
+        self.send(
+            "config_apply",
+            Method::POST,
+            "/config/apply",
+            Some(&json!({ "yaml": yaml })),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Names of the databases Sequin knows. Also the cheapest way to probe the token.
+    pub async fn list_databases(&self) -> Result<Vec<String>, SequinError> {
+        let value = self
+            .send_once("list_databases", Method::GET, "/postgres_databases", None)
+            .await?;
+        Ok(value
+            .get("data")
+            .and_then(Value::as_array)
+            .map(|items| {
+                items
+                    .iter()
+                    .filter_map(|item| item.get("name").and_then(Value::as_str).map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+}
+
+/// Our names are `[A-Za-z0-9_.-]`, which need no escaping; ids are UUIDs. Anything else is
+/// percent-encoded defensively.
+fn segment(text: &str) -> String {
+    url::form_urlencoded::byte_serialize(text.as_bytes()).collect()
+}
+
+fn optional(result: Result<Value, SequinError>) -> Result<Option<Resource>, SequinError> {
+    match result {
+        Ok(value) => Resource::from_body(value).map(Some),
+        Err(err) if err.is_not_found() => Ok(None),
+        Err(err) => Err(err),
+    }
+}
+
+fn transport_message(err: &reqwest::Error) -> String {
+    // reqwest's Display includes the URL, which has no secret in it (the token is a header);
+    // the source chain says *why* (connection refused, reset...).
+    let mut message = err.to_string();
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
+}
+
+fn classify(status: StatusCode, text: &str, retry_after: Option<Duration>) -> Result<Value, SequinError> {
+    let code = status.as_u16();
+    if status.is_success() {
+        return serde_json::from_str(text)
+            .map_err(|e| SequinError::Protocol(format!("HTTP {code} with a body that is not JSON: {e}")));
+    }
+    let (summary, details) = parse_error_body(text);
+    Err(match code {
+        401 | 403 => SequinError::Auth {
+            status: code,
+            summary,
+        },
+        408 | 429 | 500..=599 => SequinError::Unavailable {
+            status: code,
+            summary,
+            retry_after,
+        },
+        _ => SequinError::Rejected {
+            status: code,
+            summary,
+            details,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_shape_is_parsed_with_validation_errors() {
+        let body = r#"{"summary":"Validation failed","validation_errors":{"name":["has already been taken"]}}"#;
+        let err = classify(StatusCode::UNPROCESSABLE_ENTITY, body, None).unwrap_err();
+        assert!(err.is_name_taken());
+        assert_eq!(err.class(), ErrorClass::Permanent);
+        assert!(err.to_string().contains("has already been taken"));
+    }
+
+    #[test]
+    fn phoenix_shape_is_parsed() {
+        let err = classify(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            r#"{"errors":{"detail":"Internal Server Error"}}"#,
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(err.summary(), "Internal Server Error");
+        assert_eq!(err.class(), ErrorClass::Retryable);
+    }
+
+    #[test]
+    fn html_bodies_are_kept_short() {
+        let body = "<html>".repeat(200);
+        let err = classify(StatusCode::BAD_GATEWAY, &body, None).unwrap_err();
+        assert!(err.summary().len() <= 300);
+    }
+
+    #[test]
+    fn statuses_are_classified_once() {
+        let class = |code: u16| {
+            classify(StatusCode::from_u16(code).unwrap(), "{}", None)
+                .unwrap_err()
+                .class()
+        };
+        assert_eq!(class(401), ErrorClass::Auth);
+        assert_eq!(class(403), ErrorClass::Auth);
+        assert_eq!(class(400), ErrorClass::Permanent);
+        assert_eq!(class(404), ErrorClass::Permanent);
+        assert_eq!(class(422), ErrorClass::Permanent);
+        assert_eq!(class(408), ErrorClass::Retryable);
+        assert_eq!(class(429), ErrorClass::Retryable);
+        assert_eq!(class(503), ErrorClass::Retryable);
+    }
+
+    #[test]
+    fn retry_after_is_kept_on_429() {
+        let err = classify(
+            StatusCode::TOO_MANY_REQUESTS,
+            r#"{"summary":"slow down"}"#,
+            Some(Duration::from_secs(7)),
+        )
+        .unwrap_err();
+        assert_eq!(err.retry_after(), Some(Duration::from_secs(7)));
+    }
+
+    #[test]
+    fn other_422s_are_not_name_taken() {
+        let body = r#"{"summary":"Unknown field: filters","validation_errors":{},"code":null}"#;
+        let err = classify(StatusCode::UNPROCESSABLE_ENTITY, body, None).unwrap_err();
+        assert!(!err.is_name_taken());
+        assert_eq!(err.summary(), "Unknown field: filters");
+        assert!(err.details().is_none());
+    }
+}

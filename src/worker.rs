@@ -1,0 +1,413 @@
+//! The worker: one `select!` loop that wakes on NOTIFY, a poll tick, the next due `run_at`
+//! or a finished task; claims as many requests as it has free capacity; and on shutdown
+//! finishes or puts back what it holds.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use deadpool_postgres::Pool;
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinSet;
+
+use crate::config::Config;
+use crate::db::{self, DbError};
+use crate::housekeeping;
+use crate::listener;
+use crate::metrics::{self, Metrics};
+use crate::provision::Provisioner;
+use crate::queue::{self, Outcome, Request, WriteBack};
+use crate::sequin::{ErrorClass, SequinClient};
+
+/// How often a rejected token is tried again.
+const AUTH_PROBE_INTERVAL: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("the userhooks schema is missing or outdated in this database; run `userhooks migrate` first ({0})")]
+    NotMigrated(String),
+    #[error("cannot listen on USERHOOKS_METRICS_ADDR {addr}: {source}")]
+    MetricsAddr {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A built worker, ready to `run`.
+pub struct App {
+    config: Arc<Config>,
+    pool: Pool,
+    metrics: Arc<Metrics>,
+    provisioner: Arc<Provisioner>,
+    metrics_listener: Option<tokio::net::TcpListener>,
+}
+
+/// Connect, check the schema, bind the metrics port. Fails fast with a clear message.
+pub async fn build(config: Config) -> Result<App, BuildError> {
+    let config = Arc::new(config);
+    // Sized to the work, not to the concurrency: tasks spend their time waiting on Sequin
+    // and hold a connection only for short statements.
+    let pool = db::pool(&config.database_url, (config.concurrency + 2).min(8))?;
+    {
+        let client = pool.get().await.map_err(DbError::from)?;
+        client
+            .query(
+                "select 1 from userhooks.subscription_requests limit 0",
+                &[],
+            )
+            .await
+            .map_err(|e| BuildError::NotMigrated(e.to_string()))?;
+    }
+    let metrics = Metrics::new();
+    let sequin = SequinClient::new(
+        &config.sequin_api_url,
+        config.sequin_token.clone(),
+        config.http_timeout,
+        metrics.clone(),
+    );
+    let provisioner = Arc::new(Provisioner::new(config.clone(), pool.clone(), sequin));
+    let metrics_listener = match config.metrics_addr {
+        Some(addr) => Some(
+            metrics::bind(addr)
+                .await
+                .map_err(|source| BuildError::MetricsAddr { addr, source })?,
+        ),
+        None => None,
+    };
+    Ok(App {
+        config,
+        pool,
+        metrics,
+        provisioner,
+        metrics_listener,
+    })
+}
+
+impl App {
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
+    /// The bound metrics address (useful with port 0).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+    }
+
+    /// Run until `shutdown` resolves, then drain within the grace period.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), DbError> {
+        let App {
+            config,
+            pool,
+            metrics,
+            provisioner,
+            metrics_listener,
+        } = self;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let wake = Arc::new(Notify::new());
+        let mut background = JoinSet::new();
+        background.spawn(listener::run(
+            config.database_url.clone(),
+            wake.clone(),
+            metrics.clone(),
+            stop_rx.clone(),
+        ));
+        if let Some(listener) = metrics_listener {
+            let mut stop = stop_rx.clone();
+            let metrics = metrics.clone();
+            background.spawn(async move {
+                let shutdown = async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                };
+                if let Err(err) = metrics::serve(listener, metrics, shutdown).await {
+                    tracing::error!(error = %err, "metrics server stopped");
+                }
+            });
+        }
+        background.spawn(housekeeping::run(
+            config.clone(),
+            pool.clone(),
+            provisioner.clone(),
+            metrics.clone(),
+            stop_rx.clone(),
+        ));
+        // Create the filter function up front; a failure here is retried on first use.
+        if let Err(err) = provisioner.ensure_filter().await {
+            if err.class() == ErrorClass::Auth {
+                metrics.sequin_auth_ok.set(0);
+            }
+            tracing::warn!(error = %err, "could not create the filter function yet; will retry on the first subscribe");
+        }
+
+        let mut state = Loop {
+            config: config.clone(),
+            pool: pool.clone(),
+            metrics: metrics.clone(),
+            provisioner,
+            tasks: JoinSet::new(),
+            in_flight: HashMap::new(),
+            backlog: true,
+            last_db_error_log: None,
+        };
+        state.run(shutdown, &wake).await;
+        state.drain().await;
+
+        let _ = stop_tx.send(true);
+        while background.join_next().await.is_some() {}
+        tracing::info!("worker stopped");
+        Ok(())
+    }
+}
+
+struct Loop {
+    config: Arc<Config>,
+    pool: Pool,
+    metrics: Arc<Metrics>,
+    provisioner: Arc<Provisioner>,
+    tasks: JoinSet<(i64, bool)>,
+    /// Claimed and not yet written back: id → attempts (the fence).
+    in_flight: HashMap<i64, i32>,
+    /// The last claim filled all free capacity, so there is probably more to take.
+    backlog: bool,
+    last_db_error_log: Option<Instant>,
+}
+
+impl Loop {
+    fn auth_ok(&self) -> bool {
+        self.metrics.sequin_auth_ok.get() == 1
+    }
+
+    fn capacity(&self) -> usize {
+        self.config.concurrency.saturating_sub(self.in_flight.len())
+    }
+
+    async fn run(&mut self, shutdown: impl Future<Output = ()>, wake: &Notify) {
+        tokio::pin!(shutdown);
+        let mut poll = tokio::time::interval(self.config.poll_interval);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut auth_probe = tokio::time::interval(AUTH_PROBE_INTERVAL);
+        auth_probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut next_due: Option<tokio::time::Instant> = None;
+        let mut claim_now = true;
+        // Claiming in batches: after a completion, wait until a quarter of the capacity is
+        // free (or nothing runs) before the next claim, instead of one query per completion.
+        let batch_threshold = (self.config.concurrency / 4).max(1);
+        loop {
+            if claim_now && self.auth_ok() && self.capacity() > 0 {
+                next_due = self.claim().await;
+            }
+            claim_now = false;
+            let due = async {
+                match next_due {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = wake.notified() => claim_now = true,
+                _ = poll.tick() => claim_now = true,
+                _ = due => { next_due = None; claim_now = true; }
+                Some(joined) = self.tasks.join_next(), if !self.tasks.is_empty() => {
+                    self.finished(joined);
+                    while let Some(joined) = self.tasks.try_join_next() {
+                        self.finished(joined);
+                    }
+                    claim_now = self.in_flight.is_empty() || self.capacity() >= batch_threshold;
+                }
+                _ = auth_probe.tick(), if !self.auth_ok() => {
+                    if self.probe_auth().await {
+                        claim_now = true;
+                    }
+                }
+            }
+        }
+    }
+
+    fn finished(&mut self, joined: Result<(i64, bool), tokio::task::JoinError>) {
+        match joined {
+            Ok((id, auth_rejected)) => {
+                self.in_flight.remove(&id);
+                if auth_rejected && self.auth_ok() {
+                    self.metrics.sequin_auth_ok.set(0);
+                    tracing::error!("Sequin rejects the API token; claiming paused, requests stay pending; re-checking every {AUTH_PROBE_INTERVAL:?}");
+                }
+            }
+            Err(err) => {
+                // A panic in a task is a bug; the row's lease expires and it is retried.
+                tracing::error!(error = %err, "request task failed");
+            }
+        }
+        self.metrics.in_flight.set(self.in_flight.len() as i64);
+    }
+
+    /// Claim up to the free capacity; returns when the next pending request becomes due.
+    async fn claim(&mut self) -> Option<tokio::time::Instant> {
+        let limit = self.capacity();
+        let claimed = match queue::claim(&self.pool, limit, &self.config.worker_id, self.config.lease).await {
+            Ok(claimed) => {
+                self.metrics.set_database_ok(true);
+                claimed
+            }
+            Err(err) => {
+                self.metrics.set_database_ok(false);
+                let now = Instant::now();
+                if self
+                    .last_db_error_log
+                    .is_none_or(|at| now.duration_since(at) > Duration::from_secs(30))
+                {
+                    self.last_db_error_log = Some(now);
+                    tracing::error!(error = %err, "cannot claim requests; retrying at the next poll");
+                }
+                return None;
+            }
+        };
+        self.backlog = claimed.requests.len() == limit;
+        for request in claimed.requests {
+            if request.attempts == 1 {
+                self.metrics.queue_wait.observe(request.waited);
+            }
+            self.in_flight.insert(request.id, request.attempts);
+            let provisioner = self.provisioner.clone();
+            let pool = self.pool.clone();
+            let metrics = self.metrics.clone();
+            let worker_id = self.config.worker_id.clone();
+            self.tasks.spawn(async move {
+                let id = request.id;
+                let auth_rejected = process(&provisioner, &pool, &metrics, &worker_id, request).await;
+                (id, auth_rejected)
+            });
+        }
+        self.metrics.in_flight.set(self.in_flight.len() as i64);
+        claimed
+            .next_due_in
+            .map(|d| tokio::time::Instant::now() + d)
+    }
+
+    /// Is the token accepted again?
+    async fn probe_auth(&mut self) -> bool {
+        match self.provisioner.sequin().list_databases().await {
+            Ok(_) => {
+                self.metrics.sequin_auth_ok.set(1);
+                tracing::info!("Sequin accepts the API token again; resuming");
+                true
+            }
+            Err(err) if err.class() == ErrorClass::Auth => {
+                tracing::error!(error = %err, "Sequin still rejects the API token; requests stay pending");
+                false
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "could not check the API token");
+                false
+            }
+        }
+    }
+
+    /// Shutdown: stop claiming, let in-flight requests finish within the grace period, put
+    /// back the rest.
+    async fn drain(&mut self) {
+        if !self.tasks.is_empty() {
+            tracing::info!(in_flight = self.in_flight.len(), grace = ?self.config.shutdown_grace, "shutting down: finishing in-flight requests");
+        }
+        let deadline = tokio::time::sleep(self.config.shutdown_grace);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                joined = self.tasks.join_next() => match joined {
+                    Some(joined) => self.finished(joined),
+                    None => break,
+                },
+                _ = &mut deadline => break,
+            }
+        }
+        self.tasks.abort_all();
+        while self.tasks.join_next().await.is_some() {}
+        let unfinished: Vec<(i64, i32)> = self.in_flight.drain().collect();
+        for (id, attempts) in &unfinished {
+            match queue::release(&self.pool, &self.config.worker_id, *id, *attempts).await {
+                Ok(_) => {}
+                Err(err) => tracing::warn!(request_id = id, error = %err, "could not put a request back; its lease will expire"),
+            }
+        }
+        if !unfinished.is_empty() {
+            tracing::info!(count = unfinished.len(), "put unfinished requests back in the queue");
+        }
+        self.metrics.in_flight.set(0);
+    }
+}
+
+/// Carry out one request and write the outcome back. Returns whether Sequin rejected our token.
+async fn process(
+    provisioner: &Provisioner,
+    pool: &Pool,
+    metrics: &Metrics,
+    worker_id: &str,
+    request: Request,
+) -> bool {
+    let started = Instant::now();
+    let outcome = provisioner.handle(&request).await;
+    let action = request.action.as_str();
+    let mut written = None;
+    for retry in 0..5u32 {
+        match queue::write_back(pool, worker_id, &request, &outcome).await {
+            Ok(result) => {
+                written = Some(result);
+                break;
+            }
+            Err(err) => {
+                tracing::warn!(request_id = request.id, error = %err, "write-back failed; retrying");
+                tokio::time::sleep(Duration::from_millis(200 * 2u64.pow(retry))).await;
+            }
+        }
+    }
+    let elapsed = started.elapsed();
+    metrics
+        .request_duration
+        .with_label_values(&[action])
+        .observe(elapsed.as_secs_f64());
+    match written {
+        Some(WriteBack::Applied) => {
+            metrics
+                .requests_total
+                .with_label_values(&[action, outcome.label()])
+                .inc();
+            log_outcome(&request, &outcome, elapsed);
+        }
+        Some(WriteBack::LeaseLost) => {
+            metrics.lease_lost_total.inc();
+            tracing::warn!(request_id = request.id, action, attempts = request.attempts, "lease lost before write-back; result dropped (another worker owns the request)");
+        }
+        None => {
+            tracing::error!(request_id = request.id, action, "could not write the result back; the request will be retried when its lease expires");
+        }
+    }
+    matches!(outcome, Outcome::AuthRejected { .. })
+}
+
+fn log_outcome(request: &Request, outcome: &Outcome, elapsed: Duration) {
+    let duration_ms = elapsed.as_millis() as u64;
+    let action = request.action.as_str();
+    tracing::debug!(request_id = request.id, user_id = %request.user_id, "request user");
+    match outcome {
+        Outcome::Succeeded { .. } => tracing::info!(
+            request_id = request.id, action, outcome = "succeeded", attempts = request.attempts, duration_ms,
+            "request finished"
+        ),
+        Outcome::Failed { kind, message, .. } => tracing::warn!(
+            request_id = request.id, action, outcome = "failed", kind, attempts = request.attempts, duration_ms,
+            error = %message, "request failed"
+        ),
+        Outcome::Retry { message, delay } => tracing::info!(
+            request_id = request.id, action, outcome = "retried", attempts = request.attempts, duration_ms,
+            retry_in_ms = delay.as_millis() as u64, error = %message, "request rescheduled"
+        ),
+        Outcome::AuthRejected { .. } => tracing::debug!(
+            request_id = request.id, action, "put back: Sequin rejects the token"
+        ),
+    }
+}

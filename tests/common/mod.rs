@@ -1,0 +1,229 @@
+//! Shared test harness: a fresh database per test, the emulator over real HTTP, a worker
+//! with a shutdown handle.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio::sync::oneshot;
+use userhooks::emulator::{self, EmulatorConfig, EmulatorHandle};
+use userhooks::Config;
+
+pub const TOKEN: &str = "test-token-7f3a";
+pub const SEQUIN_DB: &str = "app";
+
+pub fn server_url() -> String {
+    std::env::var("USERHOOKS_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string())
+}
+
+fn with_database(url: &str, name: &str) -> String {
+    let base = url.rsplit_once('/').map(|(b, _)| b).unwrap_or(url);
+    format!("{base}/{name}")
+}
+
+/// A database of its own, migrated, dropped when the test ends.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDb {
+    pub async fn new() -> TestDb {
+        let name = format!("uh_test_{}", uuid::Uuid::new_v4().simple());
+        let admin = userhooks::db::connect(&server_url(), "userhooks-tests")
+            .await
+            .expect("Postgres at 127.0.0.1:5432 (start it with pg_ctlcluster)");
+        admin
+            .batch_execute(&format!("create database {name}"))
+            .await
+            .expect("create test database");
+        let url = with_database(&server_url(), &name);
+        userhooks::db::migrate(&url).await.expect("migrate");
+        TestDb { name, url }
+    }
+
+    pub async fn client(&self) -> tokio_postgres::Client {
+        userhooks::db::connect(&self.url, "userhooks-tests")
+            .await
+            .expect("connect to test database")
+    }
+
+    /// Insert a request; returns its id.
+    pub async fn insert(&self, action: &str, user: &str, url: Option<&str>, options: Value) -> i64 {
+        self.client()
+            .await
+            .query_one(
+                "insert into userhooks.subscription_requests (action, user_id, webhook_url, options)
+                 values ($1, $2, $3, $4) returning id",
+                &[&action, &user, &url, &options],
+            )
+            .await
+            .expect("insert request")
+            .get(0)
+    }
+
+    pub async fn request(&self, id: i64) -> RequestRow {
+        let row = self
+            .client()
+            .await
+            .query_one(
+                "select status, attempts, last_error, result, locked_by
+                   from userhooks.subscription_requests where id = $1",
+                &[&id],
+            )
+            .await
+            .expect("request row");
+        RequestRow {
+            status: row.get(0),
+            attempts: row.get(1),
+            last_error: row.get(2),
+            result: row.get(3),
+            locked_by: row.get(4),
+        }
+    }
+
+    /// Wait until a request is terminal (succeeded/failed/cancelled).
+    pub async fn finished(&self, id: i64, timeout: Duration) -> RequestRow {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let row = self.request(id).await;
+            if matches!(row.status.as_str(), "succeeded" | "failed" | "cancelled") {
+                return row;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "request {id} still {} after {timeout:?} (attempts {}, last_error {:?})",
+                row.status,
+                row.attempts,
+                row.last_error
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn scalar_i64(&self, sql: &str) -> i64 {
+        self.client().await.query_one(sql, &[]).await.expect(sql).get(0)
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop runs outside async context: use a private runtime on a plain thread.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                if let Ok(admin) = userhooks::db::connect(&server_url(), "userhooks-tests").await {
+                    let _ = admin
+                        .batch_execute(&format!("drop database if exists {name} with (force)"))
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+#[derive(Debug)]
+pub struct RequestRow {
+    pub status: String,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    pub result: Option<Value>,
+    pub locked_by: Option<String>,
+}
+
+pub async fn start_emulator() -> EmulatorHandle {
+    start_emulator_with(EmulatorConfig {
+        token: TOKEN.to_string(),
+        database: SEQUIN_DB.to_string(),
+        tables: vec!["public.notifications".to_string()],
+        ..EmulatorConfig::default()
+    })
+    .await
+}
+
+pub async fn start_emulator_with(config: EmulatorConfig) -> EmulatorHandle {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind emulator");
+    emulator::start(config, listener).await
+}
+
+pub fn config(db: &TestDb, emulator: &EmulatorHandle) -> Config {
+    let mut config = Config::for_local(&db.url, &emulator.api_url(), TOKEN, SEQUIN_DB);
+    config.concurrency = 8;
+    config.poll_interval = Duration::from_millis(200);
+    config.lease = Duration::from_secs(30);
+    config.http_timeout = Duration::from_secs(2);
+    config.shutdown_grace = Duration::from_secs(5);
+    config.worker_id = format!("test-{}", uuid::Uuid::new_v4().simple());
+    config
+}
+
+/// A worker running in this process, stopped by `stop`.
+pub struct RunningWorker {
+    stop: Option<oneshot::Sender<()>>,
+    handle: tokio::task::JoinHandle<()>,
+    pub metrics: std::sync::Arc<userhooks::metrics::Metrics>,
+    pub metrics_addr: Option<std::net::SocketAddr>,
+}
+
+impl RunningWorker {
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(30), &mut self.handle)
+            .await
+            .expect("worker stops within 30s")
+            .expect("worker task did not panic");
+    }
+}
+
+pub async fn start_worker(config: Config) -> RunningWorker {
+    let app = userhooks::build(config).await.expect("build worker");
+    let metrics = app.metrics();
+    let metrics_addr = app.metrics_addr();
+    let (tx, rx) = oneshot::channel::<()>();
+    let handle = tokio::spawn(async move {
+        app.run(async {
+            let _ = rx.await;
+        })
+        .await
+        .expect("worker run");
+    });
+    RunningWorker {
+        stop: Some(tx),
+        handle,
+        metrics,
+        metrics_addr,
+    }
+}
+
+/// Poll `check` until it returns true or the timeout passes.
+pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Calls recorded by the emulator for one operation.
+pub fn count_calls(emulator: &EmulatorHandle, operation: &str) -> usize {
+    emulator
+        .calls()
+        .iter()
+        .filter(|c| c.operation == operation)
+        .count()
+}

@@ -1,0 +1,220 @@
+//! The schema as a contract: what SQL refuses at the door, migrations, notifications.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use futures_util::StreamExt;
+use serde_json::json;
+use tokio_postgres::{AsyncMessage, NoTls};
+
+async fn insert_err(db: &TestDb, sql: &str) -> String {
+    let err = db
+        .client()
+        .await
+        .batch_execute(sql)
+        .await
+        .expect_err("insert must be refused");
+    err.as_db_error().map(|e| e.message().to_string()).unwrap_or_default()
+}
+
+#[tokio::test]
+async fn unknown_action_is_refused() {
+    let db = TestDb::new().await;
+    let msg = insert_err(
+        &db,
+        "insert into userhooks.subscription_requests (action, user_id) values ('explode', 'u')",
+    )
+    .await;
+    assert!(msg.contains("subscription_requests_action_check"), "{msg}");
+}
+
+#[tokio::test]
+async fn subscribe_without_url_is_refused() {
+    let db = TestDb::new().await;
+    let msg = insert_err(
+        &db,
+        "insert into userhooks.subscription_requests (action, user_id) values ('subscribe', 'u')",
+    )
+    .await;
+    assert!(msg.contains("subscribe_needs_url"), "{msg}");
+}
+
+#[tokio::test]
+async fn oversized_user_id_and_url_are_refused() {
+    let db = TestDb::new().await;
+    let msg = insert_err(
+        &db,
+        "insert into userhooks.subscription_requests (action, user_id, webhook_url)
+         values ('subscribe', repeat('u', 256), 'https://x.example')",
+    )
+    .await;
+    assert!(msg.contains("user_id_check"), "{msg}");
+    let msg = insert_err(
+        &db,
+        "insert into userhooks.subscription_requests (action, user_id, webhook_url)
+         values ('subscribe', 'u', 'https://x.example/' || repeat('a', 2048))",
+    )
+    .await;
+    assert!(msg.contains("webhook_url_length_check"), "{msg}");
+}
+
+#[tokio::test]
+async fn options_must_be_a_small_object() {
+    let db = TestDb::new().await;
+    let msg = insert_err(
+        &db,
+        "insert into userhooks.subscription_requests (action, user_id, webhook_url, options)
+         values ('subscribe', 'u', 'https://x.example', '[1,2]')",
+    )
+    .await;
+    assert!(msg.contains("options_check"), "{msg}");
+    let msg = insert_err(
+        &db,
+        "insert into userhooks.subscription_requests (action, user_id, webhook_url, options)
+         values ('subscribe', 'u', 'https://x.example', jsonb_build_object('headers', jsonb_build_object('x', repeat('a', 20000))))",
+    )
+    .await;
+    assert!(msg.contains("options_check"), "{msg}");
+}
+
+#[tokio::test]
+async fn a_valid_insert_gets_the_documented_defaults() {
+    let db = TestDb::new().await;
+    let id = db
+        .insert("subscribe", "u", Some("https://x.example"), json!({}))
+        .await;
+    let row = db
+        .client()
+        .await
+        .query_one(
+            "select status, attempts, max_attempts, run_at <= now(), options
+               from userhooks.subscription_requests where id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "pending");
+    assert_eq!(row.get::<_, i32>(1), 0);
+    assert_eq!(row.get::<_, i32>(2), 12);
+    assert!(row.get::<_, bool>(3));
+    assert_eq!(row.get::<_, serde_json::Value>(4), json!({}));
+}
+
+#[tokio::test]
+async fn migrate_twice_and_concurrently_is_safe() {
+    let db = TestDb::new().await; // already migrated once
+    let (a, b) = tokio::join!(
+        userhooks::db::migrate(&db.url),
+        userhooks::db::migrate(&db.url)
+    );
+    assert!(a.unwrap().is_empty());
+    assert!(b.unwrap().is_empty());
+    let versions = db
+        .scalar_i64("select count(*) from userhooks.schema_migrations")
+        .await;
+    assert_eq!(versions as usize, userhooks::db::MIGRATIONS.len());
+}
+
+#[tokio::test]
+async fn fresh_database_migrates_concurrently() {
+    let name = format!("uh_test_{}", uuid::Uuid::new_v4().simple());
+    let admin = userhooks::db::connect(&server_url(), "userhooks-tests").await.unwrap();
+    admin.batch_execute(&format!("create database {name}")).await.unwrap();
+    let url = format!("{}/{name}", server_url().rsplit_once('/').unwrap().0);
+    let (a, b) = tokio::join!(userhooks::db::migrate(&url), userhooks::db::migrate(&url));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    // Exactly one of the two applied everything.
+    assert_eq!(a.len() + b.len(), userhooks::db::MIGRATIONS.len());
+    admin
+        .batch_execute(&format!("drop database {name} with (force)"))
+        .await
+        .unwrap();
+}
+
+async fn listen(db: &TestDb, channel: &str) -> tokio::sync::mpsc::UnboundedReceiver<(String, String)> {
+    let config: tokio_postgres::Config = db.url.parse().unwrap();
+    let (client, mut connection) = config.connect(NoTls).await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut stream = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(Ok(message)) = stream.next().await {
+            if let AsyncMessage::Notification(n) = message {
+                let _ = tx.send((n.channel().to_string(), n.payload().to_string()));
+            }
+        }
+    });
+    client.batch_execute(&format!("LISTEN {channel}")).await.unwrap();
+    // Keep the client alive for the life of the test.
+    std::mem::forget(client);
+    rx
+}
+
+#[tokio::test]
+async fn bulk_insert_sends_one_requests_notification() {
+    let db = TestDb::new().await;
+    let mut rx = listen(&db, "userhooks_requests").await;
+    db.client()
+        .await
+        .batch_execute(
+            "insert into userhooks.subscription_requests (action, user_id, webhook_url)
+             select 'subscribe', g::text, 'https://x.example' from generate_series(1, 50) g",
+        )
+        .await
+        .unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap();
+    assert_eq!(first.unwrap().0, "userhooks_requests");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(rx.try_recv().is_err(), "one statement, one notification");
+}
+
+#[tokio::test]
+async fn terminal_status_sends_request_done_with_id_and_status() {
+    let db = TestDb::new().await;
+    let mut rx = listen(&db, "userhooks_request_done").await;
+    let id = db.insert("unsubscribe", "u", None, json!({})).await;
+    db.client()
+        .await
+        .execute(
+            "update userhooks.subscription_requests set status = 'failed' where id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    let (_, payload) = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let payload: serde_json::Value = serde_json::from_str(&payload).unwrap();
+    assert_eq!(payload, json!({"id": id, "status": "failed"}));
+}
+
+#[tokio::test]
+async fn claim_uses_the_partial_index_even_on_an_analysed_empty_table() {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "analyze userhooks.subscription_requests;
+             insert into userhooks.subscription_requests (action, user_id, webhook_url, status, finished_at)
+             select 'subscribe', g::text, 'https://x.example', 'succeeded', now()
+               from generate_series(1, 20000) g;
+             analyze userhooks.subscription_requests;",
+        )
+        .await
+        .unwrap();
+    let plan: Vec<String> = client
+        .query(
+            "explain select id from userhooks.subscription_requests
+              where status in ('pending', 'running') order by run_at, id limit 10",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let plan = plan.join("\n");
+    assert!(plan.contains("subscription_requests_claimable_idx"), "{plan}");
+}

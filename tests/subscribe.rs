@@ -1,0 +1,425 @@
+//! The subscribe path end to end: real Postgres, the emulator over real HTTP, a real worker.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+use userhooks::emulator::{Faults, InjectedResponse, RouteFaults};
+
+const WAIT: Duration = Duration::from_secs(15);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_creates_endpoint_and_sink_filtered_to_the_user() {
+    let db = TestDb::new().await;
+    let emulator = start_emulator().await;
+    let worker = start_worker(config(&db, &emulator)).await;
+
+    let id = db
+        .insert("subscribe", "42", Some("https://hooks.example.com/u42"), json!({}))
+        .await;
+    let row = db.finished(id, WAIT).await;
+    assert_eq!(row.status, "succeeded", "{row:?}");
+
+    let endpoints = emulator.endpoints();
+    assert_eq!(endpoints.len(), 1);
+    assert_eq!(endpoints[0]["url"], "https://hooks.example.com/u42");
+    let sinks = emulator.sinks();
+    assert_eq!(sinks.len(), 1);
+    let sink = &sinks[0];
+    assert_eq!(sink["annotations"], json!({"user_id": "42"}));
+    assert_eq!(sink["filter"], "userhooks-user-filter");
+    assert_eq!(sink["source"]["include_tables"], json!(["public.notifications"]));
+    assert_eq!(sink["destination"]["http_endpoint"], endpoints[0]["name"]);
+    assert_eq!(sink["destination"]["batch"], false);
+    assert_eq!(sink["batch_size"], 1);
+    assert!(emulator
+        .functions()
+        .iter()
+        .any(|f| f["name"] == "userhooks-user-filter" && f["type"] == "filter"));
+
+    let result = row.result.expect("result");
+    assert_eq!(result["sink_id"], sink["id"]);
+    assert_eq!(result["endpoint_id"], endpoints[0]["id"]);
+    let sub = db
+        .client()
+        .await
+        .query_one(
+            "select status, sequin_sink_id::text, sequin_endpoint_id::text, endpoint, user_id
+               from userhooks.webhook_subscriptions where id = $1",
+            &[&result["subscription_id"].as_i64().expect("subscription id")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(sub.get::<_, String>(0), "active");
+    assert_eq!(sub.get::<_, Option<String>>(1).as_deref(), sink["id"].as_str());
+    assert_eq!(sub.get::<_, Option<String>>(2).as_deref(), endpoints[0]["id"].as_str());
+    assert_eq!(sub.get::<_, String>(3), "https://hooks.example.com/u42");
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notify_wakes_the_worker_long_before_the_poll_interval() {
+    let db = TestDb::new().await;
+    let emulator = start_emulator().await;
+    let mut config = config(&db, &emulator);
+    config.poll_interval = Duration::from_secs(30);
+    let worker = start_worker(config).await;
+    eventually(WAIT, "listener connected", || async {
+        worker.metrics.listener_connected.get() == 1
+    })
+    .await;
+    // Let the start-up claim and first poll tick pass, so only NOTIFY can wake the worker.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let id = db
+        .insert("subscribe", "7", Some("https://hooks.example.com/7"), json!({}))
+        .await;
+    let row = db.finished(id, Duration::from_secs(5)).await;
+    assert_eq!(row.status, "succeeded");
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poll_claims_requests_when_no_notify_arrives() {
+    let db = TestDb::new().await;
+    db.client()
+        .await
+        .batch_execute(
+            "alter table userhooks.subscription_requests disable trigger subscription_requests_notify",
+        )
+        .await
+        .unwrap();
+    let emulator = start_emulator().await;
+    let mut config = config(&db, &emulator);
+    config.poll_interval = Duration::from_millis(300);
+    let worker = start_worker(config).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let id = db
+        .insert("subscribe", "8", Some("https://hooks.example.com/8"), json!({}))
+        .await;
+    assert_eq!(db.finished(id, Duration::from_secs(5)).await.status, "succeeded");
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listener_terminated_by_postgres_still_leaves_polling_and_reconnects() {
+    let db = TestDb::new().await;
+    let emulator = start_emulator().await;
+    let mut config = config(&db, &emulator);
+    config.poll_interval = Duration::from_millis(300);
+    let worker = start_worker(config).await;
+    eventually(WAIT, "listener connected", || async {
+        worker.metrics.listener_connected.get() == 1
+    })
+    .await;
+    let killed = db
+        .scalar_i64(
+            "select count(*) from (select pg_terminate_backend(pid) from pg_stat_activity
+              where application_name = 'userhooks-listener' and datname = current_database()) t",
+        )
+        .await;
+    assert_eq!(killed, 1);
+    let id = db
+        .insert("subscribe", "9", Some("https://hooks.example.com/9"), json!({}))
+        .await;
+    assert_eq!(db.finished(id, Duration::from_secs(5)).await.status, "succeeded");
+    eventually(WAIT, "listener reconnected", || async {
+        db.scalar_i64(
+            "select count(*) from pg_stat_activity
+              where application_name = 'userhooks-listener' and datname = current_database()",
+        )
+        .await
+            == 1
+    })
+    .await;
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_subscribe_returns_the_same_subscription() {
+    let db = TestDb::new().await;
+    let emulator = start_emulator().await;
+    let worker = start_worker(config(&db, &emulator)).await;
+
+    let first = db
+        .insert("subscribe", "1", Some("https://hooks.example.com/1"), json!({}))
+        .await;
+    let first = db.finished(first, WAIT).await;
+    let second = db
+        .insert("subscribe", "1", Some("https://hooks.example.com/1"), json!({}))
+        .await;
+    let second = db.finished(second, WAIT).await;
+    assert_eq!(second.status, "succeeded");
+    let (a, b) = (first.result.unwrap(), second.result.unwrap());
+    assert_eq!(a["subscription_id"], b["subscription_id"]);
+    assert_eq!(a["sink_id"], b["sink_id"]);
+    assert_eq!(emulator.sinks().len(), 1);
+    assert_eq!(count_calls(&emulator, "create_sink"), 1);
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_subscribes_for_one_user_and_url_make_one_sink() {
+    let db = TestDb::new().await;
+    let emulator = start_emulator().await;
+    // Two workers racing over the same rows.
+    let w1 = start_worker(config(&db, &emulator)).await;
+    let w2 = start_worker(config(&db, &emulator)).await;
+    let client = db.client().await;
+    let ids: Vec<i64> = client
+        .query(
+            "insert into userhooks.subscription_requests (action, user_id, webhook_url)
+             select 'subscribe', 'u1', 'https://hooks.example.com/same' from generate_series(1, 5)
+             returning id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for id in &ids {
+        assert_eq!(db.finished(*id, WAIT).await.status, "succeeded");
+    }
+    assert_eq!(emulator.sinks().len(), 1);
+    assert_eq!(emulator.endpoints().len(), 1);
+    assert_eq!(
+        db.scalar_i64("select count(*) from userhooks.webhook_subscriptions").await,
+        1
+    );
+    w1.stop().await;
+    w2.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_errors_are_retried_until_success_without_orphans() {
+    let db = TestDb::new().await;
+    let emulator = start_emulator().await;
+    let unavailable = InjectedResponse {
+        status: 503,
+        body: json!({"summary": "Service unavailable (injected)"}),
+    };
+    let mut faults = Faults::default();
+    faults.routes.insert(
+        "create_sink".to_string(),
+        RouteFaults {
+            // More than the in-process retries, so a durable reschedule is needed.
+            fail_next: vec![unavailable.clone(); 4],
+            ..RouteFaults::default()
+        },
+    );
+    emulator.set_faults(faults);
+    let worker = start_worker(config(&db, &emulator)).await;
+    let id = db
+        .insert("subscribe", "5", Some("https://hooks.example.com/5"), json!({}))
+        .await;
+    let row = db.finished(id, Duration::from_secs(30)).await;
+    assert_eq!(row.status, "succeeded", "{row:?}");
+    assert!(row.attempts > 1, "expected a durable retry, attempts = {}", row.attempts);
+    assert_eq!(emulator.endpoints().len(), 1, "no orphan endpoint");
+    assert_eq!(emulator.sinks().len(), 1);
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permanent_rejection_fails_with_summary_and_removes_the_endpoint() {
+    let db = TestDb::new().await;
+    let emulator = start_emulator().await;
+    let mut faults = Faults::default();
+    faults.routes.insert(
+        "create_sink".to_string(),
+        RouteFaults {
+            fail_next: vec![InjectedResponse {
+                status: 422,
+                body: json!({"summary": "Validation failed",
+                             "validation_errors": {"annotations": ["is too large"]}}),
+            }],
+            ..RouteFaults::default()
+        },
+    );
+    emulator.set_faults(faults);
+    let worker = start_worker(config(&db, &emulator)).await;
+    let id = db
+        .insert("subscribe", "6", Some("https://hooks.example.com/6"), json!({}))
+        .await;
+    let row = db.finished(id, WAIT).await;
+    assert_eq!(row.status, "failed");
+    let error = row.last_error.unwrap();
+    assert!(error.contains("Validation failed") && error.contains("is too large"), "{error}");
+    assert_eq!(row.result.unwrap()["error"]["kind"], "sequin_rejected");
+    assert!(emulator.endpoints().is_empty(), "the endpoint made for it is deleted");
+    assert_eq!(
+        db.scalar_i64("select count(*) from userhooks.webhook_subscriptions where status = 'failed'")
+            .await,
+        1
+    );
+
+    // The user can subscribe again.
+    let again = db
+        .insert("subscribe", "6", Some("https://hooks.example.com/6"), json!({}))
+        .await;
+    assert_eq!(db.finished(again, WAIT).await.status, "succeeded");
+    assert_eq!(emulator.sinks().len(), 1);
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_token_keeps_requests_pending_until_it_works_again() {
+    let db = TestDb::new().await;
+    let emulator = start_emulator().await;
+    emulator.set_faults(Faults {
+        force_401: true,
+        ..Faults::default()
+    });
+    let worker = start_worker(config(&db, &emulator)).await;
+    let id = db
+        .insert("subscribe", "3", Some("https://hooks.example.com/3"), json!({}))
+        .await;
+    eventually(WAIT, "auth marked failing", || async {
+        worker.metrics.sequin_auth_ok.get() == 0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let row = db.request(id).await;
+    assert_eq!(row.status, "pending", "{row:?}");
+    assert_eq!(row.attempts, 0, "an auth rejection does not use up attempts");
+
+    emulator.set_faults(Faults::default());
+    let row = db.finished(id, Duration::from_secs(25)).await;
+    assert_eq!(row.status, "succeeded");
+    assert_eq!(worker.metrics.sequin_auth_ok.get(), 1);
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_url_fails_clearly_without_calling_sequin() {
+    let db = TestDb::new().await;
+    let emulator = start_emulator().await;
+    let mut config = config(&db, &emulator);
+    config.allow_private_urls = false;
+    let worker = start_worker(config).await;
+    let bad = db
+        .insert("subscribe", "4", Some("ftp://hooks.example.com/4"), json!({}))
+        .await;
+    let private = db
+        .insert("subscribe", "4", Some("http://169.254.169.254/latest"), json!({}))
+        .await;
+    let bad = db.finished(bad, WAIT).await;
+    let private = db.finished(private, WAIT).await;
+    assert_eq!(bad.status, "failed");
+    assert!(bad.last_error.unwrap().contains("http or https"));
+    assert_eq!(private.status, "failed");
+    assert!(private.last_error.unwrap().contains("link-local"));
+    assert_eq!(count_calls(&emulator, "create_endpoint"), 0);
+    assert_eq!(count_calls(&emulator, "create_sink"), 0);
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_option_fails_the_request_and_provisions_nothing() {
+    let db = TestDb::new().await;
+    let emulator = start_emulator().await;
+    let worker = start_worker(config(&db, &emulator)).await;
+    let id = db
+        .insert(
+            "subscribe",
+            "4",
+            Some("https://hooks.example.com/4"),
+            json!({"filters": [{"column_name": "user_id"}]}),
+        )
+        .await;
+    let row = db.finished(id, WAIT).await;
+    assert_eq!(row.status, "failed");
+    assert!(row.last_error.unwrap().contains("unknown option `filters`"));
+    assert_eq!(row.result.unwrap()["error"]["kind"], "invalid_request");
+    assert!(emulator.endpoints().is_empty());
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_with_expired_lease_is_reclaimed_and_finished() {
+    let db = TestDb::new().await;
+    let emulator = start_emulator().await;
+    let id = db
+        .insert("subscribe", "11", Some("https://hooks.example.com/11"), json!({}))
+        .await;
+    // A worker claimed it and died: running, lease in the past.
+    db.client()
+        .await
+        .execute(
+            "update userhooks.subscription_requests
+                set status = 'running', attempts = 1, locked_by = 'dead-worker',
+                    locked_until = now() - interval '1 second'
+              where id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    let worker = start_worker(config(&db, &emulator)).await;
+    let row = db.finished(id, WAIT).await;
+    assert_eq!(row.status, "succeeded");
+    assert_eq!(row.attempts, 2);
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_with_live_lease_is_not_taken() {
+    let db = TestDb::new().await;
+    let emulator = start_emulator().await;
+    let id = db
+        .insert("subscribe", "12", Some("https://hooks.example.com/12"), json!({}))
+        .await;
+    db.client()
+        .await
+        .execute(
+            "update userhooks.subscription_requests
+                set status = 'running', attempts = 1, locked_by = 'other-worker',
+                    locked_until = now() + interval '1 hour'
+              where id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    let worker = start_worker(config(&db, &emulator)).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let row = db.request(id).await;
+    assert_eq!(row.status, "running");
+    assert_eq!(row.locked_by.as_deref(), Some("other-worker"));
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_back_with_a_stale_attempt_is_refused() {
+    use userhooks::queue::{self, Outcome, WriteBack};
+    let db = TestDb::new().await;
+    db.insert("subscribe", "13", Some("https://hooks.example.com/13"), json!({}))
+        .await;
+    let pool = userhooks::db::pool(&db.url, 2).unwrap();
+    let claimed = queue::claim(&pool, 10, "worker-a", Duration::from_millis(1))
+        .await
+        .unwrap();
+    let stale = claimed.requests[0].clone();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    // The lease expired; worker-b takes the request over.
+    let reclaimed = queue::claim(&pool, 10, "worker-b", Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(reclaimed.requests.len(), 1);
+    let outcome = Outcome::Succeeded {
+        result: json!({"by": "a"}),
+        changes: vec![],
+    };
+    let written = queue::write_back(&pool, "worker-a", &stale, &outcome).await.unwrap();
+    assert_eq!(written, WriteBack::LeaseLost);
+    let row = db.request(stale.id).await;
+    assert_eq!(row.status, "running");
+    assert_eq!(row.locked_by.as_deref(), Some("worker-b"));
+    // The owner's write-back works.
+    let written = queue::write_back(&pool, "worker-b", &reclaimed.requests[0], &outcome)
+        .await
+        .unwrap();
+    assert_eq!(written, WriteBack::Applied);
+    assert_eq!(db.request(stale.id).await.status, "succeeded");
+}

@@ -1,1 +1,3 @@
 //! userhooks: per-user Sequin webhooks provisioned from a Postgres outbox.
+
+pub mod webhook_url;

@@ -526,7 +526,7 @@ mod tests {
         for &(base, len, reason) in V6_RANGES {
             let last = base | u128::MAX.checked_shr(u32::from(len)).unwrap_or(0);
             assert_eq!(v6_reason(Ipv6Addr::from(base)), Some(reason), "{base:#x}");
-            // 2001:db8::/32 lies outside 2001::/23, 64:ff9b:1::/48 inside nothing else.
+            // The ranges do not overlap (2001:db8::/32 lies outside 2001::/23), so both ends match.
             assert_eq!(v6_reason(Ipv6Addr::from(last)), Some(reason), "{last:#x}");
         }
     }

@@ -249,6 +249,56 @@ async fn unrouted_path_is_404_not_found_detail() {
 }
 
 #[tokio::test]
+async fn pre_router_errors_are_html_without_json_accept() {
+    let h = emu().await;
+    let r = Client::new()
+        .get(format!("{}/nope", h.api_url()))
+        .header("Authorization", format!("Bearer {TOKEN}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let ct = r.headers()["content-type"].to_str().unwrap().to_string();
+    assert!(ct.starts_with("text/html"), "{ct}");
+}
+
+#[tokio::test]
+async fn legacy_table_field_needs_database_and_sets_include_tables() {
+    let h = emu().await;
+    let api = Api::new(&h);
+    api.endpoint("e1").await;
+    let mut body = sink_body("s1", "e1");
+    body.as_object_mut().unwrap().remove("source");
+    body["table"] = json!("users");
+    let (s, b) = api.post("/sinks", body).await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["source"]["include_tables"], json!(["public.users"]));
+    let (s, _) = api
+        .patch("/sinks/s1", json!({"table": "notifications"}))
+        .await;
+    assert_eq!(s, 404);
+}
+
+#[tokio::test]
+async fn faults_before_the_operation_do_not_consume_fail_after_next() {
+    let h = emu().await;
+    let mut f = Faults::default();
+    f.all.rate_limit_retry_after = Some(1);
+    f.all.fail_after_next = vec![InjectedResponse {
+        status: 502,
+        body: json!({}),
+    }];
+    h.set_faults(f.clone());
+    let api = Api::new(&h);
+    assert_eq!(api.get("/sinks").await.0, 429);
+    assert_eq!(h.faults().all.fail_after_next.len(), 1);
+    f.all.rate_limit_retry_after = None;
+    h.set_faults(f);
+    assert_eq!(api.get("/sinks").await.0, 502);
+    assert_eq!(api.get("/sinks").await.0, 200);
+}
+
+#[tokio::test]
 async fn query_params_on_post_count_as_unknown_fields() {
     let h = emu().await;
     let api = Api::new(&h);
@@ -1144,8 +1194,8 @@ async fn backfill_state_machine() {
 #[tokio::test]
 async fn backfill_progress_advances_to_completed() {
     let mut cfg = config();
-    cfg.backfill_rows = 50;
-    cfg.backfill_rows_per_sec = 200;
+    cfg.backfill_rows = 100;
+    cfg.backfill_rows_per_sec = 100;
     let h = emu_with(cfg).await;
     let api = Api::new(&h);
     api.endpoint("e1").await;
@@ -1154,17 +1204,18 @@ async fn backfill_progress_advances_to_completed() {
     assert_eq!(b["rows_initial_count"], Value::Null);
     assert_eq!(b["completed_at"], Value::Null);
     let path = format!("/sinks/s1/backfills/{}", b["id"].as_str().unwrap());
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // rows_initial_count appears after ~100 ms; 100 rows at 100 rows/s take ~1 s more.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let (_, mid) = api.get(&path).await;
-    assert_eq!(mid["rows_initial_count"], 50);
+    assert_eq!(mid["rows_initial_count"], 100);
     let p = mid["rows_processed_count"].as_u64().unwrap();
-    assert!(p > 0 && p < 50, "{mid}");
+    assert!(p > 0 && p < 100, "{mid}");
     assert_eq!(mid["state"], "active");
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     let (_, done) = api.get(&path).await;
     assert_eq!(done["state"], "completed");
-    assert_eq!(done["rows_processed_count"], 50);
-    assert_eq!(done["rows_ingested_count"], 50);
+    assert_eq!(done["rows_processed_count"], 100);
+    assert_eq!(done["rows_ingested_count"], 100);
     let at = done["completed_at"].as_str().unwrap();
     assert!(at.ends_with('Z') && at.contains('.'), "{at}");
     assert!(!done["inserted_at"].as_str().unwrap().contains('.'));

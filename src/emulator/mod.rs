@@ -505,21 +505,9 @@ async fn run(
     parsed: Result<Option<Value>, ()>,
 ) -> Resp {
     // --- injected faults ---
-    let (force_401, rf, fail_next, fail_after) = {
-        let mut faults = shared.faults_lock();
-        let force = faults.force_401;
-        let rf = faults.for_operation_mut(operation);
-        let fail_next = if rf.fail_next.is_empty() {
-            None
-        } else {
-            Some(rf.fail_next.remove(0))
-        };
-        let fail_after = if fail_next.is_none() && !rf.fail_after_next.is_empty() {
-            Some(rf.fail_after_next.remove(0))
-        } else {
-            None
-        };
-        (force, rf.clone(), fail_next, fail_after)
+    let (force_401, rf) = {
+        let faults = shared.faults_lock();
+        (faults.force_401, faults.for_operation(operation).clone())
     };
     if force_401 {
         return unauthorized_invalid();
@@ -535,6 +523,11 @@ async fn run(
     if rf.latency_ms > 0 {
         tokio::time::sleep(Duration::from_millis(rf.latency_ms)).await;
     }
+    let fail_next = {
+        let mut faults = shared.faults_lock();
+        let rf = faults.for_operation_mut(operation);
+        (!rf.fail_next.is_empty()).then(|| rf.fail_next.remove(0))
+    };
     if let Some(inj) = fail_next {
         return Resp::json(inj.status, inj.body);
     }
@@ -546,6 +539,12 @@ async fn run(
     if rf.error_rate > 0.0 && rand::random::<f64>() < rf.error_rate {
         return Resp::summary(503, "Service unavailable (injected)");
     }
+    // Consumed only by a request that actually reaches the operation.
+    let fail_after = {
+        let mut faults = shared.faults_lock();
+        let rf = faults.for_operation_mut(operation);
+        (!rf.fail_after_next.is_empty()).then(|| rf.fail_after_next.remove(0))
+    };
 
     let resp = pipeline(shared, method, route, uri, headers, parsed);
     match fail_after {

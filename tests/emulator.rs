@@ -987,6 +987,45 @@ async fn renaming_sink_to_taken_name_is_500() {
 }
 
 #[tokio::test]
+async fn endpoint_path_is_validated_and_empty_is_null() {
+    let h = emu().await;
+    let api = Api::new(&h);
+    api.endpoint("e1").await;
+    let mut body = sink_body("s1", "e1");
+    body["destination"]["http_endpoint_path"] = json!("no-slash");
+    let (s, b) = api.post("/sinks", body).await;
+    assert_eq!(s, 422);
+    assert_eq!(
+        b["validation_errors"],
+        json!({"sink": {"http_endpoint_path": ["must be a valid URL path or empty"]}})
+    );
+    let mut body = sink_body("s1", "e1");
+    body["destination"]["http_endpoint_path"] = json!("");
+    let (s, b) = api.post("/sinks", body).await;
+    assert_eq!(s, 200);
+    assert_eq!(b["destination"]["http_endpoint_path"], Value::Null);
+}
+
+#[tokio::test]
+async fn sink_patch_is_partial_and_follows_endpoint_rename() {
+    let h = emu().await;
+    let api = Api::new(&h);
+    api.endpoint("e1").await;
+    api.sink("s1", "e1").await;
+    let (s, b) = api.patch("/sinks/s1", json!({"status": "paused"})).await;
+    assert_eq!(s, 200);
+    assert_eq!(b["status"], "paused");
+    assert_eq!(b["destination"]["batch"], false);
+    assert_eq!(b["annotations"], json!({"user_id": "42"}));
+    let (s, _) = api
+        .patch("/destinations/http_endpoints/e1", json!({"name": "e1b"}))
+        .await;
+    assert_eq!(s, 200);
+    let (_, b) = api.get("/sinks/s1").await;
+    assert_eq!(b["destination"]["http_endpoint"], "e1b");
+}
+
+#[tokio::test]
 async fn missing_sink_is_404_consumer() {
     let h = emu().await;
     let api = Api::new(&h);

@@ -148,8 +148,11 @@ impl Backfill {
         };
         if self.active_elapsed_ms(now) >= needed {
             let remaining = (needed - self.active_ms).max(0.0);
-            let at = since + Duration::from_secs_f64(remaining / 1000.0);
-            let at = at.min(now);
+            let at = Duration::try_from_secs_f64(remaining / 1000.0)
+                .ok()
+                .and_then(|d| since.checked_add(d))
+                .unwrap_or(now)
+                .min(now);
             let wall = self.wall_at(at);
             self.active_ms = needed;
             self.active_since = None;

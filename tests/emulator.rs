@@ -1,0 +1,1519 @@
+//! Real-HTTP tests of the Sequin API emulator: one test per rule of `sequin-api.md`.
+
+use reqwest::{Client, Method, StatusCode};
+use serde_json::{json, Value};
+use std::time::Duration;
+use userhooks::emulator::{
+    start, EmulatorConfig, EmulatorHandle, Faults, InjectedResponse, RouteFaults,
+};
+
+const TOKEN: &str = "test-token";
+
+async fn emu_with(config: EmulatorConfig) -> EmulatorHandle {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    start(config, listener).await
+}
+
+fn config() -> EmulatorConfig {
+    EmulatorConfig {
+        token: TOKEN.to_string(),
+        database: "app".to_string(),
+        tables: vec!["public.notifications".into(), "public.users".into()],
+        ..EmulatorConfig::default()
+    }
+}
+
+async fn emu() -> EmulatorHandle {
+    emu_with(config()).await
+}
+
+struct Api {
+    base: String,
+    http: Client,
+}
+
+impl Api {
+    fn new(h: &EmulatorHandle) -> Self {
+        Api {
+            base: h.api_url(),
+            http: Client::new(),
+        }
+    }
+
+    async fn req(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let mut rb = self
+            .http
+            .request(method, format!("{}{}", self.base, path))
+            .header("Authorization", format!("Bearer {TOKEN}"))
+            .header("Accept", "application/json");
+        if let Some(b) = body {
+            rb = rb
+                .header("Content-Type", "application/json")
+                .body(b.to_string());
+        }
+        let resp = rb.send().await.expect("send");
+        let status = resp.status();
+        let text = resp.text().await.expect("body");
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+    async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.req(Method::GET, path, None).await
+    }
+    async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.req(Method::POST, path, Some(body)).await
+    }
+    async fn put(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.req(Method::PUT, path, Some(body)).await
+    }
+    async fn patch(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.req(Method::PATCH, path, Some(body)).await
+    }
+    async fn delete(&self, path: &str) -> (StatusCode, Value) {
+        self.req(Method::DELETE, path, None).await
+    }
+
+    async fn endpoint(&self, name: &str) -> Value {
+        let (s, b) = self
+            .post(
+                "/destinations/http_endpoints",
+                json!({"name": name, "url": "https://hooks.example.com/in"}),
+            )
+            .await;
+        assert_eq!(s, 200, "{b}");
+        b
+    }
+
+    async fn sink(&self, name: &str, endpoint: &str) -> Value {
+        let (s, b) = self.post("/sinks", sink_body(name, endpoint)).await;
+        assert_eq!(s, 200, "{b}");
+        b
+    }
+
+    async fn apply_filter(&self, name: &str) {
+        let yaml = format!(
+            "functions:\n  - name: \"{name}\"\n    type: \"filter\"\n    description: \"d\"\n    code: |-\n      def filter(action, record, changes, metadata) do\n        true\n      end\n"
+        );
+        let (s, b) = self.post("/config/apply", json!({ "yaml": yaml })).await;
+        assert_eq!(s, 200, "{b}");
+    }
+}
+
+fn sink_body(name: &str, endpoint: &str) -> Value {
+    json!({
+        "name": name,
+        "database": "app",
+        "source": {"include_tables": ["public.notifications"]},
+        "destination": {"type": "webhook", "http_endpoint": endpoint, "batch": false},
+        "batch_size": 1,
+        "annotations": {"user_id": "42"}
+    })
+}
+
+fn summary(b: &Value) -> &str {
+    b["summary"].as_str().unwrap_or("")
+}
+
+fn unknown_field(b: &Value, field: &str) {
+    assert_eq!(
+        b,
+        &json!({"summary": format!("Unknown field: {field}"), "validation_errors": {}, "code": null})
+    );
+}
+
+// ---------------------------------------------------------------- auth and pipeline
+
+#[tokio::test]
+async fn missing_authorization_is_401_with_instructions() {
+    let h = emu().await;
+    let r = Client::new()
+        .get(format!("{}/sinks", h.api_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let b: Value = r.json().await.unwrap();
+    assert_eq!(summary(&b), "Please provide a valid API token in the Authorization header.\n\nAPI tokens are generated in the Sequin console (console.sequin.io) and should be included in the Authorization header of your request. For example:\n\nAuthorization: Bearer <your-api-token>\n\n");
+}
+
+#[tokio::test]
+async fn non_bearer_prefix_is_401_prefix_message() {
+    let h = emu().await;
+    let r = Client::new()
+        .get(format!("{}/sinks", h.api_url()))
+        .header("Authorization", format!("bearer {TOKEN}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let b: Value = r.json().await.unwrap();
+    assert!(summary(&b).contains("Ensure your Authorization value is prefixed with \"Bearer\"."));
+}
+
+#[tokio::test]
+async fn two_authorization_headers_is_401_exactly_one() {
+    let h = emu().await;
+    let r = Client::new()
+        .get(format!("{}/sinks", h.api_url()))
+        .header("Authorization", format!("Bearer {TOKEN}"))
+        .header("Authorization", format!("Bearer {TOKEN}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let b: Value = r.json().await.unwrap();
+    assert!(summary(&b).starts_with("Please provide exactly one Authorization header"));
+}
+
+#[tokio::test]
+async fn unknown_token_is_401_invalid_or_expired() {
+    let h = emu().await;
+    let r = Client::new()
+        .get(format!("{}/sinks", h.api_url()))
+        .header("Authorization", "Bearer nope")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let b: Value = r.json().await.unwrap();
+    assert_eq!(summary(&b), "The API token you provided is invalid or has expired. Your token may have been revoked or deleted in the Sequin console.\n");
+}
+
+#[tokio::test]
+async fn post_without_json_content_type_is_400_even_with_empty_body() {
+    let h = emu().await;
+    let api = Api::new(&h);
+    api.endpoint("e1").await;
+    api.sink("s1", "e1").await;
+    let r = api
+        .http
+        .post(format!("{}/sinks/s1/backfills", h.api_url()))
+        .header("Authorization", format!("Bearer {TOKEN}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let b: Value = r.json().await.unwrap();
+    assert_eq!(
+        b,
+        json!({"summary": "Content-Type: application/json is required"})
+    );
+    assert!(h.backfills().is_empty());
+}
+
+#[tokio::test]
+async fn accept_excluding_json_is_406() {
+    let h = emu().await;
+    let r = Client::new()
+        .get(format!("{}/sinks", h.api_url()))
+        .header("Authorization", format!("Bearer {TOKEN}"))
+        .header("Accept", "text/html")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 406);
+}
+
+#[tokio::test]
+async fn unparseable_json_is_400_bad_request() {
+    let h = emu().await;
+    let r = Client::new()
+        .post(format!("{}/sinks", h.api_url()))
+        .header("Authorization", format!("Bearer {TOKEN}"))
+        .header("Accept", "application/json")
+        .header("Content-Type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let b: Value = r.json().await.unwrap();
+    assert_eq!(b, json!({"errors": {"detail": "Bad Request"}}));
+}
+
+#[tokio::test]
+async fn unrouted_path_is_404_not_found_detail() {
+    let h = emu().await;
+    let api = Api::new(&h);
+    let (s, b) = api.get("/nope").await;
+    assert_eq!(s, 404);
+    assert_eq!(b, json!({"errors": {"detail": "Not Found"}}));
+    let (s, _) = api
+        .req(Method::POST, "/postgres_databases", Some(json!({})))
+        .await;
+    assert_eq!(s, 404);
+}
+
+#[tokio::test]
+async fn pre_router_errors_are_html_without_json_accept() {
+    let h = emu().await;
+    let r = Client::new()
+        .get(format!("{}/nope", h.api_url()))
+        .header("Authorization", format!("Bearer {TOKEN}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let ct = r.headers()["content-type"].to_str().unwrap().to_string();
+    assert!(ct.starts_with("text/html"), "{ct}");
+}
+
+#[tokio::test]
+async fn legacy_table_field_needs_database_and_sets_include_tables() {
+    let h = emu().await;
+    let api = Api::new(&h);
+    api.endpoint("e1").await;
+    let mut body = sink_body("s1", "e1");
+    body.as_object_mut().unwrap().remove("source");
+    body["table"] = json!("users");
+    let (s, b) = api.post("/sinks", body).await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["source"]["include_tables"], json!(["public.users"]));
+    let (s, _) = api
+        .patch("/sinks/s1", json!({"table": "notifications"}))
+        .await;
+    assert_eq!(s, 404);
+}
+
+#[tokio::test]
+async fn faults_before_the_operation_do_not_consume_fail_after_next() {
+    let h = emu().await;
+    let mut f = Faults::default();
+    f.all.rate_limit_retry_after = Some(1);
+    f.all.fail_after_next = vec![InjectedResponse {
+        status: 502,
+        body: json!({}),
+    }];
+    h.set_faults(f.clone());
+    let api = Api::new(&h);
+    assert_eq!(api.get("/sinks").await.0, 429);
+    assert_eq!(h.faults().all.fail_after_next.len(), 1);
+    f.all.rate_limit_retry_after = None;
+    h.set_faults(f);
+    assert_eq!(api.get("/sinks").await.0, 502);
+    assert_eq!(api.get("/sinks").await.0, 200);
+}
+
+#[tokio::test]
+async fn query_params_on_post_count_as_unknown_fields() {
+    let h = emu().await;
+    let api = Api::new(&h);
+    let (s, b) = api
+        .post(
+            "/destinations/http_endpoints?force=true",
+            json!({"name": "e1", "url": "https://x.example.com"}),
+        )
+        .await;
+    assert_eq!(s, 422);
+    unknown_field(&b, "force");
+}
+
+#[tokio::test]
+async fn list_databases_returns_configured_name() {
+    let h = emu().await;
+    let api = Api::new(&h);
+    let (s, b) = api.get("/postgres_databases").await;
+    assert_eq!(s, 200);
+    assert_eq!(b["data"][0]["name"], "app");
+    assert!(b["data"][0]["id"].is_string());
+}
+
+// ---------------------------------------------------------------- endpoints
+
+#[tokio::test]
+async fn create_endpoint_is_200_and_obfuscates_encrypted_headers() {
+    let h = emu().await;
+    let api = Api::new(&h);
+    let (s, b) = api
+        .post(
+            "/destinations/http_endpoints",
+            json!({"name": "u-42-endpoint", "url": "https://hooks.example.com:443/sequin",
+                   "headers": {"X-Source": "sequin"},
+                   "encrypted_headers": {"Authorization": "Bearer 3c1f0000000000000000000000e9", "K": "short"}}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(b["url"], "https://hooks.example.com/sequin");
+    assert_eq!(b["headers"], json!({"X-Source": "sequin"}));
+    assert_eq!(
+        b["encrypted_headers"]["Authorization"],
+        "Bea********************9"
+    );
+    assert_eq!(b["encrypted_headers"]["K"], "*****");
+    assert!(uuid::Uuid::parse_str(b["id"].as_str().unwrap()).is_ok());
+}
+
+#[tokio::test]
+async fn duplicate_endpoint_name_is_422_has_already_been_taken() {
+    let h = emu().await;
+    let api = Api::new(&h);
+    api.endpoint("e1").await;
+    let (s, b) = api
+        .post(
+            "/destinations/http_endpoints",
+            json!({"name": "e1", "url": "https://other.example.com"}),
+        )
+        .await;
+    assert_eq!(s, 422);
+    assert_eq!(
+        b,
+        json!({"summary": "Validation failed", "validation_errors": {"name": ["has already been taken"]}})
+    );
+    assert_eq!(h.endpoints().len(), 1);
+}
+
+#[tokio::test]
+async fn endpoint_name_format_and_length_are_validated() {
+    let h = emu().await;
+    let api = Api::new(&h);
+    let (s, b) = api
+        .post(
+            "/destinations/http_endpoints",
+            json!({"name": "bad name!", "url": "https://x.example.com"}),
+        )
+        .await;
+    assert_eq!(s, 422);
+    assert_eq!(
+        b["validation_errors"]["name"][0],
+        "Can only contain alphanumeric characters, underscores, hyphens, or dots"
+    );
+    let (s, _) = api
+        .post(
+            "/destinations/http_endpoints",
+            json!({"name": "a".repeat(256), "url": "https://x.example.com"}),
+        )
+        .await;
+    assert_eq!(s, 422);
+    let (s, b) = api
+        .post(
+            "/destinations/http_endpoints",
+            json!({"url": "https://x.example.com"}),
+        )
+        .await;
+    assert_eq!(s, 422);
+    assert_eq!(b["validation_errors"]["name"], json!(["can't be blank"]));
+}
+
+#[tokio::test]
+async fn endpoint_url_rules() {
+    let h = emu().await;
+    let api = Api::new(&h);
+    let cases = [
+        (
+            "hooks.example.com/x",
+            json!({"scheme": ["can't be blank"], "host": ["can't be blank"]}),
+        ),
+        ("ftp://hooks.example.com", json!({"scheme": ["is invalid"]})),
+        (
+            "https://bad_host.example.com",
+            json!({"host": ["must be a valid hostname"]}),
+        ),
+        (
+            "https://h.example.com:70000",
+            json!({"port": ["must be less than 65536"]}),
+        ),
+    ];
+    for (i, (url, errs)) in cases.iter().enumerate() {
+        let (s, b) = api
+            .post(
+                "/destinations/http_endpoints",
+                json!({"name": format!("e{i}"), "url": url}),
+            )
+            .await;
+        assert_eq!(s, 422, "{url}");
+        assert_eq!(b["validation_errors"], *errs, "{url}");
+    }
+    // userinfo dropped, non-default port kept
+    let (s, b) = api
+        .post(
+            "/destinations/http_endpoints",
+            json!({"name": "ok", "url": "http://user:pw@h.example.com:8080/p?q=1"}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(b["url"], "http://h.example.com:8080/p?q=1");
+}
+
+#[tokio::test]
+async fn null_url_is_500() {
+    let h = emu().await;
+    let api = Api::new(&h);
+    let (s, b) = api
+        .post(
+            "/destinations/http_endpoints",
+            json!({"name": "e1", "url": null}),
+        )
+        .await;
+    assert_eq!(s, 500);
+    assert_eq!(b, json!({"errors": {"detail": "Internal Server Error"}}));
+}
+
+#[tokio::test]
+async fn headers_as_list_or_map_and_string_is_422() {
+    let h = emu().await;
+    let api = Api::new(&h);
+    let (s, b) = api
+        .post(
+            "/destinations/http_endpoints",
+            json!({"name": "e1", "url": "https://x.example.com",
+                   "headers": [{"key": "A", "value": "1"}]}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(b["headers"], json!({"A": "1"}));
+    let (s, b) = api
+        .post(
+            "/destinations/http_endpoints",
+            json!({"name": "e2", "url": "https://x.example.com", "headers": "A: 1"}),
+        )
+        .await;
+    assert_eq!(s, 422);
+    assert_eq!(
+        summary(&b),
+        "Invalid headers configuration. Must be a list of key-value pairs."
+    );
+}
+
+#[tokio::test]
+async fn endpoint_unknown_field_is_422_and_ignored_fields_are_ignored() {
+    let h = emu().await;
+    let api = Api::new(&h);
+    let (s, b) = api
+        .post(
+            "/destinations/http_endpoints",
+            json!({"name": "e1", "url": "https://x.example.com", "foo": 1}),
+        )
+        .await;
+    assert_eq!(s, 422);
+    unknown_field(&b, "foo");
+    let (s, b) = api
+        .post(
+            "/destinations/http_endpoints",
+            json!({"name": "e1", "url": "https://x.example.com", "account_id": 7,
+                   "id": "x", "inserted_at": "y", "updated_at": "z"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    assert_ne!(b["id"], "x");
+}
+
+#[tokio::test]
+async fn endpoint_update_replaces_headers_wholesale() {
+    let h = emu().await;
+    let api = Api::new(&h);
+    api.post(
+        "/destinations/http_endpoints",
+        json!({"name": "e1", "url": "https://x.example.com", "headers": {"A": "1", "B": "2"}}),
+    )
+    .await;
+    let (s, b) = api
+        .patch(
+            "/destinations/http_endpoints/e1",
+            json!({"headers": {"C": "3"}}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(b["headers"], json!({"C": "3"}));
+    assert_eq!(b["url"], "https://x.example.com");
+    let (s, b) = api
+        .put(
+            "/destinations/http_endpoints/e1",
+            json!({"name": "e1-renamed"}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(b["name"], "e1-renamed");
+    let (s, _) = api.get("/destinations/http_endpoints/e1").await;
+    assert_eq!(s, 404);
+}
+
+#[tokio::test]
+async fn deleting_endpoint_in_use_is_400() {
+    let h = emu().await;
+    let api = Api::new(&h);
+    let e = api.endpoint("e1").await;
+    api.sink("s1", "e1").await;
+    let (s, b) = api.delete("/destinations/http_endpoints/e1").await;
+    assert_eq!(s, 400);
+    assert_eq!(
+        summary(&b),
+        format!(
+            "Cannot delete HTTP endpoint e1 ({}), as it is in use by 1 sink consumer(s)",
+            e["id"].as_str().unwrap()
+        )
+    );
+    assert_eq!(h.endpoints().len(), 1);
+    let (s, _) = api.delete("/sinks/s1").await;
+    assert_eq!(s, 200);
+    let (s, b) = api.delete("/destinations/http_endpoints/e1").await;
+    assert_eq!(s, 200);
+    assert_eq!(b, json!({"id": e["id"], "deleted": true}));
+}
+
+#[tokio::test]
+async fn missing_endpoint_is_404_http_endpoint() {
+    let h = emu().await;
+    let api = Api::new(&h);
+    let (s, b) = api.get("/destinations/http_endpoints/nope").await;
+    assert_eq!(s, 404);
+    assert_eq!(
+        b,
+        json!({"summary": "Not found: No `http endpoint` found matching the provided ID or name"})
+    );
+}
+
+#[tokio::test]
+async fn uuid_looking_segment_is_treated_as_id() {
+    let h = emu().await;
+    let api = Api::new(&h);
+    let e = api.endpoint("e1").await;
+    let id = e["id"].as_str().unwrap().to_string();
+    // by id: hyphenated, 32-hex and urn forms
+    for seg in [id.clone(), id.replace('-', ""), format!("urn:uuid:{id}")] {
+        let (s, b) = api
+            .get(&format!("/destinations/http_endpoints/{seg}"))
+            .await;
+        assert_eq!(s, 200, "{seg}");
+        assert_eq!(b["name"], "e1");
+    }
+    // a name that looks like a v4 UUID can be created but never fetched by name
+    let fake = uuid::Uuid::new_v4().to_string();
+    let (s, _) = api
+        .post(
+            "/destinations/http_endpoints",
+            json!({"name": fake, "url": "https://x.example.com"}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let (s, _) = api
+        .get(&format!("/destinations/http_endpoints/{fake}"))
+        .await;
+    assert_eq!(s, 404);
+}
+
+// ---------------------------------------------------------------- sinks
+
+#[tokio::test]
+async fn create_sink_shape_without_health_and_show_with_health() {
+    let h = emu().await;
+    let api = Api::new(&h);
+    api.endpoint("e1").await;
+    api.apply_filter("user-filter").await;
+    let mut body = sink_body("s1", "e1");
+    body["filter"] = json!("user-filter");
+    let (s, b) = api.post("/sinks", body).await;
+    assert_eq!(s, 200, "{b}");
+    assert!(b.get("health").is_none());
+    assert_eq!(b["database"], "app");
+    assert_eq!(b["status"], "active");
+    assert_eq!(b["actions"], json!(["insert", "update", "delete"]));
+    assert_eq!(
+        b["source"],
+        json!({"include_schemas": null, "exclude_schemas": null,
+               "include_tables": ["public.notifications"], "exclude_tables": null})
+    );
+    assert_eq!(
+        b["destination"],
+        json!({"type": "webhook", "http_endpoint": "e1", "http_endpoint_path": null, "batch": false})
+    );
+    assert_eq!(b["filter"], "user-filter");
+    assert_eq!(b["transform"], "none");
+    assert_eq!(b["routing"], "none");
+    assert_eq!(b["enrichment"], "none");
+    assert_eq!(b["active_backfills"], json!([]));
+    assert_eq!(b["max_retry_count"], Value::Null);
+    assert_eq!(b["load_shedding_policy"], "pause_on_full");
+    assert_eq!(b["timestamp_format"], "iso8601");
+    assert_eq!(b["message_grouping"], true);
+    assert_eq!(b["annotations"], json!({"user_id": "42"}));
+    let (s, b) = api.get("/sinks/s1").await;
+    assert_eq!(s, 200);
+    assert_eq!(b["health"]["name"], "Consumer health");
+    let (_, l) = api.get("/sinks").await;
+    assert!(l["data"][0]["health"].is_object());
+}
+
+#[tokio::test]
+async fn batch_defaults_to_true() {
+    let h = emu().await;
+    let api = Api::new(&h);
+    api.endpoint("e1").await;
+    let mut body = sink_body("s1", "e1");
+    body["destination"] = json!({"type": "webhook", "http_endpoint": "e1"});
+    let (s, b) = api.post("/sinks", body).await;
+    assert_eq!(s, 200);
+    assert_eq!(b["destination"]["batch"], true);
+    assert_eq!(b["batch_size"], 1);
+}
+
+#[tokio::test]
+async fn duplicate_sink_name_is_422_has_already_been_taken() {
+    let h = emu().await;
+    let api = Api::new(&h);
+    api.endpoint("e1").await;
+    api.sink("s1", "e1").await;
+    let (s, b) = api.post("/sinks", sink_body("s1", "e1")).await;
+    assert_eq!(s, 422);
+    assert_eq!(
+        b["validation_errors"],
+        json!({"name": ["has already been taken"]})
+    );
+    assert_eq!(h.sinks().len(), 1);
+}
+
+#[tokio::test]
+async fn missing_database_and_destination_are_changeset_errors() {
+    let h = emu().await;
+    let api = Api::new(&h);
+    let (s, b) = api.post("/sinks", json!({"name": "s1"})).await;
+    assert_eq!(s, 422);
+    assert_eq!(
+        b,
+        json!({"summary": "Validation failed", "validation_errors": {
+            "replication_slot_id": ["can't be blank"], "sink": ["can't be blank"]}})
+    );
+}
+
+#[tokio::test]
+async fn unknown_database_is_404_database() {
+    let h = emu().await;
+    let api = Api::new(&h);
+    api.endpoint("e1").await;
+    let mut body = sink_body("s1", "e1");
+    body["database"] = json!("other");
+    let (s, b) = api.post("/sinks", body).await;
+    assert_eq!(s, 404);
+    assert_eq!(
+        summary(&b),
+        "Not found: No `database` found matching the provided ID or name"
+    );
+}
+
+#[tokio::test]
+async fn http_endpoint_is_looked_up_by_name_only() {
+    let h = emu().await;
+    let api = Api::new(&h);
+    let e = api.endpoint("e1").await;
+    let (s, b) = api
+        .post("/sinks", sink_body("s1", e["id"].as_str().unwrap()))
+        .await;
+    assert_eq!(s, 404);
+    assert_eq!(
+        summary(&b),
+        "Not found: No `http endpoint` found matching the provided ID or name"
+    );
+}
+
+#[tokio::test]
+async fn filters_field_is_rejected_as_unknown() {
+    let h = emu().await;
+    let api = Api::new(&h);
+    api.endpoint("e1").await;
+    let mut body = sink_body("s1", "e1");
+    body["filters"] =
+        json!([{"column_name": "user_id", "operator": "=", "comparison_value": "42"}]);
+    let (s, b) = api.post("/sinks", body).await;
+    assert_eq!(s, 422);
+    unknown_field(&b, "filters");
+    for k in ["health", "ack_wait_ms", "max_memory_mb"] {
+        let mut body = sink_body("s1", "e1");
+        body[k] = json!(1);
+        let (s, b) = api.post("/sinks", body).await;
+        assert_eq!(s, 422);
+        unknown_field(&b, k);
+    }
+    assert!(h.sinks().is_empty());
+}
+
+#[tokio::test]
+async fn unknown_table_is_422_table_not_found() {
+    let h = emu().await;
+    let api = Api::new(&h);
+    api.endpoint("e1").await;
+    let mut body = sink_body("s1", "e1");
+    body["source"] = json!({"include_tables": ["public.nope"]});
+    let (s, b) = api.post("/sinks", body).await;
+    assert_eq!(s, 422);
+    assert_eq!(
+        summary(&b),
+        "Table 'public.nope' not found in database 'app'"
+    );
+    // bare table name means public.<table>
+    let mut body = sink_body("s1", "e1");
+    body["source"] = json!({"include_tables": ["notifications"]});
+    let (s, b) = api.post("/sinks", body).await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        b["source"]["include_tables"],
+        json!(["public.notifications"])
+    );
+}
+
+#[tokio::test]
+async fn source_include_and_exclude_are_exclusive_and_nonempty() {
+    let h = emu().await;
+    let api = Api::new(&h);
+    api.endpoint("e1").await;
+    let mut body = sink_body("s1", "e1");
+    body["source"] =
+        json!({"include_tables": ["public.notifications"], "exclude_tables": ["public.users"]});
+    let (s, b) = api.post("/sinks", body).await;
+    assert_eq!(s, 422);
+    assert!(b["validation_errors"]["source"].is_object());
+    let mut body = sink_body("s1", "e1");
+    body["source"] = json!({"include_tables": []});
+    let (s, b) = api.post("/sinks", body).await;
+    assert_eq!(s, 422);
+    assert!(b["validation_errors"]["source"]["include_tables"].is_array());
+}
+
+#[tokio::test]
+async fn actions_must_be_subset() {
+    let h = emu().await;
+    let api = Api::new(&h);
+    api.endpoint("e1").await;
+    let mut body = sink_body("s1", "e1");
+    body["actions"] = json!(["insert", "read"]);
+    let (s, b) = api.post("/sinks", body).await;
+    assert_eq!(s, 422);
+    assert_eq!(b["validation_errors"]["actions"], json!(["is invalid"]));
+    let mut body = sink_body("s1", "e1");
+    body["actions"] = json!(["insert"]);
+    let (s, b) = api.post("/sinks", body).await;
+    assert_eq!(s, 200);
+    assert_eq!(b["actions"], json!(["insert"]));
+}
+
+#[tokio::test]
+async fn batch_size_must_be_1_to_1000() {
+    let h = emu().await;
+    let api = Api::new(&h);
+    api.endpoint("e1").await;
+    for bad in [json!(0), json!(1001), json!("5"), json!(1.5)] {
+        let mut body = sink_body("s1", "e1");
+        body["destination"]["batch"] = json!(true);
+        body["batch_size"] = bad.clone();
+        let (s, b) = api.post("/sinks", body).await;
+        assert_eq!(s, 422, "{bad}");
+        assert_eq!(summary(&b), "batch_size must be a positive integer <= 1000");
+    }
+}
+
+#[tokio::test]
+async fn batch_false_requires_batch_size_1() {
+    let h = emu().await;
+    let api = Api::new(&h);
+    api.endpoint("e1").await;
+    let mut body = sink_body("s1", "e1");
+    body["batch_size"] = json!(10);
+    let (s, b) = api.post("/sinks", body).await;
+    assert_eq!(s, 422);
+    assert_eq!(
+        b,
+        json!({"summary": "Validation failed", "validation_errors": {
+            "batch_size": ["batch_size must be 1 when batch is false for webhook sinks"]}})
+    );
+}
+
+#[tokio::test]
+async fn max_retry_count_zero_is_422_and_null_is_ignored() {
+    let h = emu().await;
+    let api = Api::new(&h);
+    api.endpoint("e1").await;
+    let mut body = sink_body("s1", "e1");
+    body["max_retry_count"] = json!(0);
+    let (s, b) = api.post("/sinks", body).await;
+    assert_eq!(s, 422);
+    assert_eq!(
+        b["validation_errors"]["max_retry_count"],
+        json!(["must be greater than 0"])
+    );
+    let mut body = sink_body("s1", "e1");
+    body["max_retry_count"] = json!(-1);
+    let (s, b) = api.post("/sinks", body).await;
+    assert_eq!(s, 422);
+    assert_eq!(
+        summary(&b),
+        "max_retry_count must be a non-negative integer"
+    );
+    let mut body = sink_body("s1", "e1");
+    body["max_retry_count"] = json!(5);
+    api.post("/sinks", body).await;
+    let (s, b) = api
+        .patch("/sinks/s1", json!({"max_retry_count": null}))
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(b["max_retry_count"], 5);
+}
+
+#[tokio::test]
+async fn enum_fields_reject_unknown_values() {
+    let h = emu().await;
+    let api = Api::new(&h);
+    api.endpoint("e1").await;
+    for (k, v) in [
+        ("status", "stopped"),
+        ("load_shedding_policy", "drop"),
+        ("timestamp_format", "rfc3339"),
+    ] {
+        let mut body = sink_body("s1", "e1");
+        body[k] = json!(v);
+        let (s, b) = api.post("/sinks", body).await;
+        assert_eq!(s, 422, "{k}");
+        assert_eq!(b["validation_errors"][k], json!(["is invalid"]));
+    }
+    let mut body = sink_body("s1", "e1");
+    body["load_shedding_policy"] = json!("discard_on_full");
+    body["status"] = json!("paused");
+    let (s, b) = api.post("/sinks", body).await;
+    assert_eq!(s, 200);
+    assert_eq!(b["load_shedding_policy"], "discard_on_full");
+    assert_eq!(b["status"], "paused");
+}
+
+#[tokio::test]
+async fn annotations_must_be_object_up_to_8192_bytes() {
+    let h = emu().await;
+    let api = Api::new(&h);
+    api.endpoint("e1").await;
+    let mut body = sink_body("s1", "e1");
+    body["annotations"] = json!("x");
+    let (s, _) = api.post("/sinks", body).await;
+    assert_eq!(s, 422);
+    let mut body = sink_body("s1", "e1");
+    body["annotations"] = json!({"big": "x".repeat(9000)});
+    let (s, b) = api.post("/sinks", body).await;
+    assert_eq!(s, 422);
+    assert!(b["validation_errors"]["annotations"].is_array());
+}
+
+#[tokio::test]
+async fn function_references_are_checked() {
+    let h = emu().await;
+    let api = Api::new(&h);
+    api.endpoint("e1").await;
+    api.apply_filter("user-filter").await;
+    let mut body = sink_body("s1", "e1");
+    body["filter"] = json!("");
+    let (s, b) = api.post("/sinks", body).await;
+    assert_eq!(s, 422);
+    assert_eq!(summary(&b), "Function '' not found.");
+    let mut body = sink_body("s1", "e1");
+    body["filter"] = json!("nope");
+    let (s, b) = api.post("/sinks", body).await;
+    assert_eq!(s, 422);
+    assert_eq!(summary(&b), "Function 'nope' not found.");
+    // a filter function in the transform slot crashes
+    let mut body = sink_body("s1", "e1");
+    body["transform"] = json!("user-filter");
+    let (s, _) = api.post("/sinks", body).await;
+    assert_eq!(s, 500);
+    let mut body = sink_body("s1", "e1");
+    body["filter"] = json!("none");
+    body["transform"] = Value::Null;
+    let (s, b) = api.post("/sinks", body).await;
+    assert_eq!(s, 200);
+    assert_eq!(b["filter"], "none");
+    assert!(h.sinks().len() == 1);
+}
+
+#[tokio::test]
+async fn update_destination_without_known_type_is_500() {
+    let h = emu().await;
+    let api = Api::new(&h);
+    api.endpoint("e1").await;
+    api.sink("s1", "e1").await;
+    let (s, _) = api
+        .patch("/sinks/s1", json!({"destination": {"batch": true}}))
+        .await;
+    assert_eq!(s, 500);
+    let (s, b) = api
+        .patch(
+            "/sinks/s1",
+            json!({"destination": {"type": "webhook", "http_endpoint": "e1", "batch": true}, "batch_size": 50}),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["batch_size"], 50);
+    assert_eq!(b["destination"]["batch"], true);
+}
+
+#[tokio::test]
+async fn update_source_requires_database_in_body() {
+    let h = emu().await;
+    let api = Api::new(&h);
+    api.endpoint("e1").await;
+    api.sink("s1", "e1").await;
+    let (s, b) = api
+        .put(
+            "/sinks/s1",
+            json!({"source": {"include_tables": ["public.users"]}}),
+        )
+        .await;
+    assert_eq!(s, 404);
+    assert_eq!(
+        summary(&b),
+        "Not found: No `database` found matching the provided ID or name"
+    );
+    let (s, b) = api
+        .put(
+            "/sinks/s1",
+            json!({"database": "app", "source": {"include_tables": ["public.users"]}}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(b["source"]["include_tables"], json!(["public.users"]));
+    assert_eq!(b["annotations"], json!({"user_id": "42"}));
+}
+
+#[tokio::test]
+async fn renaming_sink_to_taken_name_is_500() {
+    let h = emu().await;
+    let api = Api::new(&h);
+    api.endpoint("e1").await;
+    api.sink("s1", "e1").await;
+    api.sink("s2", "e1").await;
+    let (s, b) = api.patch("/sinks/s2", json!({"name": "s1"})).await;
+    assert_eq!(s, 500);
+    assert_eq!(b, json!({"errors": {"detail": "Internal Server Error"}}));
+    let (s, b) = api.patch("/sinks/s2", json!({"name": "s3"})).await;
+    assert_eq!(s, 200);
+    assert_eq!(b["name"], "s3");
+    assert!(b.get("health").is_none());
+}
+
+#[tokio::test]
+async fn endpoint_path_is_validated_and_empty_is_null() {
+    let h = emu().await;
+    let api = Api::new(&h);
+    api.endpoint("e1").await;
+    let mut body = sink_body("s1", "e1");
+    body["destination"]["http_endpoint_path"] = json!("no-slash");
+    let (s, b) = api.post("/sinks", body).await;
+    assert_eq!(s, 422);
+    assert_eq!(
+        b["validation_errors"],
+        json!({"sink": {"http_endpoint_path": ["must be a valid URL path or empty"]}})
+    );
+    let mut body = sink_body("s1", "e1");
+    body["destination"]["http_endpoint_path"] = json!("");
+    let (s, b) = api.post("/sinks", body).await;
+    assert_eq!(s, 200);
+    assert_eq!(b["destination"]["http_endpoint_path"], Value::Null);
+}
+
+#[tokio::test]
+async fn sink_patch_is_partial_and_follows_endpoint_rename() {
+    let h = emu().await;
+    let api = Api::new(&h);
+    api.endpoint("e1").await;
+    api.sink("s1", "e1").await;
+    let (s, b) = api.patch("/sinks/s1", json!({"status": "paused"})).await;
+    assert_eq!(s, 200);
+    assert_eq!(b["status"], "paused");
+    assert_eq!(b["destination"]["batch"], false);
+    assert_eq!(b["annotations"], json!({"user_id": "42"}));
+    let (s, _) = api
+        .patch("/destinations/http_endpoints/e1", json!({"name": "e1b"}))
+        .await;
+    assert_eq!(s, 200);
+    let (_, b) = api.get("/sinks/s1").await;
+    assert_eq!(b["destination"]["http_endpoint"], "e1b");
+}
+
+#[tokio::test]
+async fn missing_sink_is_404_consumer() {
+    let h = emu().await;
+    let api = Api::new(&h);
+    let (s, b) = api.get("/sinks/nope").await;
+    assert_eq!(s, 404);
+    assert_eq!(
+        summary(&b),
+        "Not found: No `consumer` found matching the provided ID or name"
+    );
+    let (s, _) = api.delete("/sinks/nope").await;
+    assert_eq!(s, 404);
+}
+
+#[tokio::test]
+async fn deleting_sink_cascades_backfills() {
+    let h = emu().await;
+    let api = Api::new(&h);
+    api.endpoint("e1").await;
+    let sink = api.sink("s1", "e1").await;
+    let (s, _) = api.post("/sinks/s1/backfills", json!({})).await;
+    assert_eq!(s, 200);
+    assert_eq!(h.backfills().len(), 1);
+    let (s, b) = api.delete("/sinks/s1").await;
+    assert_eq!(s, 200);
+    assert_eq!(b, json!({"id": sink["id"], "deleted": true}));
+    assert!(h.backfills().is_empty());
+}
+
+// ---------------------------------------------------------------- functions
+
+#[tokio::test]
+async fn config_apply_upserts_functions_and_returns_password() {
+    let h = emu().await;
+    let api = Api::new(&h);
+    let yaml = "functions:\n  - name: f1\n    type: filter\n    code: |-\n      def filter(action, record, changes, metadata) do\n        true\n      end\n";
+    let (s, b) = api.post("/config/apply", json!({"yaml": yaml})).await;
+    assert_eq!(s, 200);
+    let resources = b["resources"].as_array().unwrap();
+    assert!(resources.iter().any(|r| r.get("password").is_some()));
+    assert_eq!(h.functions().len(), 1);
+    assert_eq!(h.functions()[0]["type"], "filter");
+    // upsert by name
+    let yaml2 = yaml.replace("true\n", "false\n");
+    let (s, _) = api.post("/config/apply", json!({"yaml": yaml2})).await;
+    assert_eq!(s, 200);
+    let fns = h.functions();
+    assert_eq!(fns.len(), 1);
+    assert!(fns[0]["code"].as_str().unwrap().contains("false"));
+}
+
+#[tokio::test]
+async fn config_plan_does_not_change_state() {
+    let h = emu().await;
+    let api = Api::new(&h);
+    let yaml = "functions:\n  - name: f1\n    type: filter\n    code: \"def filter(a, r, c, m), do: true\"\n";
+    let (s, _) = api.post("/config/plan", json!({"yaml": yaml})).await;
+    assert_eq!(s, 200);
+    assert!(h.functions().is_empty());
+}
+
+#[tokio::test]
+async fn config_with_functions_and_transforms_is_500() {
+    let h = emu().await;
+    let api = Api::new(&h);
+    let yaml = "functions: []\ntransforms: []\n";
+    let (s, _) = api.post("/config/apply", json!({"yaml": yaml})).await;
+    assert_eq!(s, 500);
+    let (s, _) = api
+        .post(
+            "/config/apply",
+            json!({"yaml": "functions:\n  - name: f\n    type: bogus\n    code: x\n"}),
+        )
+        .await;
+    assert_eq!(s, 400);
+    assert!(h.functions().is_empty());
+}
+
+// ---------------------------------------------------------------- backfills
+
+async fn sink_with_two_tables(api: &Api) {
+    api.endpoint("e1").await;
+    let mut body = sink_body("s2", "e1");
+    body["source"] = json!({"include_tables": ["public.notifications", "public.users"]});
+    let (s, b) = api.post("/sinks", body).await;
+    assert_eq!(s, 200, "{b}");
+}
+
+#[tokio::test]
+async fn backfill_create_empty_body_needs_single_table() {
+    let h = emu().await;
+    let api = Api::new(&h);
+    sink_with_two_tables(&api).await;
+    let (s, b) = api.post("/sinks/s2/backfills", json!({})).await;
+    assert_eq!(s, 422);
+    assert_eq!(summary(&b), "Table reference is required");
+    let (s, b) = api
+        .post("/sinks/s2/backfills", json!({"table": "public.users"}))
+        .await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["table"], "public.users");
+    assert_eq!(b["state"], "active");
+    assert_eq!(b["sink_consumer"], "s2");
+    assert_eq!(b["rows_initial_count"], Value::Null);
+    assert_eq!(b["canceled_at"], Value::Null);
+    let (s, b) = api.post("/sinks/s2/backfills", json!({"foo": 1})).await;
+    assert_eq!(s, 422);
+    unknown_field(&b, "foo");
+}
+
+#[tokio::test]
+async fn second_active_backfill_is_422() {
+    let h = emu().await;
+    let api = Api::new(&h);
+    api.endpoint("e1").await;
+    api.sink("s1", "e1").await;
+    let (s, _) = api.post("/sinks/s1/backfills", json!({})).await;
+    assert_eq!(s, 200);
+    let (s, b) = api.post("/sinks/s1/backfills", json!({})).await;
+    assert_eq!(s, 422);
+    assert_eq!(
+        b,
+        json!({"summary": "Validation failed", "validation_errors": {"sink_consumer_id": ["already has an active backfill"]}})
+    );
+}
+
+#[tokio::test]
+async fn backfill_id_rules() {
+    let h = emu().await;
+    let api = Api::new(&h);
+    api.endpoint("e1").await;
+    api.sink("s1", "e1").await;
+    api.sink("s3", "e1").await;
+    let (_, b) = api.post("/sinks/s1/backfills", json!({})).await;
+    let id = b["id"].as_str().unwrap().to_string();
+    let (s, b) = api.get("/sinks/s1/backfills/abc").await;
+    assert_eq!(s, 400);
+    assert_eq!(b, json!({"errors": {"detail": "Bad Request"}}));
+    let (s, b) = api.get(&format!("/sinks/s3/backfills/{id}")).await;
+    assert_eq!(s, 404);
+    assert_eq!(
+        summary(&b),
+        "Not found: No `backfill` found matching the provided ID or name"
+    );
+    let (s, _) = api
+        .patch(
+            &format!("/sinks/s3/backfills/{id}"),
+            json!({"state": "cancelled"}),
+        )
+        .await;
+    assert_eq!(s, 500);
+    let (s, b) = api.delete(&format!("/sinks/s1/backfills/{id}")).await;
+    assert_eq!(s, 404);
+    assert_eq!(b, json!({"errors": {"detail": "Not Found"}}));
+    let (s, b) = api.get(&format!("/sinks/s1/backfills/{id}")).await;
+    assert_eq!(s, 200);
+    assert_eq!(b["state"], "active");
+}
+
+#[tokio::test]
+async fn backfill_state_machine() {
+    let mut cfg = config();
+    cfg.backfill_rows_per_sec = 1;
+    cfg.backfill_rows = 1_000_000;
+    let h = emu_with(cfg).await;
+    let api = Api::new(&h);
+    api.endpoint("e1").await;
+    api.sink("s1", "e1").await;
+    let (_, b) = api.post("/sinks/s1/backfills", json!({})).await;
+    let path = format!("/sinks/s1/backfills/{}", b["id"].as_str().unwrap());
+    let (s, b) = api.patch(&path, json!({"state": "canceled"})).await;
+    assert_eq!(s, 422);
+    assert_eq!(b["validation_errors"], json!({"state": ["is invalid"]}));
+    let (s, b) = api.patch(&path, json!({"state": "paused"})).await;
+    assert_eq!(s, 200);
+    assert_eq!(b["state"], "paused");
+    let (_, sink) = api.get("/sinks/s1").await;
+    assert_eq!(sink["active_backfills"][0]["state"], "paused");
+    let (s, b) = api.patch(&path, json!({"state": "completed"})).await;
+    assert_eq!(s, 422);
+    assert_eq!(
+        b["validation_errors"]["state"][0],
+        "Invalid state transition from paused to completed. Valid transitions: active, cancelled"
+    );
+    let (s, b) = api.put(&path, json!({"state": "cancelled"})).await;
+    assert_eq!(s, 200);
+    assert_eq!(b["state"], "cancelled");
+    assert!(b["canceled_at"].is_string());
+    let (s, b) = api.patch(&path, json!({"state": "active"})).await;
+    assert_eq!(s, 422);
+    assert_eq!(
+        b,
+        json!({"summary": "Validation failed", "validation_errors": {"state": [
+            "Invalid state transition from cancelled to active. Valid transitions: none"]}})
+    );
+    let (_, sink) = api.get("/sinks/s1").await;
+    assert_eq!(sink["active_backfills"], json!([]));
+    // a new backfill may start once the old one is terminal
+    let (s, _) = api.post("/sinks/s1/backfills", json!({})).await;
+    assert_eq!(s, 200);
+    let (_, l) = api.get("/sinks/s1/backfills").await;
+    assert_eq!(l["data"].as_array().unwrap().len(), 2);
+    assert_eq!(l["data"][0]["state"], "active"); // newest first
+}
+
+#[tokio::test]
+async fn backfill_progress_advances_to_completed() {
+    let mut cfg = config();
+    cfg.backfill_rows = 100;
+    cfg.backfill_rows_per_sec = 100;
+    let h = emu_with(cfg).await;
+    let api = Api::new(&h);
+    api.endpoint("e1").await;
+    api.sink("s1", "e1").await;
+    let (_, b) = api.post("/sinks/s1/backfills", json!({})).await;
+    assert_eq!(b["rows_initial_count"], Value::Null);
+    assert_eq!(b["completed_at"], Value::Null);
+    let path = format!("/sinks/s1/backfills/{}", b["id"].as_str().unwrap());
+    // rows_initial_count appears after ~100 ms; 100 rows at 100 rows/s take ~1 s more.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, mid) = api.get(&path).await;
+    assert_eq!(mid["rows_initial_count"], 100);
+    let p = mid["rows_processed_count"].as_u64().unwrap();
+    assert!(p > 0 && p < 100, "{mid}");
+    assert_eq!(mid["state"], "active");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (_, done) = api.get(&path).await;
+    assert_eq!(done["state"], "completed");
+    assert_eq!(done["rows_processed_count"], 100);
+    assert_eq!(done["rows_ingested_count"], 100);
+    let at = done["completed_at"].as_str().unwrap();
+    assert!(at.ends_with('Z') && at.contains('.'), "{at}");
+    assert!(!done["inserted_at"].as_str().unwrap().contains('.'));
+    // completed backfills are not active any more
+    let (_, sink) = api.get("/sinks/s1").await;
+    assert_eq!(sink["active_backfills"], json!([]));
+}
+
+// ---------------------------------------------------------------- faults and control
+
+#[tokio::test]
+async fn fault_force_401() {
+    let mut cfg = config();
+    cfg.faults.force_401 = true;
+    let h = emu_with(cfg).await;
+    let api = Api::new(&h);
+    let (s, b) = api.get("/sinks").await;
+    assert_eq!(s, 401);
+    assert!(summary(&b).starts_with("The API token you provided is invalid or has expired."));
+}
+
+#[tokio::test]
+async fn fault_429_has_retry_after() {
+    let h = emu().await;
+    let mut f = Faults::default();
+    f.routes.insert(
+        "list_sinks".into(),
+        RouteFaults {
+            rate_limit_retry_after: Some(7),
+            ..RouteFaults::default()
+        },
+    );
+    h.set_faults(f);
+    let r = Client::new()
+        .get(format!("{}/sinks", h.api_url()))
+        .header("Authorization", format!("Bearer {TOKEN}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["retry-after"], "7");
+    let b: Value = r.json().await.unwrap();
+    assert_eq!(b, json!({"summary": "Too many requests (injected)"}));
+    // other operations are not affected
+    let api = Api::new(&h);
+    let (s, _) = api.get("/postgres_databases").await;
+    assert_eq!(s, 200);
+}
+
+#[tokio::test]
+async fn fault_error_rate_1_is_503() {
+    let mut cfg = config();
+    cfg.faults.all.error_rate = 1.0;
+    let h = emu_with(cfg).await;
+    let api = Api::new(&h);
+    let (s, b) = api.endpoint_try("e1").await;
+    assert_eq!(s, 503);
+    assert_eq!(b, json!({"summary": "Service unavailable (injected)"}));
+    assert!(h.endpoints().is_empty());
+}
+
+impl Api {
+    async fn endpoint_try(&self, name: &str) -> (StatusCode, Value) {
+        self.post(
+            "/destinations/http_endpoints",
+            json!({"name": name, "url": "https://hooks.example.com/in"}),
+        )
+        .await
+    }
+}
+
+#[tokio::test]
+async fn fault_fail_next_is_one_shot() {
+    let h = emu().await;
+    let mut f = Faults::default();
+    f.routes.insert(
+        "create_endpoint".into(),
+        RouteFaults {
+            fail_next: vec![
+                InjectedResponse {
+                    status: 502,
+                    body: json!({"summary": "bad gateway"}),
+                },
+                InjectedResponse {
+                    status: 504,
+                    body: json!({"summary": "timeout"}),
+                },
+            ],
+            ..RouteFaults::default()
+        },
+    );
+    h.set_faults(f);
+    let api = Api::new(&h);
+    assert_eq!(api.endpoint_try("e1").await.0, 502);
+    assert_eq!(api.endpoint_try("e1").await.0, 504);
+    assert!(h.endpoints().is_empty());
+    assert_eq!(api.endpoint_try("e1").await.0, 200);
+    assert_eq!(h.endpoints().len(), 1);
+    assert!(h.faults().routes["create_endpoint"].fail_next.is_empty());
+}
+
+#[tokio::test]
+async fn fault_fail_after_next_changes_state_then_lies() {
+    let h = emu().await;
+    let mut f = Faults::default();
+    f.all.fail_after_next = vec![InjectedResponse {
+        status: 502,
+        body: json!({"summary": "lost"}),
+    }];
+    h.set_faults(f);
+    let api = Api::new(&h);
+    let (s, b) = api.endpoint_try("e1").await;
+    assert_eq!(s, 502);
+    assert_eq!(b, json!({"summary": "lost"}));
+    assert_eq!(h.endpoints().len(), 1);
+    let (s, _) = api.endpoint_try("e1").await;
+    assert_eq!(s, 422); // the retry sees the name taken
+}
+
+#[tokio::test]
+async fn fault_latency_delays_answer() {
+    let mut cfg = config();
+    cfg.faults.all.latency_ms = 300;
+    let h = emu_with(cfg).await;
+    let api = Api::new(&h);
+    let t = std::time::Instant::now();
+    let (s, _) = api.get("/sinks").await;
+    assert_eq!(s, 200);
+    assert!(t.elapsed() >= Duration::from_millis(300));
+}
+
+#[tokio::test]
+async fn fault_hang_requires_client_timeout() {
+    let mut cfg = config();
+    cfg.faults.routes.insert(
+        "get_sink".into(),
+        RouteFaults {
+            hang: true,
+            ..RouteFaults::default()
+        },
+    );
+    let h = emu_with(cfg).await;
+    let client = Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let err = client
+        .get(format!("{}/sinks/x", h.api_url()))
+        .header("Authorization", format!("Bearer {TOKEN}"))
+        .send()
+        .await
+        .unwrap_err();
+    assert!(err.is_timeout());
+    let calls = h.calls();
+    assert_eq!(calls[0].operation, "get_sink");
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn control_route_changes_faults_at_run_time() {
+    let h = emu().await;
+    let api = Api::new(&h);
+    let base = format!("http://{}", h.addr());
+    let r = api
+        .http
+        .put(format!("{base}/_emulator/faults"))
+        .json(&json!({"force_401": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(h.faults().force_401);
+    assert_eq!(api.get("/sinks").await.0, 401);
+    let got: Value = api
+        .http
+        .get(format!("{base}/_emulator/faults"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(got["force_401"], true);
+    api.http
+        .put(format!("{base}/_emulator/faults"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(api.get("/sinks").await.0, 200);
+}
+
+#[tokio::test]
+async fn calls_are_recorded_with_operation_and_control_routes_are_not() {
+    let h = emu().await;
+    let api = Api::new(&h);
+    api.endpoint("e1").await;
+    api.sink("s1", "e1").await;
+    api.post("/sinks/s1/backfills", json!({})).await;
+    api.get("/sinks/s1").await;
+    api.get("/nope").await;
+    let base = format!("http://{}", h.addr());
+    let calls: Value = api
+        .http
+        .get(format!("{base}/_emulator/calls"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ops: Vec<&str> = calls
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["operation"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ops,
+        [
+            "create_endpoint",
+            "create_sink",
+            "create_backfill",
+            "get_sink",
+            "other"
+        ]
+    );
+    let c = &h.calls()[0];
+    assert_eq!(c.method, "POST");
+    assert_eq!(c.path, "/api/destinations/http_endpoints");
+    assert_eq!(c.status, 200);
+    assert_eq!(c.body.as_ref().unwrap()["name"], "e1");
+    let state: Value = api
+        .http
+        .get(format!("{base}/_emulator/state"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(state["sinks"][0]["name"], "s1");
+    api.http
+        .delete(format!("{base}/_emulator/calls"))
+        .send()
+        .await
+        .unwrap();
+    assert!(h.calls().is_empty());
+}
+
+#[tokio::test]
+async fn shutdown_gives_connection_refused() {
+    let h = emu().await;
+    let url = h.api_url();
+    h.shutdown().await;
+    let err = Client::new()
+        .get(format!("{url}/sinks"))
+        .send()
+        .await
+        .unwrap_err();
+    assert!(err.is_connect(), "{err}");
+}

@@ -8,10 +8,19 @@ use crate::config::{DatabaseArgs, WorkerArgs};
 use crate::telemetry::LogFormat;
 
 #[derive(Parser, Debug)]
-#[command(name = "userhooks", version, about = "Give every user of your application their own webhook, provisioned in Sequin from a Postgres outbox")]
+#[command(
+    name = "userhooks",
+    version,
+    about = "Give every user of your application their own webhook, provisioned in Sequin from a Postgres outbox"
+)]
 pub struct Cli {
     /// Log format.
-    #[arg(long, env = "USERHOOKS_LOG_FORMAT", default_value = "text", global = true)]
+    #[arg(
+        long,
+        env = "USERHOOKS_LOG_FORMAT",
+        default_value = "text",
+        global = true
+    )]
     pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
@@ -22,7 +31,7 @@ pub enum Command {
     /// Create or upgrade the userhooks schema (safe to run twice, or from two processes).
     Migrate(MigrateArgs),
     /// Run the worker.
-    Run(WorkerArgs),
+    Run(Box<WorkerArgs>),
     /// Run the strict Sequin Management API emulator.
     Emulator(EmulatorArgs),
     /// Show the whole flow on this machine: emulator, worker, a few users.

@@ -41,9 +41,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .find(|c: char| !c.is_ascii_digit() && c != '.')
         .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration (write it like 500ms, 30s, 2m, 1h, 7d)"))?;
+    let value: f64 = number.parse().map_err(|_| {
+        format!("`{text}` is not a duration (write it like 500ms, 30s, 2m, 1h, 7d)")
+    })?;
     let seconds = match unit.trim() {
         "ms" => value / 1000.0,
         "" | "s" => value,
@@ -56,7 +56,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             ))
         }
     };
-    if !seconds.is_finite() || seconds < 0.0 || seconds > 10.0 * 365.0 * 86400.0 {
+    if !seconds.is_finite() || !(0.0..=10.0 * 365.0 * 86400.0).contains(&seconds) {
         return Err(format!("`{text}` is out of range"));
     }
     Ok(Duration::from_secs_f64(seconds))
@@ -102,7 +102,11 @@ pub struct WorkerArgs {
     #[arg(long, env = "SEQUIN_DATABASE")]
     pub sequin_database: Option<String>,
     /// Table whose changes are streamed to users.
-    #[arg(long, env = "USERHOOKS_SOURCE_TABLE", default_value = "public.notifications")]
+    #[arg(
+        long,
+        env = "USERHOOKS_SOURCE_TABLE",
+        default_value = "public.notifications"
+    )]
     pub source_table: String,
     /// Column of the source table that holds the user id.
     #[arg(long, env = "USERHOOKS_USER_COLUMN", default_value = "user_id")]
@@ -192,7 +196,8 @@ pub struct ConfigError(pub Vec<String>);
 static NAME_RE: std::sync::LazyLock<regex::Regex> =
     std::sync::LazyLock::new(|| regex::Regex::new(r"^[A-Za-z0-9_.-]+$").expect("valid regex"));
 static IDENT_RE: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
-    regex::Regex::new(r"^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)?$").expect("valid regex")
+    regex::Regex::new(r"^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)?$")
+        .expect("valid regex")
 });
 
 impl WorkerArgs {
@@ -219,9 +224,8 @@ impl WorkerArgs {
         };
         let sequin_token = match (self.sequin_api_token, self.sequin_api_token_file) {
             (Some(_), Some(_)) => {
-                problems.push(
-                    "set only one of SEQUIN_API_TOKEN and SEQUIN_API_TOKEN_FILE".to_string(),
-                );
+                problems
+                    .push("set only one of SEQUIN_API_TOKEN and SEQUIN_API_TOKEN_FILE".to_string());
                 Secret::new("")
             }
             (Some(token), None) => Secret::new(token.trim()),
@@ -360,7 +364,12 @@ fn default_worker_id() -> String {
 
 impl Config {
     /// A configuration for tests and the demo: everything defaulted except what is given.
-    pub fn for_local(database_url: &str, sequin_api_url: &str, token: &str, database: &str) -> Self {
+    pub fn for_local(
+        database_url: &str,
+        sequin_api_url: &str,
+        token: &str,
+        database: &str,
+    ) -> Self {
         Config {
             database_url: database_url.to_string(),
             sequin_api_url: sequin_api_url.trim_end_matches('/').to_string(),
@@ -404,7 +413,9 @@ mod tests {
     #[test]
     fn durations_refuse_garbage_with_a_hint() {
         assert!(parse_duration("soon").unwrap_err().contains("500ms"));
-        assert!(parse_duration("3 weeks").unwrap_err().contains("unknown unit"));
+        assert!(parse_duration("3 weeks")
+            .unwrap_err()
+            .contains("unknown unit"));
         assert!(parse_duration("-1s").is_err());
     }
 

@@ -28,7 +28,10 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
 ];
 
 /// Parse a connection string and tag the connections with `application_name`.
-pub fn pg_config(database_url: &str, application_name: &str) -> Result<tokio_postgres::Config, DbError> {
+pub fn pg_config(
+    database_url: &str,
+    application_name: &str,
+) -> Result<tokio_postgres::Config, DbError> {
     let mut config = tokio_postgres::Config::from_str(database_url).map_err(DbError::BadUrl)?;
     config.application_name(application_name);
     if config.get_connect_timeout().is_none() {
@@ -82,7 +85,7 @@ pub async fn migrate(database_url: &str) -> Result<Vec<i32>, DbError> {
     let mut client = connect(database_url, "userhooks-migrate").await?;
     let tx = client.transaction().await?;
     // Arbitrary constant: "userhooks migrate" in this database.
-    tx.execute("select pg_advisory_xact_lock(7_303_830_001)", &[])
+    tx.execute("select pg_advisory_xact_lock(7303830001)", &[])
         .await?;
     tx.batch_execute(
         "create schema if not exists userhooks;

@@ -72,10 +72,16 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
     let admin = db::connect(&args.database_url, "userhooks-demo").await?;
     let name = &args.demo_database;
     if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-        return Err(DemoError::Check(format!("demo database name `{name}` must be [A-Za-z0-9_]")));
+        return Err(DemoError::Check(format!(
+            "demo database name `{name}` must be [A-Za-z0-9_]"
+        )));
     }
+    // Two statements: DROP/CREATE DATABASE cannot share an implicit transaction.
     admin
-        .batch_execute(&format!("drop database if exists {name} with (force); create database {name}"))
+        .batch_execute(&format!("drop database if exists {name} with (force)"))
+        .await?;
+    admin
+        .batch_execute(&format!("create database {name}"))
         .await?;
     let url = database_url_for(&args.database_url, name);
     db::migrate(&url).await?;
@@ -84,7 +90,9 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
     client
         .batch_execute("insert into users (name) values ('Paul'), ('Ada'), ('Linus')")
         .await?;
-    println!("[1/4] database `{name}` created, userhooks schema migrated, example app tables ready");
+    println!(
+        "[1/4] database `{name}` created, userhooks schema migrated, example app tables ready"
+    );
 
     // 2. Sequin emulator and a webhook receiver, both in-process.
     let token = format!("demo-{}", uuid::Uuid::new_v4().simple());
@@ -147,7 +155,10 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
             .await?;
         request_ids.push(row.get::<_, i64>(0));
     }
-    println!("[3/4] subscribed {} users with `select userhooks.subscribe(user_id, url)`", users.len());
+    println!(
+        "[3/4] subscribed {} users with `select userhooks.subscribe(user_id, url)`",
+        users.len()
+    );
 
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -163,7 +174,9 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
             break;
         }
         if Instant::now() > deadline {
-            return Err(DemoError::Check("requests did not finish within 30 s".to_string()));
+            return Err(DemoError::Check(
+                "requests did not finish within 30 s".to_string(),
+            ));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -208,7 +221,11 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
         )
         .await?;
     for row in &failed {
-        println!("  request {} failed: {}", row.get::<_, i64>(0), row.get::<_, String>(1));
+        println!(
+            "  request {} failed: {}",
+            row.get::<_, i64>(0),
+            row.get::<_, String>(1)
+        );
     }
     println!(
         "\n  Sequin now holds {} endpoints and {} sinks; {} Sequin API calls were made.",
@@ -218,7 +235,12 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
     );
     let succeeded: u64 = crate::metrics::ACTIONS
         .iter()
-        .map(|a| metrics.requests_total.with_label_values(&[a, "succeeded"]).get())
+        .map(|a| {
+            metrics
+                .requests_total
+                .with_label_values(&[a, "succeeded"])
+                .get()
+        })
         .sum();
     println!("  userhooks_requests_total{{outcome=\"succeeded\"}} = {succeeded}");
     if let Some(addr) = metrics_addr {

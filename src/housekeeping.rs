@@ -95,9 +95,21 @@ async fn refresh_gauges(pool: &Pool, metrics: &Metrics, slow: bool) -> Result<()
             &[],
         )
         .await?;
-    set_all(metrics, &metrics.queue_depth, &REQUEST_STATUSES[2..], &terminal);
-    let subscriptions = client.query(&grouped("webhook_subscriptions", "status"), &[]).await?;
-    set_all(metrics, &metrics.subscriptions, SUBSCRIPTION_STATUSES, &subscriptions);
+    set_all(
+        metrics,
+        &metrics.queue_depth,
+        &REQUEST_STATUSES[2..],
+        &terminal,
+    );
+    let subscriptions = client
+        .query(&grouped("webhook_subscriptions", "status"), &[])
+        .await?;
+    set_all(
+        metrics,
+        &metrics.subscriptions,
+        SUBSCRIPTION_STATUSES,
+        &subscriptions,
+    );
     let backfills = client.query(&grouped("backfills", "state"), &[]).await?;
     set_all(metrics, &metrics.backfills, BACKFILL_STATES, &backfills);
     Ok(())
@@ -122,7 +134,11 @@ fn set_all(
 
 /// Delete expired terminal requests in small batches, pausing between them so the purge
 /// never competes with claims for long.
-async fn purge(pool: &Pool, retention: Duration, stop: &mut watch::Receiver<bool>) -> Result<(), DbError> {
+async fn purge(
+    pool: &Pool,
+    retention: Duration,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<(), DbError> {
     let mut total = 0;
     loop {
         let deleted = queue::delete_expired(pool, retention, RETENTION_BATCH).await?;

@@ -51,7 +51,9 @@ pub async fn run(
                 }
                 // Claim now: whatever was notified while we were down is in the table.
                 wake.notify_one();
-                let delay = RECONNECT.delay_now(failures.min(10), None).max(Duration::from_millis(50));
+                let delay = RECONNECT
+                    .delay_now(failures.min(10), None)
+                    .max(Duration::from_millis(50));
                 failures = failures.saturating_add(1);
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}

@@ -7,7 +7,12 @@ use userhooks::cli::{Cli, Command};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    userhooks::telemetry::init(cli.log_format);
+    // The demo prints its own story; only warnings from the parts interleave with it.
+    let default_filter = match cli.command {
+        Command::Demo(_) => "warn",
+        _ => "info,tokio_postgres=warn",
+    };
+    userhooks::telemetry::init(cli.log_format, default_filter);
     match cli.command {
         Command::Migrate(args) => {
             let applied = userhooks::db::migrate(&args.db.database_url)

@@ -87,17 +87,25 @@ pub struct SubscribeOptions {
 }
 
 fn object<'a>(options: &'a Value, action: &str) -> Result<&'a Map<String, Value>, ProvisionError> {
-    options
-        .as_object()
-        .ok_or_else(|| ProvisionError::Invalid(format!("options of {action} must be a JSON object")))
+    options.as_object().ok_or_else(|| {
+        ProvisionError::Invalid(format!("options of {action} must be a JSON object"))
+    })
 }
 
-fn reject_unknown(map: &Map<String, Value>, action: &str, allowed: &[&str]) -> Result<(), ProvisionError> {
+fn reject_unknown(
+    map: &Map<String, Value>,
+    action: &str,
+    allowed: &[&str],
+) -> Result<(), ProvisionError> {
     if let Some(key) = map.keys().find(|k| !allowed.contains(&k.as_str())) {
         let shown: String = key.chars().take(64).collect();
         return Err(ProvisionError::Invalid(format!(
             "unknown option `{shown}` for {action} (allowed: {})",
-            if allowed.is_empty() { "none".to_string() } else { allowed.join(", ") }
+            if allowed.is_empty() {
+                "none".to_string()
+            } else {
+                allowed.join(", ")
+            }
         )));
     }
     Ok(())
@@ -123,13 +131,17 @@ fn parse_transform(value: &Value) -> Result<Option<String>, ProvisionError> {
 fn parse_actions(value: &Value) -> Result<Vec<String>, ProvisionError> {
     let bad = || {
         ProvisionError::Invalid(
-            "option `actions` must be a non-empty list of \"insert\", \"update\", \"delete\"".to_string(),
+            "option `actions` must be a non-empty list of \"insert\", \"update\", \"delete\""
+                .to_string(),
         )
     };
     let items = value.as_array().ok_or_else(bad)?;
     let mut actions = Vec::new();
     for item in items {
-        let action = item.as_str().filter(|a| CHANGE_ACTIONS.contains(a)).ok_or_else(bad)?;
+        let action = item
+            .as_str()
+            .filter(|a| CHANGE_ACTIONS.contains(a))
+            .ok_or_else(bad)?;
         if !actions.iter().any(|a| a == action) {
             actions.push(action.to_string());
         }
@@ -158,15 +170,22 @@ impl SubscribeOptions {
         }
         if let Some(value) = map.get("headers") {
             let headers = value.as_object().ok_or_else(|| {
-                ProvisionError::Invalid("option `headers` must be an object of header names to string values".to_string())
+                ProvisionError::Invalid(
+                    "option `headers` must be an object of header names to string values"
+                        .to_string(),
+                )
             })?;
             if headers.len() > 20 {
-                return Err(ProvisionError::Invalid("option `headers` allows at most 20 headers".to_string()));
+                return Err(ProvisionError::Invalid(
+                    "option `headers` allows at most 20 headers".to_string(),
+                ));
             }
             for (name, value) in headers {
                 let valid_name = !name.is_empty()
                     && name.len() <= 128
-                    && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
                 let valid_value = value
                     .as_str()
                     .is_some_and(|v| v.len() <= 1024 && !v.chars().any(|c| c.is_control()));
@@ -190,7 +209,8 @@ impl SubscribeOptions {
                 .filter(|s| !s.is_empty() && s.len() <= 1024 && !s.chars().any(|c| c.is_control()))
                 .ok_or_else(|| {
                     ProvisionError::Invalid(
-                        "option `secret` must be a string of 1 to 1024 printable characters".to_string(),
+                        "option `secret` must be a string of 1 to 1024 printable characters"
+                            .to_string(),
                     )
                 })?;
             parsed.secret = Some(secret.to_string());
@@ -208,7 +228,6 @@ pub fn secret_hash(secret: &str) -> String {
 struct Subscription {
     id: i64,
     status: String,
-    endpoint: String,
     sequin_endpoint_id: Option<String>,
     sequin_sink_id: Option<String>,
 }
@@ -274,7 +293,10 @@ impl Provisioner {
             };
             let retry = u32::try_from(request.attempts.saturating_sub(1)).unwrap_or(0);
             return Outcome::Retry {
-                message: format!("attempt {} of {}: {err}", request.attempts, request.max_attempts),
+                message: format!(
+                    "attempt {} of {}: {err}",
+                    request.attempts, request.max_attempts
+                ),
                 delay: RetryPolicy::DURABLE.delay_now(retry, retry_after),
             };
         }
@@ -293,7 +315,10 @@ impl Provisioner {
                 "exhausted",
                 err_status(&err),
                 None,
-                format!("gave up after {} attempts; last error: {err}", request.attempts),
+                format!(
+                    "gave up after {} attempts; last error: {err}",
+                    request.attempts
+                ),
             ),
             ProvisionError::Sequin(e) => (
                 "sequin_rejected",
@@ -329,7 +354,8 @@ impl Provisioner {
     }
 
     async fn validate_url(&self, raw: Option<&str>) -> Result<WebhookUrl, ProvisionError> {
-        let raw = raw.ok_or_else(|| ProvisionError::Invalid("webhook_url is required".to_string()))?;
+        let raw =
+            raw.ok_or_else(|| ProvisionError::Invalid("webhook_url is required".to_string()))?;
         webhook_url::validate(raw, &self.url_policy)
             .await
             .map_err(|e| ProvisionError::Invalid(e.to_string()))
@@ -342,7 +368,9 @@ impl Provisioner {
     ) -> Result<(Value, Vec<Change>), ProvisionError> {
         let options = SubscribeOptions::parse(&request.options)?;
         let url = self.validate_url(request.webhook_url.as_deref()).await?;
-        let subscription = self.open_subscription(&request.user_id, &url, &options).await?;
+        let subscription = self
+            .open_subscription(&request.user_id, &url, &options)
+            .await?;
         let names = Names::new(&self.config.name_prefix, subscription.id);
         if subscription.status != "provisioning" {
             // Same user and URL as a live subscription: that subscription is the answer.
@@ -362,9 +390,7 @@ impl Provisioner {
         created.endpoint = Some(names.endpoint.clone());
         let endpoint = self.ensure_endpoint(&names, &url, &options).await?;
         created.sink = Some(names.sink.clone());
-        let sink = self
-            .ensure_sink(&names, &request.user_id, &options)
-            .await?;
+        let sink = self.ensure_sink(&names, &request.user_id, &options).await?;
 
         let result = json!({
             "subscription_id": subscription.id,
@@ -405,7 +431,7 @@ impl Provisioner {
                  values ($1, $2, $3, $4, $5, $6)
                  on conflict (user_id, endpoint) where status in ('provisioning', 'active', 'paused')
                  do nothing
-                 returning id, status, endpoint, sequin_endpoint_id::text, sequin_sink_id::text",
+                 returning id, status, sequin_endpoint_id::text, sequin_sink_id::text",
             )
             .await?;
         let rows = client
@@ -426,7 +452,7 @@ impl Provisioner {
             None => {
                 let select = client
                     .prepare_cached(
-                        "select id, status, endpoint, sequin_endpoint_id::text, sequin_sink_id::text
+                        "select id, status, sequin_endpoint_id::text, sequin_sink_id::text
                            from userhooks.webhook_subscriptions
                           where user_id = $1 and endpoint = $2
                             and status in ('provisioning', 'active', 'paused')",
@@ -446,9 +472,8 @@ impl Provisioner {
         Ok(Subscription {
             id: row.get(0),
             status: row.get(1),
-            endpoint: row.get(2),
-            sequin_endpoint_id: row.get(3),
-            sequin_sink_id: row.get(4),
+            sequin_endpoint_id: row.get(2),
+            sequin_sink_id: row.get(3),
         })
     }
 
@@ -483,13 +508,15 @@ impl Provisioner {
         match self.sequin.create_endpoint(&body).await {
             Ok(resource) => Ok(resource),
             Err(err) if err.is_name_taken() => {
-                let existing = self.sequin.get_endpoint(&names.endpoint).await?.ok_or_else(|| {
-                    SequinError::Unavailable {
+                let existing = self
+                    .sequin
+                    .get_endpoint(&names.endpoint)
+                    .await?
+                    .ok_or_else(|| SequinError::Unavailable {
                         status: 404,
                         summary: format!("endpoint {} vanished after a name clash", names.endpoint),
                         retry_after: None,
-                    }
-                })?;
+                    })?;
                 let same_url = existing
                     .str_field("url")
                     .and_then(webhook_url::normalize)
@@ -547,15 +574,16 @@ impl Provisioner {
         let body = self.sink_body(names, user_id, options);
         match self.sequin.create_sink(&body).await {
             Ok(resource) => Ok(resource),
-            Err(err) if err.is_name_taken() => self
-                .sequin
-                .get_sink(&names.sink)
-                .await?
-                .ok_or_else(|| SequinError::Unavailable {
-                    status: 404,
-                    summary: format!("sink {} vanished after a name clash", names.sink),
-                    retry_after: None,
-                }),
+            Err(err) if err.is_name_taken() => {
+                self.sequin
+                    .get_sink(&names.sink)
+                    .await?
+                    .ok_or_else(|| SequinError::Unavailable {
+                        status: 404,
+                        summary: format!("sink {} vanished after a name clash", names.sink),
+                        retry_after: None,
+                    })
+            }
             Err(err) if is_missing_function(&err, &self.config.filter_function) => {
                 // Someone deleted the shared filter function: put it back, then try once more.
                 *self.filter_ready.lock().await = false;
@@ -609,7 +637,10 @@ mod tests {
     #[test]
     fn unknown_subscribe_option_is_rejected_by_name() {
         let err = SubscribeOptions::parse(&json!({"filters": []})).unwrap_err();
-        assert!(err.to_string().contains("unknown option `filters`"), "{err}");
+        assert!(
+            err.to_string().contains("unknown option `filters`"),
+            "{err}"
+        );
     }
 
     #[test]

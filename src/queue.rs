@@ -179,9 +179,14 @@ pub enum Outcome {
         changes: Vec<Change>,
     },
     /// Try again after `delay` (a durable reschedule through `run_at`).
-    Retry { message: String, delay: Duration },
+    Retry {
+        message: String,
+        delay: Duration,
+    },
     /// Sequin rejected the token: put the request back untouched (the attempt is not counted).
-    AuthRejected { message: String },
+    AuthRejected {
+        message: String,
+    },
 }
 
 impl Outcome {
@@ -254,7 +259,8 @@ pub async fn write_back(
                         finished_at = now(), updated_at = now() {FENCE}"
             );
             let st = tx.prepare_cached(&sql).await?;
-            tx.execute(&st, &[fence[0], fence[1], fence[2], result]).await?
+            tx.execute(&st, &[fence[0], fence[1], fence[2], result])
+                .await?
         }
         Outcome::Failed {
             kind,
@@ -320,7 +326,10 @@ pub async fn write_back(
     Ok(WriteBack::Applied)
 }
 
-async fn apply_change(tx: &deadpool_postgres::Transaction<'_>, change: &Change) -> Result<(), DbError> {
+async fn apply_change(
+    tx: &deadpool_postgres::Transaction<'_>,
+    change: &Change,
+) -> Result<(), DbError> {
     match change {
         Change::Activate {
             subscription_id,
@@ -340,7 +349,13 @@ async fn apply_change(tx: &deadpool_postgres::Transaction<'_>, change: &Change) 
                 .await?;
             tx.execute(
                 &st,
-                &[subscription_id, endpoint_id, sink_id, endpoint_name, sink_name],
+                &[
+                    subscription_id,
+                    endpoint_id,
+                    sink_id,
+                    endpoint_name,
+                    sink_name,
+                ],
             )
             .await?;
         }
@@ -378,7 +393,13 @@ async fn apply_change(tx: &deadpool_postgres::Transaction<'_>, change: &Change) 
             let new_transform = transform.clone().flatten();
             tx.execute(
                 &st,
-                &[subscription_id, endpoint, &set_transform, &new_transform, actions],
+                &[
+                    subscription_id,
+                    endpoint,
+                    &set_transform,
+                    &new_transform,
+                    actions,
+                ],
             )
             .await?;
         }
@@ -403,7 +424,12 @@ async fn apply_change(tx: &deadpool_postgres::Transaction<'_>, change: &Change) 
 
 /// Put a request we claimed back in the queue (shutdown): `pending`, due now, the interrupted
 /// attempt not counted. Fenced like a write-back.
-pub async fn release(pool: &Pool, worker_id: &str, id: i64, attempts: i32) -> Result<bool, DbError> {
+pub async fn release(
+    pool: &Pool,
+    worker_id: &str,
+    id: i64,
+    attempts: i32,
+) -> Result<bool, DbError> {
     let client = pool.get().await?;
     let sql = format!(
         "update userhooks.subscription_requests

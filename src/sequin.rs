@@ -286,7 +286,9 @@ impl SequinClient {
         let mut retry = 0;
         loop {
             match self.send_once(operation, method.clone(), path, body).await {
-                Err(err) if err.class() == ErrorClass::Retryable && retry < self.in_process_retries => {
+                Err(err)
+                    if err.class() == ErrorClass::Retryable && retry < self.in_process_retries =>
+                {
                     let delay = RetryPolicy::IN_PROCESS.delay_now(retry, err.retry_after());
                     tracing::debug!(operation, retry, ?delay, error = %err, "retrying Sequin call");
                     tokio::time::sleep(delay).await;
@@ -301,7 +303,12 @@ impl SequinClient {
 
     pub async fn create_endpoint(&self, body: &Value) -> Result<Resource, SequinError> {
         let value = self
-            .send("create_endpoint", Method::POST, "/destinations/http_endpoints", Some(body))
+            .send(
+                "create_endpoint",
+                Method::POST,
+                "/destinations/http_endpoints",
+                Some(body),
+            )
             .await?;
         Resource::from_body(value)
     }
@@ -323,7 +330,11 @@ impl SequinClient {
     /// DELETE by name; `false` when it was already gone.
     pub async fn delete_endpoint(&self, name: &str) -> Result<bool, SequinError> {
         let path = format!("/destinations/http_endpoints/{}", segment(name));
-        Ok(optional(self.send("delete_endpoint", Method::DELETE, &path, None).await)?.is_some())
+        Ok(optional(
+            self.send("delete_endpoint", Method::DELETE, &path, None)
+                .await,
+        )?
+        .is_some())
     }
 
     // --- Sinks ----------------------------------------------------------------------------
@@ -363,7 +374,11 @@ impl SequinClient {
         Resource::from_body(value)
     }
 
-    pub async fn get_backfill(&self, sink: &str, id: &str) -> Result<Option<Resource>, SequinError> {
+    pub async fn get_backfill(
+        &self,
+        sink: &str,
+        id: &str,
+    ) -> Result<Option<Resource>, SequinError> {
         let path = format!("/sinks/{}/backfills/{}", segment(sink), segment(id));
         optional(self.send("get_backfill", Method::GET, &path, None).await)
     }
@@ -441,11 +456,16 @@ fn transport_message(err: &reqwest::Error) -> String {
     message
 }
 
-fn classify(status: StatusCode, text: &str, retry_after: Option<Duration>) -> Result<Value, SequinError> {
+fn classify(
+    status: StatusCode,
+    text: &str,
+    retry_after: Option<Duration>,
+) -> Result<Value, SequinError> {
     let code = status.as_u16();
     if status.is_success() {
-        return serde_json::from_str(text)
-            .map_err(|e| SequinError::Protocol(format!("HTTP {code} with a body that is not JSON: {e}")));
+        return serde_json::from_str(text).map_err(|e| {
+            SequinError::Protocol(format!("HTTP {code} with a body that is not JSON: {e}"))
+        });
     }
     let (summary, details) = parse_error_body(text);
     Err(match code {

@@ -14,7 +14,10 @@ pub fn on_signal() -> std::io::Result<impl std::future::Future<Output = ()> + Se
         while let Some(signal) = signals.next().await {
             match tx.take() {
                 Some(tx) => {
-                    tracing::info!(signal, "shutdown requested; send the signal again to exit at once");
+                    tracing::info!(
+                        signal,
+                        "shutdown requested; send the signal again to exit at once"
+                    );
                     let _ = tx.send(());
                 }
                 None => {

@@ -9,12 +9,13 @@ pub enum LogFormat {
     Json,
 }
 
-pub fn init(format: LogFormat) {
+/// `default_filter` applies when neither variable is set.
+pub fn init(format: LogFormat, default_filter: &str) {
     let filter = std::env::var("USERHOOKS_LOG")
         .ok()
         .or_else(|| std::env::var("RUST_LOG").ok())
         .and_then(|f| EnvFilter::try_new(f).ok())
-        .unwrap_or_else(|| EnvFilter::new("info"));
+        .unwrap_or_else(|| EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -55,10 +55,7 @@ pub async fn build(config: Config) -> Result<App, BuildError> {
     {
         let client = pool.get().await.map_err(DbError::from)?;
         client
-            .query(
-                "select 1 from userhooks.subscription_requests limit 0",
-                &[],
-            )
+            .query("select 1 from userhooks.subscription_requests limit 0", &[])
             .await
             .map_err(|e| BuildError::NotMigrated(e.to_string()))?;
     }
@@ -249,7 +246,14 @@ impl Loop {
     /// Claim up to the free capacity; returns when the next pending request becomes due.
     async fn claim(&mut self) -> Option<tokio::time::Instant> {
         let limit = self.capacity();
-        let claimed = match queue::claim(&self.pool, limit, &self.config.worker_id, self.config.lease).await {
+        let claimed = match queue::claim(
+            &self.pool,
+            limit,
+            &self.config.worker_id,
+            self.config.lease,
+        )
+        .await
+        {
             Ok(claimed) => {
                 self.metrics.set_database_ok(true);
                 claimed
@@ -279,14 +283,13 @@ impl Loop {
             let worker_id = self.config.worker_id.clone();
             self.tasks.spawn(async move {
                 let id = request.id;
-                let auth_rejected = process(&provisioner, &pool, &metrics, &worker_id, request).await;
+                let auth_rejected =
+                    process(&provisioner, &pool, &metrics, &worker_id, request).await;
                 (id, auth_rejected)
             });
         }
         self.metrics.in_flight.set(self.in_flight.len() as i64);
-        claimed
-            .next_due_in
-            .map(|d| tokio::time::Instant::now() + d)
+        claimed.next_due_in.map(|d| tokio::time::Instant::now() + d)
     }
 
     /// Is the token accepted again?
@@ -331,11 +334,16 @@ impl Loop {
         for (id, attempts) in &unfinished {
             match queue::release(&self.pool, &self.config.worker_id, *id, *attempts).await {
                 Ok(_) => {}
-                Err(err) => tracing::warn!(request_id = id, error = %err, "could not put a request back; its lease will expire"),
+                Err(err) => {
+                    tracing::warn!(request_id = id, error = %err, "could not put a request back; its lease will expire")
+                }
             }
         }
         if !unfinished.is_empty() {
-            tracing::info!(count = unfinished.len(), "put unfinished requests back in the queue");
+            tracing::info!(
+                count = unfinished.len(),
+                "put unfinished requests back in the queue"
+            );
         }
         self.metrics.in_flight.set(0);
     }
@@ -380,7 +388,12 @@ async fn process(
         }
         Some(WriteBack::LeaseLost) => {
             metrics.lease_lost_total.inc();
-            tracing::warn!(request_id = request.id, action, attempts = request.attempts, "lease lost before write-back; result dropped (another worker owns the request)");
+            tracing::warn!(
+                request_id = request.id,
+                action,
+                attempts = request.attempts,
+                "lease lost before write-back; result dropped (another worker owns the request)"
+            );
         }
         None => {
             tracing::error!(request_id = request.id, action, "could not write the result back; the request will be retried when its lease expires");
@@ -395,7 +408,11 @@ fn log_outcome(request: &Request, outcome: &Outcome, elapsed: Duration) {
     tracing::debug!(request_id = request.id, user_id = %request.user_id, "request user");
     match outcome {
         Outcome::Succeeded { .. } => tracing::info!(
-            request_id = request.id, action, outcome = "succeeded", attempts = request.attempts, duration_ms,
+            request_id = request.id,
+            action,
+            outcome = "succeeded",
+            attempts = request.attempts,
+            duration_ms,
             "request finished"
         ),
         Outcome::Failed { kind, message, .. } => tracing::warn!(
@@ -407,7 +424,9 @@ fn log_outcome(request: &Request, outcome: &Outcome, elapsed: Duration) {
             retry_in_ms = delay.as_millis() as u64, error = %message, "request rescheduled"
         ),
         Outcome::AuthRejected { .. } => tracing::debug!(
-            request_id = request.id, action, "put back: Sequin rejects the token"
+            request_id = request.id,
+            action,
+            "put back: Sequin rejects the token"
         ),
     }
 }

@@ -46,7 +46,9 @@ async fn sigterm_with_requests_in_flight_exits_zero_and_leaves_nothing_running()
         },
         ..Faults::default()
     });
-    let mut child = worker_command(&db, &emulator.api_url()).spawn().expect("spawn worker");
+    let mut child = worker_command(&db, &emulator.api_url())
+        .spawn()
+        .expect("spawn worker");
     db.client()
         .await
         .batch_execute(
@@ -56,8 +58,10 @@ async fn sigterm_with_requests_in_flight_exits_zero_and_leaves_nothing_running()
         .await
         .unwrap();
     eventually(Duration::from_secs(15), "requests in flight", || async {
-        db.scalar_i64("select count(*) from userhooks.subscription_requests where status = 'running'")
-            .await
+        db.scalar_i64(
+            "select count(*) from userhooks.subscription_requests where status = 'running'",
+        )
+        .await
             > 0
     })
     .await;
@@ -70,16 +74,20 @@ async fn sigterm_with_requests_in_flight_exits_zero_and_leaves_nothing_running()
     assert!(status.success(), "exit status {status:?}");
     assert!(started.elapsed() < Duration::from_secs(12));
     assert_eq!(
-        db.scalar_i64("select count(*) from userhooks.subscription_requests where status = 'running'")
-            .await,
+        db.scalar_i64(
+            "select count(*) from userhooks.subscription_requests where status = 'running'"
+        )
+        .await,
         0
     );
     // What was not finished is pending and completes on the next start.
     let mut again = worker_command(&db, &emulator.api_url()).spawn().unwrap();
     emulator.set_faults(Faults::default());
     eventually(Duration::from_secs(30), "all requests done", || async {
-        db.scalar_i64("select count(*) from userhooks.subscription_requests where status <> 'succeeded'")
-            .await
+        db.scalar_i64(
+            "select count(*) from userhooks.subscription_requests where status <> 'succeeded'",
+        )
+        .await
             == 0
     })
     .await;
@@ -99,7 +107,12 @@ async fn run_without_sequin_settings_explains_every_problem() {
         .unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    for needle in ["SEQUIN_API_URL", "SEQUIN_API_TOKEN", "SEQUIN_DATABASE", "USERHOOKS_CONCURRENCY"] {
+    for needle in [
+        "SEQUIN_API_URL",
+        "SEQUIN_API_TOKEN",
+        "SEQUIN_DATABASE",
+        "USERHOOKS_CONCURRENCY",
+    ] {
         assert!(stderr.contains(needle), "missing {needle} in: {stderr}");
     }
 }
@@ -122,4 +135,3 @@ async fn token_is_never_printed_in_errors() {
     );
     assert!(!all.contains("super-secret-token-value"), "{all}");
 }
-

@@ -16,7 +16,9 @@ async fn insert_err(db: &TestDb, sql: &str) -> String {
         .batch_execute(sql)
         .await
         .expect_err("insert must be refused");
-    err.as_db_error().map(|e| e.message().to_string()).unwrap_or_default()
+    err.as_db_error()
+        .map(|e| e.message().to_string())
+        .unwrap_or_default()
 }
 
 #[tokio::test]
@@ -120,8 +122,13 @@ async fn migrate_twice_and_concurrently_is_safe() {
 #[tokio::test]
 async fn fresh_database_migrates_concurrently() {
     let name = format!("uh_test_{}", uuid::Uuid::new_v4().simple());
-    let admin = userhooks::db::connect(&server_url(), "userhooks-tests").await.unwrap();
-    admin.batch_execute(&format!("create database {name}")).await.unwrap();
+    let admin = userhooks::db::connect(&server_url(), "userhooks-tests")
+        .await
+        .unwrap();
+    admin
+        .batch_execute(&format!("create database {name}"))
+        .await
+        .unwrap();
     let url = format!("{}/{name}", server_url().rsplit_once('/').unwrap().0);
     let (a, b) = tokio::join!(userhooks::db::migrate(&url), userhooks::db::migrate(&url));
     let (a, b) = (a.unwrap(), b.unwrap());
@@ -133,7 +140,10 @@ async fn fresh_database_migrates_concurrently() {
         .unwrap();
 }
 
-async fn listen(db: &TestDb, channel: &str) -> tokio::sync::mpsc::UnboundedReceiver<(String, String)> {
+async fn listen(
+    db: &TestDb,
+    channel: &str,
+) -> tokio::sync::mpsc::UnboundedReceiver<(String, String)> {
     let config: tokio_postgres::Config = db.url.parse().unwrap();
     let (client, mut connection) = config.connect(NoTls).await.unwrap();
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -145,7 +155,10 @@ async fn listen(db: &TestDb, channel: &str) -> tokio::sync::mpsc::UnboundedRecei
             }
         }
     });
-    client.batch_execute(&format!("LISTEN {channel}")).await.unwrap();
+    client
+        .batch_execute(&format!("LISTEN {channel}"))
+        .await
+        .unwrap();
     // Keep the client alive for the life of the test.
     std::mem::forget(client);
     rx
@@ -163,7 +176,9 @@ async fn bulk_insert_sends_one_requests_notification() {
         )
         .await
         .unwrap();
-    let first = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .unwrap();
     assert_eq!(first.unwrap().0, "userhooks_requests");
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(rx.try_recv().is_err(), "one statement, one notification");
@@ -216,5 +231,8 @@ async fn claim_uses_the_partial_index_even_on_an_analysed_empty_table() {
         .map(|r| r.get(0))
         .collect();
     let plan = plan.join("\n");
-    assert!(plan.contains("subscription_requests_claimable_idx"), "{plan}");
+    assert!(
+        plan.contains("subscription_requests_claimable_idx"),
+        "{plan}"
+    );
 }

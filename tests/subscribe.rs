@@ -17,7 +17,12 @@ async fn subscribe_creates_endpoint_and_sink_filtered_to_the_user() {
     let worker = start_worker(config(&db, &emulator)).await;
 
     let id = db
-        .insert("subscribe", "42", Some("https://hooks.example.com/u42"), json!({}))
+        .insert(
+            "subscribe",
+            "42",
+            Some("https://hooks.example.com/u42"),
+            json!({}),
+        )
         .await;
     let row = db.finished(id, WAIT).await;
     assert_eq!(row.status, "succeeded", "{row:?}");
@@ -30,7 +35,10 @@ async fn subscribe_creates_endpoint_and_sink_filtered_to_the_user() {
     let sink = &sinks[0];
     assert_eq!(sink["annotations"], json!({"user_id": "42"}));
     assert_eq!(sink["filter"], "userhooks-user-filter");
-    assert_eq!(sink["source"]["include_tables"], json!(["public.notifications"]));
+    assert_eq!(
+        sink["source"]["include_tables"],
+        json!(["public.notifications"])
+    );
     assert_eq!(sink["destination"]["http_endpoint"], endpoints[0]["name"]);
     assert_eq!(sink["destination"]["batch"], false);
     assert_eq!(sink["batch_size"], 1);
@@ -53,8 +61,14 @@ async fn subscribe_creates_endpoint_and_sink_filtered_to_the_user() {
         .await
         .unwrap();
     assert_eq!(sub.get::<_, String>(0), "active");
-    assert_eq!(sub.get::<_, Option<String>>(1).as_deref(), sink["id"].as_str());
-    assert_eq!(sub.get::<_, Option<String>>(2).as_deref(), endpoints[0]["id"].as_str());
+    assert_eq!(
+        sub.get::<_, Option<String>>(1).as_deref(),
+        sink["id"].as_str()
+    );
+    assert_eq!(
+        sub.get::<_, Option<String>>(2).as_deref(),
+        endpoints[0]["id"].as_str()
+    );
     assert_eq!(sub.get::<_, String>(3), "https://hooks.example.com/u42");
     worker.stop().await;
 }
@@ -74,7 +88,12 @@ async fn notify_wakes_the_worker_long_before_the_poll_interval() {
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let id = db
-        .insert("subscribe", "7", Some("https://hooks.example.com/7"), json!({}))
+        .insert(
+            "subscribe",
+            "7",
+            Some("https://hooks.example.com/7"),
+            json!({}),
+        )
         .await;
     let row = db.finished(id, Duration::from_secs(5)).await;
     assert_eq!(row.status, "succeeded");
@@ -97,9 +116,17 @@ async fn poll_claims_requests_when_no_notify_arrives() {
     let worker = start_worker(config).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let id = db
-        .insert("subscribe", "8", Some("https://hooks.example.com/8"), json!({}))
+        .insert(
+            "subscribe",
+            "8",
+            Some("https://hooks.example.com/8"),
+            json!({}),
+        )
         .await;
-    assert_eq!(db.finished(id, Duration::from_secs(5)).await.status, "succeeded");
+    assert_eq!(
+        db.finished(id, Duration::from_secs(5)).await.status,
+        "succeeded"
+    );
     worker.stop().await;
 }
 
@@ -122,9 +149,17 @@ async fn listener_terminated_by_postgres_still_leaves_polling_and_reconnects() {
         .await;
     assert_eq!(killed, 1);
     let id = db
-        .insert("subscribe", "9", Some("https://hooks.example.com/9"), json!({}))
+        .insert(
+            "subscribe",
+            "9",
+            Some("https://hooks.example.com/9"),
+            json!({}),
+        )
         .await;
-    assert_eq!(db.finished(id, Duration::from_secs(5)).await.status, "succeeded");
+    assert_eq!(
+        db.finished(id, Duration::from_secs(5)).await.status,
+        "succeeded"
+    );
     eventually(WAIT, "listener reconnected", || async {
         db.scalar_i64(
             "select count(*) from pg_stat_activity
@@ -144,11 +179,21 @@ async fn duplicate_subscribe_returns_the_same_subscription() {
     let worker = start_worker(config(&db, &emulator)).await;
 
     let first = db
-        .insert("subscribe", "1", Some("https://hooks.example.com/1"), json!({}))
+        .insert(
+            "subscribe",
+            "1",
+            Some("https://hooks.example.com/1"),
+            json!({}),
+        )
         .await;
     let first = db.finished(first, WAIT).await;
     let second = db
-        .insert("subscribe", "1", Some("https://hooks.example.com/1"), json!({}))
+        .insert(
+            "subscribe",
+            "1",
+            Some("https://hooks.example.com/1"),
+            json!({}),
+        )
         .await;
     let second = db.finished(second, WAIT).await;
     assert_eq!(second.status, "succeeded");
@@ -186,7 +231,8 @@ async fn concurrent_subscribes_for_one_user_and_url_make_one_sink() {
     assert_eq!(emulator.sinks().len(), 1);
     assert_eq!(emulator.endpoints().len(), 1);
     assert_eq!(
-        db.scalar_i64("select count(*) from userhooks.webhook_subscriptions").await,
+        db.scalar_i64("select count(*) from userhooks.webhook_subscriptions")
+            .await,
         1
     );
     w1.stop().await;
@@ -213,11 +259,20 @@ async fn server_errors_are_retried_until_success_without_orphans() {
     emulator.set_faults(faults);
     let worker = start_worker(config(&db, &emulator)).await;
     let id = db
-        .insert("subscribe", "5", Some("https://hooks.example.com/5"), json!({}))
+        .insert(
+            "subscribe",
+            "5",
+            Some("https://hooks.example.com/5"),
+            json!({}),
+        )
         .await;
     let row = db.finished(id, Duration::from_secs(30)).await;
     assert_eq!(row.status, "succeeded", "{row:?}");
-    assert!(row.attempts > 1, "expected a durable retry, attempts = {}", row.attempts);
+    assert!(
+        row.attempts > 1,
+        "expected a durable retry, attempts = {}",
+        row.attempts
+    );
     assert_eq!(emulator.endpoints().len(), 1, "no orphan endpoint");
     assert_eq!(emulator.sinks().len(), 1);
     worker.stop().await;
@@ -242,23 +297,41 @@ async fn permanent_rejection_fails_with_summary_and_removes_the_endpoint() {
     emulator.set_faults(faults);
     let worker = start_worker(config(&db, &emulator)).await;
     let id = db
-        .insert("subscribe", "6", Some("https://hooks.example.com/6"), json!({}))
+        .insert(
+            "subscribe",
+            "6",
+            Some("https://hooks.example.com/6"),
+            json!({}),
+        )
         .await;
     let row = db.finished(id, WAIT).await;
     assert_eq!(row.status, "failed");
     let error = row.last_error.unwrap();
-    assert!(error.contains("Validation failed") && error.contains("is too large"), "{error}");
+    assert!(
+        error.contains("Validation failed") && error.contains("is too large"),
+        "{error}"
+    );
     assert_eq!(row.result.unwrap()["error"]["kind"], "sequin_rejected");
-    assert!(emulator.endpoints().is_empty(), "the endpoint made for it is deleted");
+    assert!(
+        emulator.endpoints().is_empty(),
+        "the endpoint made for it is deleted"
+    );
     assert_eq!(
-        db.scalar_i64("select count(*) from userhooks.webhook_subscriptions where status = 'failed'")
-            .await,
+        db.scalar_i64(
+            "select count(*) from userhooks.webhook_subscriptions where status = 'failed'"
+        )
+        .await,
         1
     );
 
     // The user can subscribe again.
     let again = db
-        .insert("subscribe", "6", Some("https://hooks.example.com/6"), json!({}))
+        .insert(
+            "subscribe",
+            "6",
+            Some("https://hooks.example.com/6"),
+            json!({}),
+        )
         .await;
     assert_eq!(db.finished(again, WAIT).await.status, "succeeded");
     assert_eq!(emulator.sinks().len(), 1);
@@ -275,7 +348,12 @@ async fn rejected_token_keeps_requests_pending_until_it_works_again() {
     });
     let worker = start_worker(config(&db, &emulator)).await;
     let id = db
-        .insert("subscribe", "3", Some("https://hooks.example.com/3"), json!({}))
+        .insert(
+            "subscribe",
+            "3",
+            Some("https://hooks.example.com/3"),
+            json!({}),
+        )
         .await;
     eventually(WAIT, "auth marked failing", || async {
         worker.metrics.sequin_auth_ok.get() == 0
@@ -284,7 +362,10 @@ async fn rejected_token_keeps_requests_pending_until_it_works_again() {
     tokio::time::sleep(Duration::from_millis(800)).await;
     let row = db.request(id).await;
     assert_eq!(row.status, "pending", "{row:?}");
-    assert_eq!(row.attempts, 0, "an auth rejection does not use up attempts");
+    assert_eq!(
+        row.attempts, 0,
+        "an auth rejection does not use up attempts"
+    );
 
     emulator.set_faults(Faults::default());
     let row = db.finished(id, Duration::from_secs(25)).await;
@@ -301,10 +382,20 @@ async fn invalid_url_fails_clearly_without_calling_sequin() {
     config.allow_private_urls = false;
     let worker = start_worker(config).await;
     let bad = db
-        .insert("subscribe", "4", Some("ftp://hooks.example.com/4"), json!({}))
+        .insert(
+            "subscribe",
+            "4",
+            Some("ftp://hooks.example.com/4"),
+            json!({}),
+        )
         .await;
     let private = db
-        .insert("subscribe", "4", Some("http://169.254.169.254/latest"), json!({}))
+        .insert(
+            "subscribe",
+            "4",
+            Some("http://169.254.169.254/latest"),
+            json!({}),
+        )
         .await;
     let bad = db.finished(bad, WAIT).await;
     let private = db.finished(private, WAIT).await;
@@ -343,7 +434,12 @@ async fn request_with_expired_lease_is_reclaimed_and_finished() {
     let db = TestDb::new().await;
     let emulator = start_emulator().await;
     let id = db
-        .insert("subscribe", "11", Some("https://hooks.example.com/11"), json!({}))
+        .insert(
+            "subscribe",
+            "11",
+            Some("https://hooks.example.com/11"),
+            json!({}),
+        )
         .await;
     // A worker claimed it and died: running, lease in the past.
     db.client()
@@ -369,7 +465,12 @@ async fn request_with_live_lease_is_not_taken() {
     let db = TestDb::new().await;
     let emulator = start_emulator().await;
     let id = db
-        .insert("subscribe", "12", Some("https://hooks.example.com/12"), json!({}))
+        .insert(
+            "subscribe",
+            "12",
+            Some("https://hooks.example.com/12"),
+            json!({}),
+        )
         .await;
     db.client()
         .await
@@ -394,8 +495,13 @@ async fn request_with_live_lease_is_not_taken() {
 async fn write_back_with_a_stale_attempt_is_refused() {
     use userhooks::queue::{self, Outcome, WriteBack};
     let db = TestDb::new().await;
-    db.insert("subscribe", "13", Some("https://hooks.example.com/13"), json!({}))
-        .await;
+    db.insert(
+        "subscribe",
+        "13",
+        Some("https://hooks.example.com/13"),
+        json!({}),
+    )
+    .await;
     let pool = userhooks::db::pool(&db.url, 2).unwrap();
     let claimed = queue::claim(&pool, 10, "worker-a", Duration::from_millis(1))
         .await
@@ -411,7 +517,9 @@ async fn write_back_with_a_stale_attempt_is_refused() {
         result: json!({"by": "a"}),
         changes: vec![],
     };
-    let written = queue::write_back(&pool, "worker-a", &stale, &outcome).await.unwrap();
+    let written = queue::write_back(&pool, "worker-a", &stale, &outcome)
+        .await
+        .unwrap();
     assert_eq!(written, WriteBack::LeaseLost);
     let row = db.request(stale.id).await;
     assert_eq!(row.status, "running");

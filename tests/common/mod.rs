@@ -104,7 +104,12 @@ impl TestDb {
     }
 
     pub async fn scalar_i64(&self, sql: &str) -> i64 {
-        self.client().await.query_one(sql, &[]).await.expect(sql).get(0)
+        self.client()
+            .await
+            .query_one(sql, &[])
+            .await
+            .expect(sql)
+            .get(0)
     }
 }
 
@@ -214,7 +219,10 @@ where
 {
     let deadline = Instant::now() + timeout;
     while !check().await {
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for: {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }

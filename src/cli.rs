@@ -36,6 +36,25 @@ pub enum Command {
     Emulator(EmulatorArgs),
     /// Show the whole flow on this machine: emulator, worker, a few users.
     Demo(DemoArgs),
+    /// Queue by action and status, subscriptions by status, open backfills.
+    Status(DatabaseArgs),
+    /// Re-queue failed requests: one by id, or all with --failed.
+    Retry(RetryArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct RetryArgs {
+    #[command(flatten)]
+    pub db: DatabaseArgs,
+    /// The request to re-queue.
+    #[arg(conflicts_with = "failed", required_unless_present = "failed")]
+    pub id: Option<i64>,
+    /// Re-queue every failed request.
+    #[arg(long)]
+    pub failed: bool,
+    /// With --failed: only those that failed within this long (e.g. 1h).
+    #[arg(long, requires = "failed", value_parser = crate::config::parse_duration)]
+    pub since: Option<std::time::Duration>,
 }
 
 #[derive(Args, Debug)]

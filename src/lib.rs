@@ -3,6 +3,7 @@
 //! Data flows one way: [`queue`] claims requests, [`provision`] carries them out against
 //! Sequin through [`sequin`], and [`queue`] writes the outcome back. [`worker`] runs the loop.
 
+pub mod backfills;
 pub mod cli;
 pub mod config;
 pub mod db;
@@ -11,6 +12,7 @@ pub mod emulator;
 pub mod housekeeping;
 pub mod listener;
 pub mod metrics;
+pub mod ops;
 pub mod provision;
 pub mod queue;
 pub mod retry;

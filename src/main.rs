@@ -42,6 +42,21 @@ async fn main() -> anyhow::Result<()> {
         Command::Demo(args) => {
             userhooks::demo::run(args).await?;
         }
+        Command::Status(args) => {
+            print!("{}", userhooks::ops::status(&args.database_url).await?);
+        }
+        Command::Retry(args) => {
+            let selection = match args.id {
+                Some(id) => userhooks::ops::RetrySelection::One(id),
+                None => userhooks::ops::RetrySelection::Failed { since: args.since },
+            };
+            let ids = userhooks::ops::retry(&args.db.database_url, selection).await?;
+            if ids.is_empty() {
+                println!("nothing to retry (only failed requests can be retried)");
+            } else {
+                println!("re-queued {} request(s): {ids:?}", ids.len());
+            }
+        }
     }
     Ok(())
 }

@@ -40,6 +40,8 @@ pub enum Command {
     Status(DatabaseArgs),
     /// Re-queue failed requests: one by id, or all with --failed.
     Retry(RetryArgs),
+    /// End-to-end benchmark (burn-down, pickup, idle, claim).
+    Bench(crate::bench::BenchArgs),
 }
 
 #[derive(Args, Debug)]

@@ -9,7 +9,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // The demo prints its own story; only warnings from the parts interleave with it.
     let default_filter = match cli.command {
-        Command::Demo(_) => "warn",
+        Command::Demo(_) | Command::Bench(_) => "warn",
         _ => "info,tokio_postgres=warn",
     };
     userhooks::telemetry::init(cli.log_format, default_filter);
@@ -41,6 +41,9 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Demo(args) => {
             userhooks::demo::run(args).await?;
+        }
+        Command::Bench(args) => {
+            userhooks::bench::run(args).await?;
         }
         Command::Status(args) => {
             print!("{}", userhooks::ops::status(&args.database_url).await?);

@@ -66,6 +66,10 @@ pub struct MigrateArgs {
     /// Also create the example application tables (users, notifications).
     #[arg(long)]
     pub example_app: bool,
+    /// Also create the least-privilege roles userhooks_app and userhooks_worker and grant
+    /// their privileges (sql/roles.sql; needs CREATEROLE).
+    #[arg(long)]
+    pub roles: bool,
 }
 
 #[derive(Args, Debug)]

@@ -23,6 +23,12 @@ async fn main() -> anyhow::Result<()> {
                     .await
                     .context("could not create the example application tables")?;
             }
+            if args.roles {
+                userhooks::db::apply_roles(&args.db.database_url)
+                    .await
+                    .context("could not apply sql/roles.sql")?;
+                println!("roles userhooks_app and userhooks_worker are in place");
+            }
             if applied.is_empty() {
                 println!("userhooks schema is up to date");
             } else {

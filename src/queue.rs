@@ -249,32 +249,8 @@ pub async fn write_back(
     Ok(written)
 }
 
-/// Write many outcomes back in one transaction: one commit (one WAL flush, one turn on the
-/// NOTIFY queue lock, which serializes notifying commits) instead of one per request. The
-/// statements of different requests are pipelined on the connection. Each request stays
-/// fenced on its own: a lost lease skips that request only. Any error fails the whole batch
-/// (nothing is written) and the caller falls back to one transaction per request.
-pub async fn write_back_batch(
-    pool: &Pool,
-    worker_id: &str,
-    items: &[(&Request, &Outcome)],
-) -> Result<Vec<WriteBack>, DbError> {
-    let mut client = pool.get().await?;
-    let tx = client.transaction().await?;
-    let results = futures_util::future::join_all(
-        items
-            .iter()
-            .map(|(request, outcome)| write_one(&tx, worker_id, request, outcome)),
-    )
-    .await
-    .into_iter()
-    .collect::<Result<Vec<_>, _>>()?;
-    tx.commit().await?;
-    Ok(results)
-}
-
 /// The fenced update of one request, then (only if the fence held) its subscription changes.
-async fn write_one(
+pub async fn write_one(
     tx: &deadpool_postgres::Transaction<'_>,
     worker_id: &str,
     request: &Request,

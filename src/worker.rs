@@ -12,6 +12,7 @@ use deadpool_postgres::Pool;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 
+use crate::batch::Done;
 use crate::config::Config;
 use crate::db::{self, DbError};
 use crate::housekeeping;
@@ -20,7 +21,7 @@ use crate::metrics::{self, Metrics};
 use crate::provision::Provisioner;
 use crate::queue::{self, Outcome, Request, WriteBack};
 use crate::sequin::{ErrorClass, SequinClient};
-use crate::writeback::{Writer, Written};
+use crate::writeback::{WriteBackOp, Writer};
 
 /// At most one "request rescheduled" warning per interval (the rest go to debug).
 static RETRY_LOG: crate::telemetry::RateLimit =
@@ -149,7 +150,12 @@ impl App {
             tracing::warn!(error = %err, "could not create the filter function yet; will retry on the first subscribe");
         }
 
-        let (writer, writer_task) = Writer::spawn(pool.clone(), config.worker_id.clone());
+        let (writer, writer_task) = Writer::spawn(
+            pool.clone(),
+            WriteBackOp {
+                worker_id: config.worker_id.clone(),
+            },
+        );
         let mut state = Loop {
             config: config.clone(),
             pool: pool.clone(),
@@ -370,11 +376,23 @@ async fn process(
 ) -> bool {
     let started = Instant::now();
     let outcome = provisioner.handle(&request).await;
-    let Written {
-        request,
-        outcome,
-        result: written,
-    } = writer.write(request, outcome).await;
+    let Some(Done {
+        item: (request, outcome),
+        output,
+    }) = writer.run((request, outcome)).await
+    else {
+        tracing::error!(
+            "the write-back task stopped; the request will be retried when its lease expires"
+        );
+        return false;
+    };
+    let written = match output {
+        Ok(written) => Some(written),
+        Err(err) => {
+            tracing::error!(request_id = request.id, error = %err, "write-back failed");
+            None
+        }
+    };
     let action = request.action.as_str();
     let elapsed = started.elapsed();
     metrics

@@ -110,6 +110,7 @@ impl App {
         let mut background = JoinSet::new();
         background.spawn(listener::run(
             config.database_url.clone(),
+            config.listener_ping,
             wake.clone(),
             metrics.clone(),
             stop_rx.clone(),

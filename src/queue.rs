@@ -401,6 +401,27 @@ async fn apply_change(
     Ok(())
 }
 
+/// Push the lease of a request we are still working on `lease` into the future. `false`
+/// means the lease was lost (another worker claimed the request).
+pub async fn extend_lease(
+    pool: &Pool,
+    worker_id: &str,
+    id: i64,
+    attempts: i32,
+    lease: Duration,
+) -> Result<bool, DbError> {
+    let client = pool.get().await?;
+    let sql = format!(
+        "update userhooks.subscription_requests
+            set locked_until = now() + make_interval(secs => $4) {FENCE}"
+    );
+    let st = client.prepare_cached(&sql).await?;
+    let n = client
+        .execute(&st, &[&id, &attempts, &worker_id, &lease.as_secs_f64()])
+        .await?;
+    Ok(n == 1)
+}
+
 /// Put a request we claimed back in the queue (shutdown): `pending`, due now, the interrupted
 /// attempt not counted. Fenced like a write-back.
 pub async fn release(

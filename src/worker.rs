@@ -282,10 +282,11 @@ impl Loop {
             let pool = self.pool.clone();
             let metrics = self.metrics.clone();
             let worker_id = self.config.worker_id.clone();
+            let lease = self.config.lease;
             self.tasks.spawn(async move {
                 let id = request.id;
                 let auth_rejected =
-                    process(&provisioner, &pool, &metrics, &worker_id, request).await;
+                    process(&provisioner, &pool, &metrics, &worker_id, lease, request).await;
                 (id, auth_rejected)
             });
         }
@@ -356,10 +357,40 @@ async fn process(
     pool: &Pool,
     metrics: &Metrics,
     worker_id: &str,
+    lease: Duration,
     request: Request,
 ) -> bool {
     let started = Instant::now();
-    let outcome = provisioner.handle(&request).await;
+    // Renew the lease while the request is worked on: an attempt may make several Sequin
+    // calls and outlive one lease; without renewal another worker would take the request
+    // over mid-flight and every attempt's write-back would be fenced off (a livelock).
+    let outcome = {
+        let work = provisioner.handle(&request);
+        tokio::pin!(work);
+        let every = lease / 3;
+        let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                outcome = &mut work => break outcome,
+                _ = renew.tick() => {
+                    match queue::extend_lease(pool, worker_id, request.id, request.attempts, lease).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            // Someone else owns it now: stop here, like a crash; the owner
+                            // adopts or undoes whatever this attempt created.
+                            metrics.lease_lost_total.inc();
+                            tracing::warn!(request_id = request.id, attempts = request.attempts, "lease lost while working; attempt abandoned");
+                            return false;
+                        }
+                        Err(err) => {
+                            tracing::warn!(request_id = request.id, error = %err, "could not renew the lease; continuing");
+                        }
+                    }
+                }
+            }
+        }
+    };
     let action = request.action.as_str();
     let mut written = None;
     for retry in 0..5u32 {

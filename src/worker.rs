@@ -364,31 +364,36 @@ async fn process(
     // Renew the lease while the request is worked on: an attempt may make several Sequin
     // calls and outlive one lease; without renewal another worker would take the request
     // over mid-flight and every attempt's write-back would be fenced off (a livelock).
-    let outcome = {
-        let work = provisioner.handle(&request);
-        tokio::pin!(work);
-        let every = lease / 3;
-        let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-        renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                outcome = &mut work => break outcome,
-                _ = renew.tick() => {
-                    match queue::extend_lease(pool, worker_id, request.id, request.attempts, lease).await {
-                        Ok(true) => {}
-                        Ok(false) => {
-                            // Someone else owns it now: stop here, like a crash; the owner
-                            // adopts or undoes whatever this attempt created.
-                            metrics.lease_lost_total.inc();
-                            tracing::warn!(request_id = request.id, attempts = request.attempts, "lease lost while working; attempt abandoned");
-                            return false;
-                        }
-                        Err(err) => {
-                            tracing::warn!(request_id = request.id, error = %err, "could not renew the lease; continuing");
-                        }
+    // The renewal runs on its own task so that waiting for a pool connection never pauses
+    // the work, which may itself hold one.
+    let (lost_tx, lost_rx) = tokio::sync::oneshot::channel::<()>();
+    let _renewal = AbortOnDrop(tokio::spawn({
+        let (pool, worker_id) = (pool.clone(), worker_id.to_string());
+        let (id, attempts) = (request.id, request.attempts);
+        async move {
+            loop {
+                tokio::time::sleep(lease / 3).await;
+                match queue::extend_lease(&pool, &worker_id, id, attempts, lease).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        let _ = lost_tx.send(());
+                        return;
+                    }
+                    Err(err) => {
+                        tracing::warn!(request_id = id, error = %err, "could not renew the lease; continuing");
                     }
                 }
             }
+        }
+    }));
+    let outcome = tokio::select! {
+        outcome = provisioner.handle(&request) => outcome,
+        Ok(()) = lost_rx => {
+            // Someone else owns it now: stop here, like a crash; the owner adopts or undoes
+            // whatever this attempt created.
+            metrics.lease_lost_total.inc();
+            tracing::warn!(request_id = request.id, attempts = request.attempts, "lease lost while working; attempt abandoned");
+            return false;
         }
     };
     let action = request.action.as_str();
@@ -432,6 +437,15 @@ async fn process(
         }
     }
     matches!(outcome, Outcome::AuthRejected { .. })
+}
+
+/// Aborts a background task when dropped (also when the owning task is aborted).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 fn log_outcome(request: &Request, outcome: &Outcome, elapsed: Duration) {

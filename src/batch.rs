@@ -34,6 +34,11 @@ const MAX_BATCH: usize = 256;
 const RETRIES: u32 = 5;
 
 type Reply<I, O> = oneshot::Sender<Done<I, O>>;
+/// What travels to the batching task: an item and where to send its result.
+type Entry<Op> = (
+    <Op as BatchOp>::Item,
+    Reply<<Op as BatchOp>::Item, <Op as BatchOp>::Output>,
+);
 
 /// What came of one item: the item back, and its output or the last error.
 pub struct Done<I, O> {
@@ -44,7 +49,7 @@ pub struct Done<I, O> {
 /// Handle to a batching task. Dropping every clone ends the task once it has run what it
 /// was given.
 pub struct Batcher<Op: BatchOp> {
-    tx: mpsc::UnboundedSender<(Op::Item, Reply<Op::Item, Op::Output>)>,
+    tx: mpsc::UnboundedSender<Entry<Op>>,
 }
 
 impl<Op: BatchOp> Clone for Batcher<Op> {
@@ -80,11 +85,7 @@ impl<Op: BatchOp> Batcher<Op> {
     }
 }
 
-async fn run<Op: BatchOp>(
-    pool: Pool,
-    op: Arc<Op>,
-    mut rx: mpsc::UnboundedReceiver<(Op::Item, Reply<Op::Item, Op::Output>)>,
-) {
+async fn run<Op: BatchOp>(pool: Pool, op: Arc<Op>, mut rx: mpsc::UnboundedReceiver<Entry<Op>>) {
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {

@@ -412,6 +412,40 @@ async fn apply_change(
     Ok(())
 }
 
+/// Renew the leases of every request this worker is working on, in one statement.
+/// Returns the ids whose lease was lost (another worker owns them now), so their attempts
+/// can be abandoned.
+pub async fn extend_leases(
+    pool: &Pool,
+    worker_id: &str,
+    held: &[(i64, i32)],
+    lease: Duration,
+) -> Result<Vec<i64>, DbError> {
+    if held.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<i64> = held.iter().map(|(id, _)| *id).collect();
+    let attempts: Vec<i32> = held.iter().map(|(_, a)| *a).collect();
+    let client = pool.get().await?;
+    let st = client
+        .prepare_cached(
+            "update userhooks.subscription_requests r
+                set locked_until = now() + make_interval(secs => $4)
+               from unnest($1::bigint[], $2::int[]) as held(id, attempts)
+              where r.id = held.id and r.attempts = held.attempts
+                and r.locked_by = $3 and r.status = 'running'
+             returning r.id",
+        )
+        .await?;
+    let renewed: std::collections::HashSet<i64> = client
+        .query(&st, &[&ids, &attempts, &worker_id, &lease.as_secs_f64()])
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    Ok(ids.into_iter().filter(|id| !renewed.contains(id)).collect())
+}
+
 /// Put a request we claimed back in the queue (shutdown): `pending`, due now, the interrupted
 /// attempt not counted. Fenced like a write-back.
 pub async fn release(

@@ -51,12 +51,12 @@ impl BatchOp for OpenOp {
     /// concurrent unsubscribe); the caller retries.
     type Output = Option<OpenSubscription>;
 
-    fn run<'a>(
+    async fn run<'a>(
         &'a self,
         tx: &'a Transaction<'a>,
         r: &'a OpenRequest,
-    ) -> impl std::future::Future<Output = Result<Self::Output, DbError>> + Send + 'a {
-        async move {
+    ) -> Result<Self::Output, DbError> {
+        {
             let statement = tx.prepare_cached(OPEN_SQL).await?;
             let row = tx
                 .query_opt(

@@ -38,18 +38,27 @@ update userhooks.backfills
        updated_at = now()
  where id = $1 and state in ('active', 'paused')";
 
-/// Poll every due backfill once. Returns how many were polled.
+/// Poll every due backfill once. Returns whether any backfill is still open.
 pub async fn poll_due(
     pool: &Pool,
     sequin: &SequinClient,
     name_prefix: &str,
     interval: Duration,
-) -> Result<usize, DbError> {
+) -> Result<bool, DbError> {
     let client = pool.get().await?;
     let half = interval.as_secs_f64() / 2.0;
     let due = client.query(TAKE_DUE_SQL, &[&half]).await?;
+    if due.is_empty() {
+        // None due right now (just started, or another worker polls them): still open?
+        return Ok(client
+            .query_one(
+                "select exists (select 1 from userhooks.backfills where state in ('active', 'paused'))",
+                &[],
+            )
+            .await?
+            .get(0));
+    }
     drop(client);
-    let count = due.len();
     let results: Vec<Result<(), DbError>> = futures_util::stream::iter(due)
         .map(|row| async move {
             let id: i64 = row.get(0);
@@ -74,7 +83,7 @@ pub async fn poll_due(
     for result in results {
         result?;
     }
-    Ok(count)
+    Ok(true)
 }
 
 fn log_poll_error(err: &SequinError) {

@@ -454,8 +454,9 @@ async fn idle(admin_url: &str, seconds: u64) -> Result<Value, BenchError> {
     let emulator = start_emulator(token, 0).await?;
     let worker = WorkerProcess::spawn(&bench.url, &emulator.api_url(), token, 64)?;
     let admin = db::connect(admin_url, "userhooks-bench").await?;
-    // Let start-up work (filter function, first gauges) pass.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Let start-up work (filter function, first gauges, retention) pass and its statistics
+    // reach pg_stat_database (backends report them with a delay of up to a few seconds).
+    tokio::time::sleep(Duration::from_secs(12)).await;
     let counter = "select xact_commit + xact_rollback from pg_stat_database where datname = $1";
     // pg_stat_database is refreshed when backends report; force our view to re-read.
     admin

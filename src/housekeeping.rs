@@ -14,9 +14,11 @@ use crate::provision::Provisioner;
 use crate::queue;
 
 /// Open requests (pending/running) come from the small partial index, so this is cheap.
-const GAUGE_INTERVAL: Duration = Duration::from_secs(5);
+const GAUGE_INTERVAL: Duration = Duration::from_secs(10);
 /// Whole-table counts (terminal requests, subscriptions, backfills) are refreshed less often.
-const SLOW_GAUGE_EVERY: u32 = 6;
+const SLOW_GAUGE_EVERY: u32 = 3;
+/// Backfill ticks between looks for backfills when none are known to be open.
+const DISCOVER_EVERY: u32 = 15;
 const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
 const RETENTION_BATCH: i64 = 1000;
 
@@ -34,6 +36,8 @@ pub async fn run(
     let mut backfills = tokio::time::interval(config.backfill_poll_interval);
     backfills.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut tick: u32 = 0;
+    let mut backfill_ticks: u32 = 0;
+    let mut backfills_open = true;
     loop {
         tokio::select! {
             _ = stop.changed() => return,
@@ -49,15 +53,24 @@ pub async fn run(
                 }
             }
             _ = backfills.tick() => {
-                if let Err(err) = crate::backfills::poll_due(
-                    &pool,
-                    provisioner.sequin(),
-                    &config.name_prefix,
-                    config.backfill_poll_interval,
-                )
-                .await
-                {
-                    tracing::debug!(error = %err, "could not poll backfills");
+                // Without open backfills, look only every DISCOVER_EVERY ticks (to find those
+                // another worker started), so an idle worker does not poll an empty table.
+                backfill_ticks = backfill_ticks.wrapping_add(1);
+                let due = backfills_open
+                    || provisioner.take_backfill_hint()
+                    || backfill_ticks % DISCOVER_EVERY == 0;
+                if due {
+                    match crate::backfills::poll_due(
+                        &pool,
+                        provisioner.sequin(),
+                        &config.name_prefix,
+                        config.backfill_poll_interval,
+                    )
+                    .await
+                    {
+                        Ok(open) => backfills_open = open,
+                        Err(err) => tracing::debug!(error = %err, "could not poll backfills"),
+                    }
                 }
             }
             _ = retention.tick() => {

@@ -223,6 +223,7 @@ impl Loop {
         auth_probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut next_due: Option<tokio::time::Instant> = None;
         let mut claim_now = true;
+        let mut polls: u32 = 0;
         // Claiming in batches: after a completion, wait until a quarter of the capacity is
         // free (or nothing runs) before the next claim, instead of one query per completion.
         let batch_threshold = (self.config.concurrency / 4).max(1);
@@ -240,7 +241,13 @@ impl Loop {
             tokio::select! {
                 _ = &mut shutdown => break,
                 _ = wake.notified() => claim_now = true,
-                _ = poll.tick() => claim_now = true,
+                _ = poll.tick() => {
+                    // NOTIFY covers new requests while the listener is up, so the fallback
+                    // poll (for expired leases and lost notifications) runs every other
+                    // tick then: an idle worker stays under one query per second.
+                    polls = polls.wrapping_add(1);
+                    claim_now = self.metrics.listener_connected.get() == 0 || polls % 2 == 0;
+                }
                 _ = due => { next_due = None; claim_now = true; }
                 Some(joined) = self.tasks.join_next(), if !self.tasks.is_empty() => {
                     self.finished(joined);

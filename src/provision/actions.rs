@@ -260,6 +260,8 @@ impl Provisioner {
                 &[&subscription_id, &sequin_id, &state],
             )
             .await?;
+        self.backfill_hint
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         Ok(BackfillStarted {
             id: row.get(0),
             sequin_id,

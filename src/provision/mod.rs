@@ -94,6 +94,8 @@ pub struct Provisioner {
     /// Whether the shared filter function is known to exist (created once per process).
     filter_ready: Mutex<bool>,
     opener: Opener,
+    /// Set when this process starts a backfill, so the tracker looks at once.
+    backfill_hint: std::sync::atomic::AtomicBool,
 }
 
 impl Provisioner {
@@ -111,11 +113,18 @@ impl Provisioner {
             url_policy,
             filter_ready: Mutex::new(false),
             opener,
+            backfill_hint: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
     pub fn sequin(&self) -> &SequinClient {
         &self.sequin
+    }
+
+    /// Whether a backfill was started since the last call.
+    pub fn take_backfill_hint(&self) -> bool {
+        self.backfill_hint
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Carry out one claimed request and decide its outcome. Never panics, never loses it.

@@ -64,6 +64,16 @@ pub struct EmulatorArgs {
     /// Initial faults as JSON (same shape as PUT /_emulator/faults).
     #[arg(long)]
     pub faults: Option<String>,
+    /// Deliver webhooks: follow the source tables in this Postgres database and POST
+    /// Sequin-shaped messages to each sink's endpoint (off by default).
+    #[arg(long, value_name = "DATABASE_URL", hide_env_values = true)]
+    pub deliver_from: Option<String>,
+    /// Column compared with each sink's `annotations.user_id` when delivering.
+    #[arg(long, default_value = "user_id")]
+    pub user_column: String,
+    /// How often delivery polls the source tables.
+    #[arg(long, default_value = "200ms", value_parser = crate::config::parse_duration)]
+    pub delivery_poll_interval: std::time::Duration,
 }
 
 #[derive(Args, Debug)]
@@ -102,6 +112,13 @@ pub async fn run_emulator(
         database: args.database,
         tables: args.tables,
         faults,
+        delivery: args
+            .deliver_from
+            .map(|url| crate::emulator::DeliveryConfig {
+                user_column: args.user_column,
+                poll_interval: args.delivery_poll_interval,
+                ..crate::emulator::DeliveryConfig::new(url)
+            }),
         ..crate::emulator::EmulatorConfig::default()
     };
     eprintln!(

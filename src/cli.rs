@@ -34,8 +34,22 @@ pub enum Command {
     Run(Box<WorkerArgs>),
     /// Run the strict Sequin Management API emulator.
     Emulator(EmulatorArgs),
-    /// Show the whole flow on this machine: emulator, worker, a few users.
+    /// Show the whole flow on this machine: emulator with delivery, worker, a few users.
     Demo(DemoArgs),
+    /// Insert notifications for random existing users (the seed's generator).
+    GenerateNotifications(GenerateArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    pub db: DatabaseArgs,
+    /// Notifications per second.
+    #[arg(long, default_value_t = 100.0)]
+    pub rate: f64,
+    /// Stop after this long (e.g. 30s, 5m); default: until Ctrl-C.
+    #[arg(long, value_parser = crate::config::parse_duration)]
+    pub duration: Option<std::time::Duration>,
 }
 
 #[derive(Args, Debug)]
@@ -89,9 +103,55 @@ pub struct DemoArgs {
     /// Name of the demo database (dropped and recreated).
     #[arg(long, default_value = "userhooks_demo")]
     pub demo_database: String,
-    /// Leave everything running (with /metrics) until Ctrl-C.
+    /// Leave everything running (with /metrics on 127.0.0.1:9610) until Ctrl-C.
     #[arg(long)]
     pub keep_running: bool,
+    /// Notifications per second while generating.
+    #[arg(long, default_value_t = 200.0)]
+    pub rate: f64,
+    /// How long to generate notifications.
+    #[arg(long, default_value = "3s", value_parser = crate::config::parse_duration)]
+    pub generate_for: std::time::Duration,
+}
+
+/// `userhooks generate-notifications`: insert until the duration passes or Ctrl-C.
+pub async fn run_generate(args: GenerateArgs) -> Result<(), CliError> {
+    let client = crate::db::connect(&args.db.database_url, "userhooks-generate")
+        .await
+        .map_err(|e| CliError(e.to_string()))?;
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    let rate = args.rate;
+    let stop = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let mut last_print = std::time::Instant::now();
+    let hidden = bar.is_hidden();
+    let total = crate::generate::run(&client, rate, args.duration, stop, |sent, elapsed| {
+        let secs = elapsed.as_secs_f64().max(0.001);
+        let line = format!(
+            "inserted {sent} notifications in {secs:.1}s ({:.0}/s, target {rate}/s)",
+            sent as f64 / secs
+        );
+        if hidden {
+            // Not a terminal: one line every few seconds instead of a spinner.
+            if last_print.elapsed() >= std::time::Duration::from_secs(5) {
+                eprintln!("{line}");
+                last_print = std::time::Instant::now();
+            }
+        } else {
+            bar.set_message(line);
+        }
+    })
+    .await
+    .map_err(|e| CliError(e.to_string()))?;
+    bar.finish_and_clear();
+    println!("inserted {total} notifications");
+    Ok(())
 }
 
 /// `userhooks emulator`: serve the emulator until `shutdown`.

@@ -8,6 +8,7 @@ pub mod config;
 pub mod db;
 pub mod demo;
 pub mod emulator;
+pub mod generate;
 pub mod housekeeping;
 pub mod listener;
 pub mod metrics;

@@ -42,6 +42,9 @@ async fn main() -> anyhow::Result<()> {
         Command::Demo(args) => {
             userhooks::demo::run(args).await?;
         }
+        Command::GenerateNotifications(args) => {
+            userhooks::cli::run_generate(args).await?;
+        }
     }
     Ok(())
 }

@@ -38,6 +38,82 @@ pub enum Command {
     Demo(DemoArgs),
     /// Insert notifications for random existing users (the seed's generator).
     GenerateNotifications(GenerateArgs),
+    /// Serve the tutorial's HTTP API (POST /subscribe, POST /backfill, ...) over the outbox.
+    Serve(ServeArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub db: DatabaseArgs,
+    /// Address to listen on (the tutorial's app used port 3333).
+    #[arg(long, env = "USERHOOKS_SERVE_LISTEN", default_value = "127.0.0.1:3333")]
+    pub listen: SocketAddr,
+    /// Longest wait for a request to finish before answering 202 with its id.
+    #[arg(long, default_value = "10s", value_parser = crate::config::parse_duration)]
+    pub wait: std::time::Duration,
+    /// Sequin's Management API (optional): lets serve answer 503 when Sequin rejects the
+    /// worker's token, instead of 202.
+    #[arg(long, env = "SEQUIN_API_URL")]
+    pub sequin_api_url: Option<String>,
+    /// The worker's Sequin API token (optional, see --sequin-api-url).
+    #[arg(long, env = "SEQUIN_API_TOKEN", hide_env_values = true)]
+    pub sequin_api_token: Option<String>,
+    /// File holding the token.
+    #[arg(long, env = "SEQUIN_API_TOKEN_FILE")]
+    pub sequin_api_token_file: Option<std::path::PathBuf>,
+}
+
+/// `userhooks serve`: until `shutdown`.
+pub async fn run_serve(
+    args: ServeArgs,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), CliError> {
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| CliError(format!("cannot listen on {}: {e}", args.listen)))?;
+    eprintln!(
+        "userhooks serve listening on http://{} (POST /subscribe, DELETE /subscribe, POST /backfill, GET /backfill/{{id}}, GET /requests/{{id}})",
+        args.listen
+    );
+    let token = match (&args.sequin_api_token, &args.sequin_api_token_file) {
+        (Some(t), _) => Some(t.trim().to_string()),
+        (None, Some(path)) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| {
+                    CliError(format!(
+                        "SEQUIN_API_TOKEN_FILE {}: cannot be read: {e}",
+                        path.display()
+                    ))
+                })?
+                .trim()
+                .to_string(),
+        ),
+        (None, None) => None,
+    };
+    let sequin = match (args.sequin_api_url, token) {
+        (Some(url), Some(token)) => Some(
+            crate::sequin::SequinClient::new(
+                &url,
+                crate::config::Secret::new(token),
+                std::time::Duration::from_secs(3),
+                crate::metrics::Metrics::new(),
+            )
+            .with_in_process_retries(0),
+        ),
+        _ => None,
+    };
+    crate::serve::serve(
+        crate::serve::ServeConfig {
+            database_url: args.db.database_url,
+            wait: args.wait,
+            sequin,
+        },
+        listener,
+        shutdown,
+    )
+    .await
+    .map_err(|e| CliError(e.to_string()))
 }
 
 #[derive(Args, Debug)]

@@ -16,6 +16,7 @@ pub mod provision;
 pub mod queue;
 pub mod retry;
 pub mod sequin;
+pub mod serve;
 pub mod shutdown;
 pub mod telemetry;
 pub mod webhook_url;

@@ -42,6 +42,10 @@ async fn main() -> anyhow::Result<()> {
         Command::Demo(args) => {
             userhooks::demo::run(args).await?;
         }
+        Command::Serve(args) => {
+            let shutdown = userhooks::shutdown::on_signal()?;
+            userhooks::cli::run_serve(args, shutdown).await?;
+        }
         Command::GenerateNotifications(args) => {
             userhooks::cli::run_generate(args).await?;
         }

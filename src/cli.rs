@@ -40,6 +40,70 @@ pub enum Command {
     GenerateNotifications(GenerateArgs),
     /// Serve the tutorial's HTTP API (POST /subscribe, POST /backfill, ...) over the outbox.
     Serve(ServeArgs),
+    /// Compare webhook_subscriptions with Sequin; report drift, fix it with --repair.
+    Reconcile(ReconcileArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ReconcileArgs {
+    #[command(flatten)]
+    pub worker: Box<WorkerArgs>,
+    /// Fix what differs: recreate missing resources, patch drifted fields, delete orphans.
+    #[arg(long)]
+    pub repair: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Sequin calls in flight at once.
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: usize,
+}
+
+/// `userhooks reconcile`: exits non-zero while differences remain.
+pub async fn run_reconcile(args: ReconcileArgs) -> Result<(), CliError> {
+    let config = args
+        .worker
+        .into_config()
+        .map_err(|e| CliError(e.to_string()))?;
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "[{bar:40}] {pos}/{len} subscriptions checked ({per_sec}, {eta} left)",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    let options = crate::reconcile::Options {
+        repair: args.repair,
+        concurrency: args.concurrency,
+    };
+    let report = crate::reconcile::reconcile(&config, &options, |done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    })
+    .await
+    .map_err(|e| CliError(e.to_string()))?;
+    bar.finish_and_clear();
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
+    } else {
+        print!("{}", crate::reconcile::render(&report, args.repair));
+    }
+    let left = report.unresolved() + report.errors.len();
+    if left > 0 {
+        return Err(CliError(format!(
+            "{left} differences or errors remain{}",
+            if args.repair {
+                ""
+            } else {
+                " (run with --repair to fix)"
+            }
+        )));
+    }
+    Ok(())
 }
 
 #[derive(Args, Debug)]

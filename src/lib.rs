@@ -14,6 +14,7 @@ pub mod listener;
 pub mod metrics;
 pub mod provision;
 pub mod queue;
+pub mod reconcile;
 pub mod retry;
 pub mod sequin;
 pub mod serve;

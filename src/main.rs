@@ -42,6 +42,9 @@ async fn main() -> anyhow::Result<()> {
         Command::Demo(args) => {
             userhooks::demo::run(args).await?;
         }
+        Command::Reconcile(args) => {
+            userhooks::cli::run_reconcile(args).await?;
+        }
         Command::Serve(args) => {
             let shutdown = userhooks::shutdown::on_signal()?;
             userhooks::cli::run_serve(args, shutdown).await?;

@@ -86,13 +86,20 @@ struct Setup {
 
 impl Setup {
     async fn new() -> Setup {
+        Setup::with_tables(&["public.notifications"]).await
+    }
+
+    async fn with_tables(tables: &[&str]) -> Setup {
         let db = TestDb::new().await;
         userhooks::demo::create_example_app(&db.url)
             .await
             .expect("example app tables");
         db.client()
             .await
-            .batch_execute("insert into users (name) values ('A'), ('B'), ('C')")
+            .batch_execute(
+                "insert into users (name) values ('A'), ('B'), ('C');
+                 create table public.no_id (k text primary key, v text)",
+            )
             .await
             .unwrap();
         let mut delivery = DeliveryConfig::new(db.url.clone());
@@ -103,7 +110,7 @@ impl Setup {
         let emulator = start_emulator_with(EmulatorConfig {
             token: TOKEN.to_string(),
             database: SEQUIN_DB.to_string(),
-            tables: vec!["public.notifications".to_string()],
+            tables: tables.iter().map(|t| t.to_string()).collect(),
             delivery: Some(delivery),
             ..EmulatorConfig::default()
         })
@@ -381,4 +388,37 @@ async fn failed_posts_are_retried_until_acked_with_the_same_idempotency_key() {
     assert_eq!(s.receiver.for_user("1").len(), 1);
     let (delivered, failed) = s.emulator.delivery_counts();
     assert_eq!((delivered, failed), (1, 2));
+}
+
+#[tokio::test]
+async fn sink_without_filter_gets_every_row_and_a_table_without_id_does_not_stop_it() {
+    let s = Setup::with_tables(&["public.notifications", "public.no_id"]).await;
+    let (status, body) = s
+        .api(
+            "POST",
+            "/destinations/http_endpoints",
+            Some(json!({"name": "all-endpoint", "url": format!("{}/hooks/all", s.receiver_base)})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    // No source (every table, including one delivery cannot follow) and no filter.
+    let (status, body) = s
+        .api(
+            "POST",
+            "/sinks",
+            Some(json!({"name": "all-sink", "database": SEQUIN_DB,
+                        "destination": {"type": "webhook", "http_endpoint": "all-endpoint", "batch": false}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    s.notify(1, "for one").await;
+    s.notify(2, "for two").await;
+    s.wait_for("all", 2).await;
+    let users: Vec<Value> = s
+        .receiver
+        .for_user("all")
+        .iter()
+        .map(|r| r.body["record"]["user_id"].clone())
+        .collect();
+    assert_eq!(users, vec![json!(1), json!(2)]);
 }

@@ -258,11 +258,12 @@ pub(crate) async fn table_max_ids(shared: &Shared) -> Option<BTreeMap<String, i6
                 out.insert(t, id);
             }
             Err(err) => {
-                tracing::warn!(table = %t, error = %err, "emulator delivery: cannot read max(id)");
+                // That table starts when delivery first follows it.
+                tracing::debug!(table = %t, error = %err, "emulator delivery: cannot read max(id)");
                 if client.is_closed() {
                     *guard = None;
+                    return None;
                 }
-                return None;
             }
         }
     }
@@ -397,19 +398,16 @@ impl Engine {
             }
             keep
         });
-        let client = self.client.as_ref().expect("connected");
         for v in &views {
             if self.sinks.contains_key(&v.id) {
                 continue;
             }
-            let mut cursors = HashMap::new();
-            for t in &v.tables {
-                let c = match v.start_cursors.as_ref().and_then(|c| c.get(t)) {
-                    Some(c) => *c,
-                    None => max_id(client, t).await?,
-                };
-                cursors.insert(t.clone(), c);
-            }
+            // Tables without a known start are set when first followed (below).
+            let cursors: HashMap<String, i64> = v
+                .tables
+                .iter()
+                .filter_map(|t| Some((t.clone(), *v.start_cursors.as_ref()?.get(t)?)))
+                .collect();
             let queue = Arc::new(Queue::default());
             let task = tokio::spawn(deliver(
                 self.shared.clone(),
@@ -428,9 +426,29 @@ impl Engine {
             );
         }
 
-        // Live inserts, table by table.
+        // Live inserts, table by table; one table's trouble (no `id` column, dropped table)
+        // does not stop the others.
         let tables: HashSet<&String> = views.iter().flat_map(|v| v.tables.iter()).collect();
+        let mut first_error = None;
         for table in tables {
+            if let Err(err) = self.follow_table(table, &views).await {
+                first_error.get_or_insert(err);
+            }
+        }
+        let backfills = self.backfills_tick(&views).await;
+        match first_error {
+            Some(err) => Err(err),
+            None => backfills,
+        }
+    }
+
+    async fn follow_table(
+        &mut self,
+        table: &String,
+        views: &[SinkView],
+    ) -> Result<(), tokio_postgres::Error> {
+        let client = self.client.as_ref().expect("connected");
+        {
             let following: Vec<&SinkView> =
                 views.iter().filter(|v| v.tables.contains(table)).collect();
             // A table added to a sink's source later starts at the current end.
@@ -482,8 +500,7 @@ impl Engine {
                 }
             }
         }
-
-        self.backfills_tick(&views).await
+        Ok(())
     }
 
     async fn backfills_tick(&mut self, views: &[SinkView]) -> Result<(), tokio_postgres::Error> {

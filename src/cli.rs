@@ -42,6 +42,12 @@ pub enum Command {
     Serve(ServeArgs),
     /// Compare webhook_subscriptions with Sequin; report drift, fix it with --repair.
     Reconcile(ReconcileArgs),
+    /// Queue by action and status, subscriptions by status, open backfills.
+    Status(DatabaseArgs),
+    /// Re-queue failed requests: one by id, or all with --failed.
+    Retry(RetryArgs),
+    /// End-to-end benchmark (burn-down, pickup, idle, claim).
+    Bench(crate::bench::BenchArgs),
 }
 
 #[derive(Args, Debug)]
@@ -193,12 +199,31 @@ pub struct GenerateArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct RetryArgs {
+    #[command(flatten)]
+    pub db: DatabaseArgs,
+    /// The request to re-queue.
+    #[arg(conflicts_with = "failed", required_unless_present = "failed")]
+    pub id: Option<i64>,
+    /// Re-queue every failed request.
+    #[arg(long)]
+    pub failed: bool,
+    /// With --failed: only those that failed within this long (e.g. 1h).
+    #[arg(long, requires = "failed", value_parser = crate::config::parse_duration)]
+    pub since: Option<std::time::Duration>,
+}
+
+#[derive(Args, Debug)]
 pub struct MigrateArgs {
     #[command(flatten)]
     pub db: DatabaseArgs,
     /// Also create the example application tables (users, notifications).
     #[arg(long)]
     pub example_app: bool,
+    /// Also create the least-privilege roles userhooks_app and userhooks_worker and grant
+    /// their privileges (sql/roles.sql; needs CREATEROLE).
+    #[arg(long)]
+    pub roles: bool,
 }
 
 #[derive(Args, Debug)]

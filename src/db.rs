@@ -25,7 +25,20 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "helpers",
         include_str!("../sql/migrations/0002_helpers.sql"),
     ),
+    (
+        3,
+        "scrub_secrets",
+        include_str!("../sql/migrations/0003_scrub_secrets.sql"),
+    ),
+    (
+        4,
+        "request_input_limits",
+        include_str!("../sql/migrations/0004_request_input_limits.sql"),
+    ),
 ];
+
+/// `sql/roles.sql`: the least-privilege roles `userhooks_app` and `userhooks_worker`.
+pub const ROLES_SQL: &str = include_str!("../sql/roles.sql");
 
 /// Parse a connection string and tag the connections with `application_name`.
 pub fn pg_config(
@@ -117,4 +130,18 @@ pub async fn migrate(database_url: &str) -> Result<Vec<i32>, DbError> {
     }
     tx.commit().await?;
     Ok(done)
+}
+
+/// Create (if missing) the roles `userhooks_app` and `userhooks_worker` and set their
+/// privileges on this database's `userhooks` schema (`sql/roles.sql`). Run after [`migrate`],
+/// as the schema owner with CREATEROLE (or a superuser). Safe to run twice or concurrently.
+pub async fn apply_roles(database_url: &str) -> Result<(), DbError> {
+    let mut client = connect(database_url, "userhooks-migrate").await?;
+    let tx = client.transaction().await?;
+    // Same lock as `migrate`: grants on one database's objects are applied one session at a time.
+    tx.execute("select pg_advisory_xact_lock(7303830001)", &[])
+        .await?;
+    tx.batch_execute(ROLES_SQL).await?;
+    tx.commit().await?;
+    Ok(())
 }

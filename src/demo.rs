@@ -52,7 +52,7 @@ pub async fn create_example_app(database_url: &str) -> Result<(), DbError> {
     Ok(())
 }
 
-fn database_url_for(server_url: &str, name: &str) -> String {
+pub fn database_url_for(server_url: &str, name: &str) -> String {
     match url::Url::parse(server_url) {
         Ok(mut url) => {
             url.set_path(&format!("/{name}"));

@@ -1,5 +1,5 @@
 //! Background chores of a running worker: gauges read from the database on a timer (not per
-//! scrape), and retention of finished requests.
+//! scrape), backfill progress, and retention of finished requests.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,7 +23,7 @@ const RETENTION_BATCH: i64 = 1000;
 pub async fn run(
     config: Arc<Config>,
     pool: Pool,
-    _provisioner: Arc<Provisioner>,
+    provisioner: Arc<Provisioner>,
     metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -31,6 +31,8 @@ pub async fn run(
     gauges.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut retention = tokio::time::interval(RETENTION_INTERVAL);
     retention.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut backfills = tokio::time::interval(config.backfill_poll_interval);
+    backfills.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut tick: u32 = 0;
     loop {
         tokio::select! {
@@ -44,6 +46,18 @@ pub async fn run(
                         metrics.set_database_ok(false);
                         tracing::debug!(error = %err, "could not refresh gauges");
                     }
+                }
+            }
+            _ = backfills.tick() => {
+                if let Err(err) = crate::backfills::poll_due(
+                    &pool,
+                    provisioner.sequin(),
+                    &config.name_prefix,
+                    config.backfill_poll_interval,
+                )
+                .await
+                {
+                    tracing::debug!(error = %err, "could not poll backfills");
                 }
             }
             _ = retention.tick() => {

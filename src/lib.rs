@@ -3,6 +3,8 @@
 //! Data flows one way: [`queue`] claims requests, [`provision`] carries them out against
 //! Sequin through [`sequin`], and [`queue`] writes the outcome back. [`worker`] runs the loop.
 
+pub mod backfills;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod db;
@@ -12,6 +14,7 @@ pub mod generate;
 pub mod housekeeping;
 pub mod listener;
 pub mod metrics;
+pub mod ops;
 pub mod provision;
 pub mod queue;
 pub mod reconcile;

@@ -47,7 +47,7 @@ pub async fn run(
                 }
                 metrics.listener_connected.set(0);
                 if failures == 0 || failures % 20 == 0 {
-                    tracing::warn!(error = %err, failures, "LISTEN connection lost; reconnecting (polling meanwhile)");
+                    tracing::warn!(error = %crate::telemetry::error_chain(&err), failures, "LISTEN connection lost; reconnecting (polling meanwhile)");
                 }
                 // Claim now: whatever was notified while we were down is in the table.
                 wake.notify_one();

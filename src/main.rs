@@ -9,7 +9,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // The demo prints its own story; only warnings from the parts interleave with it.
     let default_filter = match cli.command {
-        Command::Demo(_) => "warn",
+        Command::Demo(_) | Command::Bench(_) => "warn",
         _ => "info,tokio_postgres=warn",
     };
     userhooks::telemetry::init(cli.log_format, default_filter);
@@ -22,6 +22,12 @@ async fn main() -> anyhow::Result<()> {
                 userhooks::demo::create_example_app(&args.db.database_url)
                     .await
                     .context("could not create the example application tables")?;
+            }
+            if args.roles {
+                userhooks::db::apply_roles(&args.db.database_url)
+                    .await
+                    .context("could not apply sql/roles.sql")?;
+                println!("roles userhooks_app and userhooks_worker are in place");
             }
             if applied.is_empty() {
                 println!("userhooks schema is up to date");
@@ -51,6 +57,24 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::GenerateNotifications(args) => {
             userhooks::cli::run_generate(args).await?;
+        }
+        Command::Bench(args) => {
+            userhooks::bench::run(args).await?;
+        }
+        Command::Status(args) => {
+            print!("{}", userhooks::ops::status(&args.database_url).await?);
+        }
+        Command::Retry(args) => {
+            let selection = match args.id {
+                Some(id) => userhooks::ops::RetrySelection::One(id),
+                None => userhooks::ops::RetrySelection::Failed { since: args.since },
+            };
+            let ids = userhooks::ops::retry(&args.db.database_url, selection).await?;
+            if ids.is_empty() {
+                println!("nothing to retry (only failed requests can be retried)");
+            } else {
+                println!("re-queued {} request(s): {ids:?}", ids.len());
+            }
         }
     }
     Ok(())

@@ -223,12 +223,6 @@ pub enum Change {
         transform: Option<Option<String>>,
         actions: Option<Vec<String>>,
     },
-    /// Record a started backfill.
-    RecordBackfill {
-        subscription_id: i64,
-        sequin_backfill_id: String,
-        state: String,
-    },
 }
 
 /// Whether the write-back took effect.
@@ -402,21 +396,6 @@ async fn apply_change(
                 ],
             )
             .await?;
-        }
-        Change::RecordBackfill {
-            subscription_id,
-            sequin_backfill_id,
-            state,
-        } => {
-            let st = tx
-                .prepare_cached(
-                    "insert into userhooks.backfills (subscription_id, sequin_backfill_id, state)
-                     values ($1, $2::text::uuid, $3)
-                     on conflict (sequin_backfill_id) do nothing",
-                )
-                .await?;
-            tx.execute(&st, &[subscription_id, sequin_backfill_id, state])
-                .await?;
         }
     }
     Ok(())

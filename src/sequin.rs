@@ -383,6 +383,18 @@ impl SequinClient {
         optional(self.send("get_backfill", Method::GET, &path, None).await)
     }
 
+    /// Backfills of a sink, newest first. Counted as `get_backfill` in metrics (the
+    /// operation label set is fixed by the metrics contract).
+    pub async fn list_backfills(&self, sink: &str) -> Result<Vec<Value>, SequinError> {
+        let path = format!("/sinks/{}/backfills", segment(sink));
+        let value = self.send("get_backfill", Method::GET, &path, None).await?;
+        Ok(value
+            .get("data")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default())
+    }
+
     pub async fn update_backfill(
         &self,
         sink: &str,

@@ -21,6 +21,10 @@ use crate::provision::Provisioner;
 use crate::queue::{self, Outcome, Request, WriteBack};
 use crate::sequin::{ErrorClass, SequinClient};
 
+/// At most one "request rescheduled" warning per interval (the rest go to debug).
+static RETRY_LOG: crate::telemetry::RateLimit =
+    crate::telemetry::RateLimit::new(Duration::from_secs(30));
+
 /// How often a rejected token is tried again.
 const AUTH_PROBE_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -419,10 +423,21 @@ fn log_outcome(request: &Request, outcome: &Outcome, elapsed: Duration) {
             request_id = request.id, action, outcome = "failed", kind, attempts = request.attempts, duration_ms,
             error = %message, "request failed"
         ),
-        Outcome::Retry { message, delay } => tracing::info!(
-            request_id = request.id, action, outcome = "retried", attempts = request.attempts, duration_ms,
-            retry_in_ms = delay.as_millis() as u64, error = %message, "request rescheduled"
-        ),
+        Outcome::Retry { message, delay } => {
+            // When Sequin is down every request lands here: one warning per interval, the
+            // per-request detail at debug.
+            tracing::debug!(
+                request_id = request.id, action, outcome = "retried", attempts = request.attempts, duration_ms,
+                retry_in_ms = delay.as_millis() as u64, error = %message, "request rescheduled"
+            );
+            if let Some(suppressed) = RETRY_LOG.check() {
+                tracing::warn!(
+                    request_id = request.id, action, attempts = request.attempts,
+                    retry_in_ms = delay.as_millis() as u64, similar_since_last = suppressed,
+                    error = %message, "requests are being rescheduled (showing one per 30s)"
+                );
+            }
+        }
         Outcome::AuthRejected { .. } => tracing::debug!(
             request_id = request.id,
             action,

@@ -7,8 +7,7 @@
 use std::sync::Arc;
 
 use deadpool_postgres::Pool;
-use serde_json::{json, Map, Value};
-use sha2::{Digest, Sha256};
+use serde_json::{json, Value};
 use tokio::sync::Mutex;
 
 use crate::config::Config;
@@ -17,6 +16,13 @@ use crate::queue::{Action, Change, Outcome, Request};
 use crate::retry::RetryPolicy;
 use crate::sequin::{ErrorClass, Resource, SequinClient, SequinError};
 use crate::webhook_url::{self, UrlPolicy, WebhookUrl};
+
+mod actions;
+mod options;
+
+pub use options::{
+    expect_no_options, secret_hash, SubscribeOptions, UpdateOptions, CHANGE_ACTIONS,
+};
 
 /// Why an attempt did not succeed, before it becomes an [`Outcome`].
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +33,9 @@ pub enum ProvisionError {
     /// The request names something that does not exist (no such subscription).
     #[error("{0}")]
     NotFound(String),
+    /// The subscription exists but is not ready for this (still provisioning): retry later.
+    #[error("{0}")]
+    NotReady(String),
     #[error(transparent)]
     Sequin(#[from] SequinError),
     #[error("database error: {0}")]
@@ -50,7 +59,7 @@ impl ProvisionError {
         match self {
             ProvisionError::Invalid(_) | ProvisionError::NotFound(_) => ErrorClass::Permanent,
             ProvisionError::Sequin(err) => err.class(),
-            ProvisionError::Db(_) => ErrorClass::Retryable,
+            ProvisionError::Db(_) | ProvisionError::NotReady(_) => ErrorClass::Retryable,
         }
     }
 }
@@ -71,156 +80,6 @@ impl Names {
             sink: format!("{prefix}-{subscription_id}-sink"),
         }
     }
-}
-
-const SUBSCRIBE_OPTIONS: &[&str] = &["transform", "backfill", "actions", "headers", "secret"];
-const CHANGE_ACTIONS: &[&str] = &["insert", "update", "delete"];
-
-/// Options of a `subscribe` request, checked strictly: an unknown key is an error, not ignored.
-#[derive(Debug, Default, Clone, PartialEq)]
-pub struct SubscribeOptions {
-    pub transform: Option<String>,
-    pub backfill: bool,
-    pub actions: Option<Vec<String>>,
-    pub headers: Map<String, Value>,
-    pub secret: Option<String>,
-}
-
-fn object<'a>(options: &'a Value, action: &str) -> Result<&'a Map<String, Value>, ProvisionError> {
-    options.as_object().ok_or_else(|| {
-        ProvisionError::Invalid(format!("options of {action} must be a JSON object"))
-    })
-}
-
-fn reject_unknown(
-    map: &Map<String, Value>,
-    action: &str,
-    allowed: &[&str],
-) -> Result<(), ProvisionError> {
-    if let Some(key) = map.keys().find(|k| !allowed.contains(&k.as_str())) {
-        let shown: String = key.chars().take(64).collect();
-        return Err(ProvisionError::Invalid(format!(
-            "unknown option `{shown}` for {action} (allowed: {})",
-            if allowed.is_empty() {
-                "none".to_string()
-            } else {
-                allowed.join(", ")
-            }
-        )));
-    }
-    Ok(())
-}
-
-fn parse_transform(value: &Value) -> Result<Option<String>, ProvisionError> {
-    match value {
-        Value::Null => Ok(None),
-        Value::String(name) if name == "none" => Ok(None),
-        Value::String(name)
-            if !name.is_empty()
-                && name.len() <= 255
-                && name.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c)) =>
-        {
-            Ok(Some(name.clone()))
-        }
-        _ => Err(ProvisionError::Invalid(
-            "option `transform` must be the name of a Sequin transform function ([A-Za-z0-9_.-]) or \"none\"".to_string(),
-        )),
-    }
-}
-
-fn parse_actions(value: &Value) -> Result<Vec<String>, ProvisionError> {
-    let bad = || {
-        ProvisionError::Invalid(
-            "option `actions` must be a non-empty list of \"insert\", \"update\", \"delete\""
-                .to_string(),
-        )
-    };
-    let items = value.as_array().ok_or_else(bad)?;
-    let mut actions = Vec::new();
-    for item in items {
-        let action = item
-            .as_str()
-            .filter(|a| CHANGE_ACTIONS.contains(a))
-            .ok_or_else(bad)?;
-        if !actions.iter().any(|a| a == action) {
-            actions.push(action.to_string());
-        }
-    }
-    if actions.is_empty() {
-        return Err(bad());
-    }
-    Ok(actions)
-}
-
-impl SubscribeOptions {
-    pub fn parse(options: &Value) -> Result<Self, ProvisionError> {
-        let map = object(options, "subscribe")?;
-        reject_unknown(map, "subscribe", SUBSCRIBE_OPTIONS)?;
-        let mut parsed = SubscribeOptions::default();
-        if let Some(value) = map.get("transform") {
-            parsed.transform = parse_transform(value)?;
-        }
-        if let Some(value) = map.get("backfill") {
-            parsed.backfill = value.as_bool().ok_or_else(|| {
-                ProvisionError::Invalid("option `backfill` must be true or false".to_string())
-            })?;
-        }
-        if let Some(value) = map.get("actions") {
-            parsed.actions = Some(parse_actions(value)?);
-        }
-        if let Some(value) = map.get("headers") {
-            let headers = value.as_object().ok_or_else(|| {
-                ProvisionError::Invalid(
-                    "option `headers` must be an object of header names to string values"
-                        .to_string(),
-                )
-            })?;
-            if headers.len() > 20 {
-                return Err(ProvisionError::Invalid(
-                    "option `headers` allows at most 20 headers".to_string(),
-                ));
-            }
-            for (name, value) in headers {
-                let valid_name = !name.is_empty()
-                    && name.len() <= 128
-                    && name
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
-                let valid_value = value
-                    .as_str()
-                    .is_some_and(|v| v.len() <= 1024 && !v.chars().any(|c| c.is_control()));
-                if !valid_name || !valid_value {
-                    return Err(ProvisionError::Invalid(format!(
-                        "option `headers` has an invalid header `{}`: names are HTTP tokens, values strings of at most 1024 printable characters",
-                        name.chars().take(64).collect::<String>()
-                    )));
-                }
-                if name.eq_ignore_ascii_case("authorization") {
-                    return Err(ProvisionError::Invalid(
-                        "option `headers` must not set Authorization in plain text: use option `secret`".to_string(),
-                    ));
-                }
-            }
-            parsed.headers = headers.clone();
-        }
-        if let Some(value) = map.get("secret") {
-            let secret = value
-                .as_str()
-                .filter(|s| !s.is_empty() && s.len() <= 1024 && !s.chars().any(|c| c.is_control()))
-                .ok_or_else(|| {
-                    ProvisionError::Invalid(
-                        "option `secret` must be a string of 1 to 1024 printable characters"
-                            .to_string(),
-                    )
-                })?;
-            parsed.secret = Some(secret.to_string());
-        }
-        Ok(parsed)
-    }
-}
-
-pub fn secret_hash(secret: &str) -> String {
-    hex::encode(Sha256::digest(secret.as_bytes()))
 }
 
 /// A subscription row as the provisioning code needs it.
@@ -266,10 +125,10 @@ impl Provisioner {
         let mut created = Created::default();
         let result = match request.action {
             Action::Subscribe => self.subscribe(request, &mut created).await,
-            other => Err(ProvisionError::Invalid(format!(
-                "action {} is not supported by this worker version",
-                other.as_str()
-            ))),
+            Action::Unsubscribe => self.unsubscribe(request).await,
+            Action::Backfill => self.backfill(request).await,
+            Action::Update => self.update(request, &mut created).await,
+            Action::Pause | Action::Resume => self.set_paused(request).await,
         };
         match result {
             Ok((result, changes)) => Outcome::Succeeded { result, changes },
@@ -311,6 +170,7 @@ impl Provisioner {
         let (kind, status, details, message) = match &err {
             ProvisionError::Invalid(msg) => ("invalid_request", None, None, msg.clone()),
             ProvisionError::NotFound(msg) => ("not_found", None, None, msg.clone()),
+            ProvisionError::NotReady(msg) => ("not_ready", None, None, msg.clone()),
             _ if class == ErrorClass::Retryable => (
                 "exhausted",
                 err_status(&err),
@@ -392,13 +252,27 @@ impl Provisioner {
         created.sink = Some(names.sink.clone());
         let sink = self.ensure_sink(&names, &request.user_id, &options).await?;
 
-        let result = json!({
+        let mut result = json!({
             "subscription_id": subscription.id,
             "sink_id": sink.id,
             "sink_name": names.sink,
             "endpoint_id": endpoint.id,
             "endpoint_name": names.endpoint,
         });
+        if options.backfill {
+            // The subscription works without its history: a permanent refusal of the
+            // backfill is reported in the result, not a failed subscribe.
+            match self.start_backfill(subscription.id, &names.sink).await {
+                Ok(started) => {
+                    result["backfill_id"] = json!(started.id);
+                    result["sequin_backfill_id"] = json!(started.sequin_id);
+                }
+                Err(err) if err.class() == ErrorClass::Permanent => {
+                    result["backfill_error"] = json!(err.to_string());
+                }
+                Err(err) => return Err(err),
+            }
+        }
         let changes = vec![Change::Activate {
             subscription_id: subscription.id,
             endpoint_id: endpoint.id,

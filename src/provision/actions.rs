@@ -1,0 +1,406 @@
+//! The actions on existing subscriptions: unsubscribe, backfill, update, pause, resume.
+
+use serde_json::{json, Value};
+
+use super::{expect_no_options, Created, Names, ProvisionError, Provisioner, UpdateOptions};
+use crate::queue::{Action, Change, Request};
+use crate::sequin::SequinError;
+use crate::webhook_url;
+
+/// Unsubscribe also finishes what a crashed unsubscribe left in `deleting`.
+const REMOVABLE: &[&str] = &["provisioning", "active", "paused", "deleting"];
+/// What backfill/update/pause/resume can act on.
+const READY: &[&str] = &["active", "paused"];
+
+const SUBSCRIPTION_COLUMNS: &str =
+    "id, status, endpoint, sink_name, endpoint_name, transform, actions, sequin_sink_id::text";
+
+/// A subscription row as the actions need it.
+#[derive(Debug, Clone)]
+pub(super) struct SubscriptionRow {
+    pub id: i64,
+    pub status: String,
+    pub endpoint: String,
+    pub sink_name: Option<String>,
+    pub endpoint_name: Option<String>,
+    pub transform: Option<String>,
+    pub actions: Vec<String>,
+}
+
+impl SubscriptionRow {
+    fn from_row(row: &tokio_postgres::Row) -> Self {
+        SubscriptionRow {
+            id: row.get(0),
+            status: row.get(1),
+            endpoint: row.get(2),
+            sink_name: row.get(3),
+            endpoint_name: row.get(4),
+            transform: row.get(5),
+            actions: row.get(6),
+        }
+    }
+
+    /// The Sequin names: as recorded, or derived (a subscription that never finished
+    /// provisioning has none recorded, but its names are deterministic).
+    fn names(&self, prefix: &str) -> Names {
+        let derived = Names::new(prefix, self.id);
+        Names {
+            endpoint: self.endpoint_name.clone().unwrap_or(derived.endpoint),
+            sink: self.sink_name.clone().unwrap_or(derived.sink),
+        }
+    }
+}
+
+/// A backfill that was started (or found already running).
+pub(super) struct BackfillStarted {
+    pub id: i64,
+    pub sequin_id: String,
+    pub already_running: bool,
+}
+
+impl Provisioner {
+    /// The subscriptions a request names: by `subscription_id`, by `webhook_url`, or all of
+    /// the user's, limited to `statuses`. Always scoped to the request's user.
+    async fn resolve(
+        &self,
+        request: &Request,
+        statuses: &[&str],
+    ) -> Result<Vec<SubscriptionRow>, ProvisionError> {
+        let client = self.pool.get().await?;
+        let statuses: Vec<String> = statuses.iter().map(|s| s.to_string()).collect();
+        let rows = if let Some(id) = request.subscription_id {
+            let sql = format!(
+                "select {SUBSCRIPTION_COLUMNS} from userhooks.webhook_subscriptions
+                  where id = $1 and user_id = $2 and status = any($3)"
+            );
+            client
+                .query(&sql, &[&id, &request.user_id, &statuses])
+                .await?
+        } else if let Some(url) = &request.webhook_url {
+            // Stored URLs are normalized; compare like with like.
+            let url = webhook_url::normalize(url).unwrap_or_else(|| url.clone());
+            let sql = format!(
+                "select {SUBSCRIPTION_COLUMNS} from userhooks.webhook_subscriptions
+                  where user_id = $1 and endpoint = $2 and status = any($3) order by id"
+            );
+            client
+                .query(&sql, &[&request.user_id, &url, &statuses])
+                .await?
+        } else {
+            let sql = format!(
+                "select {SUBSCRIPTION_COLUMNS} from userhooks.webhook_subscriptions
+                  where user_id = $1 and status = any($2) order by id"
+            );
+            client.query(&sql, &[&request.user_id, &statuses]).await?
+        };
+        Ok(rows.iter().map(SubscriptionRow::from_row).collect())
+    }
+
+    /// Exactly one subscription, or a clear reason why not.
+    async fn resolve_one(&self, request: &Request) -> Result<SubscriptionRow, ProvisionError> {
+        let mut found = self.resolve(request, READY).await?;
+        let which = describe_target(request);
+        match found.len() {
+            1 => Ok(found.remove(0)),
+            0 => {
+                // Distinguish "not ready yet" from "does not exist".
+                let provisioning = self.resolve(request, &["provisioning"]).await?;
+                if provisioning.is_empty() {
+                    Err(ProvisionError::NotFound(format!(
+                        "user {} has no live subscription{which}; nothing to {}",
+                        quoted(&request.user_id),
+                        request.action.as_str()
+                    )))
+                } else {
+                    Err(ProvisionError::NotReady(format!(
+                        "subscription {} of user {} is still being provisioned",
+                        provisioning[0].id,
+                        quoted(&request.user_id)
+                    )))
+                }
+            }
+            n => Err(ProvisionError::Invalid(format!(
+                "user {} has {n} live subscriptions; say which one with webhook_url or subscription_id",
+                quoted(&request.user_id)
+            ))),
+        }
+    }
+
+    /// Delete each named subscription's sink, then its endpoint. Idempotent: what is already
+    /// gone counts as deleted, and nothing to remove is a success with `removed: 0`.
+    pub(super) async fn unsubscribe(
+        &self,
+        request: &Request,
+    ) -> Result<(Value, Vec<Change>), ProvisionError> {
+        expect_no_options(&request.options, "unsubscribe")?;
+        let targets = self.resolve(request, REMOVABLE).await?;
+        if targets.is_empty() && request.subscription_id.is_some() {
+            return Err(ProvisionError::NotFound(format!(
+                "user {} has no live subscription{}",
+                quoted(&request.user_id),
+                describe_target(request)
+            )));
+        }
+        let ids: Vec<i64> = targets.iter().map(|t| t.id).collect();
+        if !ids.is_empty() {
+            // Visible while we work, and no longer "live" for a subscribe of the same URL.
+            let client = self.pool.get().await?;
+            client
+                .execute(
+                    "update userhooks.webhook_subscriptions set status = 'deleting', updated_at = now()
+                      where id = any($1) and status <> 'deleting'",
+                    &[&ids],
+                )
+                .await?;
+        }
+        let mut changes = Vec::with_capacity(targets.len());
+        for target in &targets {
+            let names = target.names(&self.config.name_prefix);
+            self.sequin.delete_sink(&names.sink).await?;
+            match self.sequin.delete_endpoint(&names.endpoint).await {
+                Ok(_) => {}
+                // "in use by N sink consumer(s)": a sink we do not know about points at it.
+                Err(SequinError::Rejected {
+                    status: 400,
+                    summary,
+                    ..
+                }) if summary.contains("in use") => {
+                    return Err(ProvisionError::Sequin(SequinError::Unavailable {
+                        status: 400,
+                        summary: format!("{summary} (will retry once the sink is gone)"),
+                        retry_after: None,
+                    }))
+                }
+                Err(err) => return Err(err.into()),
+            }
+            changes.push(Change::SetStatus {
+                subscription_id: target.id,
+                status: "deleted",
+            });
+        }
+        Ok((
+            json!({ "removed": ids.len(), "subscription_ids": ids }),
+            changes,
+        ))
+    }
+
+    pub(super) async fn backfill(
+        &self,
+        request: &Request,
+    ) -> Result<(Value, Vec<Change>), ProvisionError> {
+        expect_no_options(&request.options, "backfill")?;
+        let target = self.resolve_one(request).await?;
+        let names = target.names(&self.config.name_prefix);
+        let started = self.start_backfill(target.id, &names.sink).await?;
+        let mut result = json!({
+            "subscription_id": target.id,
+            "backfill_id": started.id,
+            "sequin_backfill_id": started.sequin_id,
+        });
+        if started.already_running {
+            result["already_running"] = json!(true);
+        }
+        Ok((result, Vec::new()))
+    }
+
+    /// Start a backfill of the subscription's sink and record it in `userhooks.backfills`.
+    /// A backfill already running is returned instead of starting a second one.
+    pub(super) async fn start_backfill(
+        &self,
+        subscription_id: i64,
+        sink: &str,
+    ) -> Result<BackfillStarted, ProvisionError> {
+        let client = self.pool.get().await?;
+        if let Some(row) = client
+            .query_opt(
+                "select id, sequin_backfill_id::text from userhooks.backfills
+                  where subscription_id = $1 and state in ('active', 'paused')
+                  order by id desc limit 1",
+                &[&subscription_id],
+            )
+            .await?
+        {
+            return Ok(BackfillStarted {
+                id: row.get(0),
+                sequin_id: row.get(1),
+                already_running: true,
+            });
+        }
+        let backfill = match self.sequin.create_backfill(sink).await {
+            Ok(backfill) => backfill.body,
+            Err(err) if is_backfill_running(&err) => {
+                // An earlier attempt started it and crashed before recording it (or someone
+                // started one in the console): adopt the newest open one.
+                let open = self
+                    .sequin
+                    .list_backfills(sink)
+                    .await?
+                    .into_iter()
+                    .find(|b| matches!(b["state"].as_str(), Some("active" | "paused")));
+                match open {
+                    Some(backfill) => backfill,
+                    None => return Err(err.into()),
+                }
+            }
+            Err(err) => return Err(err.into()),
+        };
+        let sequin_id = backfill["id"].as_str().unwrap_or_default().to_string();
+        let state = backfill["state"].as_str().unwrap_or("active").to_string();
+        let row = client
+            .query_one(
+                "with inserted as (
+                     insert into userhooks.backfills (subscription_id, sequin_backfill_id, state)
+                     values ($1, $2::text::uuid, $3)
+                     on conflict (sequin_backfill_id) do nothing
+                     returning id)
+                 select id from inserted
+                 union all
+                 select id from userhooks.backfills where sequin_backfill_id = $2::text::uuid
+                 limit 1",
+                &[&subscription_id, &sequin_id, &state],
+            )
+            .await?;
+        Ok(BackfillStarted {
+            id: row.get(0),
+            sequin_id,
+            already_running: false,
+        })
+    }
+
+    /// Change URL, transform or actions, calling Sequin only for what actually changed:
+    /// every sink update restarts replication for the whole slot.
+    pub(super) async fn update(
+        &self,
+        request: &Request,
+        created: &mut Created,
+    ) -> Result<(Value, Vec<Change>), ProvisionError> {
+        let options = UpdateOptions::parse(&request.options)?;
+        let target = self.resolve_one(request).await?;
+        created.subscription_id = None; // never compensate an existing subscription
+        let names = target.names(&self.config.name_prefix);
+        let mut changed = Vec::new();
+        let mut new_endpoint = None;
+        if let Some(raw) = &options.webhook_url {
+            let url = self.validate_url(Some(raw)).await?;
+            if url.as_str() != target.endpoint {
+                let client = self.pool.get().await?;
+                let taken: i64 = client
+                    .query_one(
+                        "select count(*) from userhooks.webhook_subscriptions
+                          where user_id = $1 and endpoint = $2 and id <> $3
+                            and status in ('provisioning', 'active', 'paused')",
+                        &[&request.user_id, &url.as_str(), &target.id],
+                    )
+                    .await?
+                    .get(0);
+                if taken > 0 {
+                    return Err(ProvisionError::Invalid(format!(
+                        "user {} already has a subscription for {url}",
+                        quoted(&request.user_id)
+                    )));
+                }
+                self.sequin
+                    .update_endpoint(&names.endpoint, &json!({ "url": url.as_str() }))
+                    .await?;
+                changed.push("webhook_url");
+                new_endpoint = Some(url.as_str().to_string());
+            }
+        }
+        let mut sink_patch = serde_json::Map::new();
+        let mut new_transform = None;
+        if let Some(transform) = &options.transform {
+            if *transform != target.transform {
+                sink_patch.insert(
+                    "transform".to_string(),
+                    json!(transform.as_deref().unwrap_or("none")),
+                );
+                changed.push("transform");
+                new_transform = Some(transform.clone());
+            }
+        }
+        let mut new_actions = None;
+        if let Some(actions) = &options.actions {
+            let mut wanted = actions.clone();
+            let mut current = target.actions.clone();
+            wanted.sort();
+            current.sort();
+            if wanted != current {
+                sink_patch.insert("actions".to_string(), json!(actions));
+                changed.push("actions");
+                new_actions = Some(actions.clone());
+            }
+        }
+        if !sink_patch.is_empty() {
+            self.sequin
+                .update_sink(&names.sink, &Value::Object(sink_patch))
+                .await?;
+        }
+        let mut changes = Vec::new();
+        if !changed.is_empty() {
+            changes.push(Change::SetFields {
+                subscription_id: target.id,
+                endpoint: new_endpoint,
+                transform: new_transform,
+                actions: new_actions,
+            });
+        }
+        Ok((
+            json!({ "subscription_id": target.id, "changed": changed }),
+            changes,
+        ))
+    }
+
+    /// Pause (Sequin buffers, delivers nothing) or resume a subscription's sink.
+    pub(super) async fn set_paused(
+        &self,
+        request: &Request,
+    ) -> Result<(Value, Vec<Change>), ProvisionError> {
+        let paused = request.action == Action::Pause;
+        expect_no_options(&request.options, request.action.as_str())?;
+        let target = self.resolve_one(request).await?;
+        let (sink_status, status) = if paused {
+            ("paused", "paused")
+        } else {
+            ("active", "active")
+        };
+        if target.status == status {
+            return Ok((
+                json!({ "subscription_id": target.id, "changed": [] }),
+                Vec::new(),
+            ));
+        }
+        let names = target.names(&self.config.name_prefix);
+        self.sequin
+            .update_sink(&names.sink, &json!({ "status": sink_status }))
+            .await?;
+        Ok((
+            json!({ "subscription_id": target.id, "changed": ["status"] }),
+            vec![Change::SetStatus {
+                subscription_id: target.id,
+                status,
+            }],
+        ))
+    }
+}
+
+fn is_backfill_running(err: &SequinError) -> bool {
+    err.status() == Some(422)
+        && err
+            .details()
+            .and_then(|d| d.get("sink_consumer_id"))
+            .is_some_and(|v| v.to_string().contains("already has an active backfill"))
+}
+
+fn describe_target(request: &Request) -> String {
+    match (&request.subscription_id, &request.webhook_url) {
+        (Some(id), _) => format!(" with id {id}"),
+        (None, Some(url)) => format!(" for {url}"),
+        (None, None) => String::new(),
+    }
+}
+
+/// User ids are arbitrary text: quote them so an empty or odd id reads clearly.
+fn quoted(user_id: &str) -> String {
+    let shown: String = user_id.chars().take(64).collect();
+    format!("{shown:?}")
+}

@@ -1,0 +1,727 @@
+//! Every action after subscribe: unsubscribe, backfill, update, pause/resume, transforms,
+//! per-user ordering, retention, SQL helpers.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use tokio_postgres::{AsyncMessage, NoTls};
+use userhooks::emulator::{EmulatorConfig, Faults, RouteFaults};
+
+const WAIT: Duration = Duration::from_secs(15);
+
+async fn subscribe(db: &TestDb, user: &str, url: &str, options: Value) -> Value {
+    let id = db.insert("subscribe", user, Some(url), options).await;
+    let row = db.finished(id, WAIT).await;
+    assert_eq!(row.status, "succeeded", "{row:?}");
+    row.result.expect("result")
+}
+
+async fn run(
+    db: &TestDb,
+    action: &str,
+    user: &str,
+    url: Option<&str>,
+    options: Value,
+) -> RequestRow {
+    let id = db.insert(action, user, url, options).await;
+    db.finished(id, WAIT).await
+}
+
+async fn apply_transform(emulator: &userhooks::emulator::EmulatorHandle, name: &str) {
+    let yaml = format!(
+        "functions:\n  - name: \"{name}\"\n    type: \"transform\"\n    code: |-\n      def transform(action, record, changes, metadata) do\n        %{{message: record[\"message\"]}}\n      end\n"
+    );
+    let response = reqwest::Client::new()
+        .post(format!("{}/config/apply", emulator.api_url()))
+        .bearer_auth(TOKEN)
+        .header("accept", "application/json")
+        .json(&json!({ "yaml": yaml }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+}
+
+fn sink_named<'a>(sinks: &'a [Value], name: &str) -> &'a Value {
+    sinks
+        .iter()
+        .find(|s| s["name"] == name)
+        .expect("sink exists")
+}
+
+async fn listen(db: &TestDb, channel: &str) -> tokio::sync::mpsc::UnboundedReceiver<String> {
+    let config: tokio_postgres::Config = db.url.parse().unwrap();
+    let (client, mut connection) = config.connect(NoTls).await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut stream = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(Ok(message)) = stream.next().await {
+            if let AsyncMessage::Notification(n) = message {
+                let _ = tx.send(n.payload().to_string());
+            }
+        }
+    });
+    client
+        .batch_execute(&format!("LISTEN {channel}"))
+        .await
+        .unwrap();
+    std::mem::forget(client);
+    rx
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsubscribe_deletes_the_sink_then_the_endpoint() {
+    let db = TestDb::new().await;
+    let emulator = start_emulator().await;
+    let worker = start_worker(config(&db, &emulator)).await;
+    let sub = subscribe(&db, "u1", "https://hooks.example.com/a", json!({})).await;
+    emulator.clear_calls();
+
+    let row = run(
+        &db,
+        "unsubscribe",
+        "u1",
+        Some("https://hooks.example.com/a"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(row.status, "succeeded", "{row:?}");
+    assert_eq!(
+        row.result.unwrap(),
+        json!({"removed": 1, "subscription_ids": [sub["subscription_id"]]})
+    );
+    assert!(emulator.sinks().is_empty());
+    assert!(emulator.endpoints().is_empty());
+    let order: Vec<String> = emulator
+        .calls()
+        .into_iter()
+        .map(|c| c.operation)
+        .filter(|op| op.starts_with("delete_"))
+        .collect();
+    assert_eq!(order, ["delete_sink", "delete_endpoint"]);
+    assert_eq!(
+        db.scalar_i64("select count(*) from userhooks.webhook_subscriptions where status = 'deleted' and deleted_at is not null")
+            .await,
+        1
+    );
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsubscribe_twice_succeeds_with_nothing_removed() {
+    let db = TestDb::new().await;
+    let emulator = start_emulator().await;
+    let worker = start_worker(config(&db, &emulator)).await;
+    subscribe(&db, "u1", "https://hooks.example.com/a", json!({})).await;
+    run(
+        &db,
+        "unsubscribe",
+        "u1",
+        Some("https://hooks.example.com/a"),
+        json!({}),
+    )
+    .await;
+    let again = run(
+        &db,
+        "unsubscribe",
+        "u1",
+        Some("https://hooks.example.com/a"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(again.status, "succeeded");
+    assert_eq!(again.attempts, 1, "no retries for nothing to do");
+    assert_eq!(again.result.unwrap()["removed"], 0);
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsubscribe_without_url_removes_every_url_of_that_user_only() {
+    let db = TestDb::new().await;
+    let emulator = start_emulator().await;
+    let worker = start_worker(config(&db, &emulator)).await;
+    subscribe(&db, "u1", "https://hooks.example.com/a", json!({})).await;
+    subscribe(&db, "u1", "https://hooks.example.com/b", json!({})).await;
+    let other = subscribe(&db, "u2", "https://hooks.example.com/c", json!({})).await;
+
+    let row = run(&db, "unsubscribe", "u1", None, json!({})).await;
+    assert_eq!(row.result.unwrap()["removed"], 2);
+    let sinks = emulator.sinks();
+    assert_eq!(sinks.len(), 1);
+    assert_eq!(sinks[0]["id"], other["sink_id"]);
+    assert_eq!(emulator.endpoints().len(), 1);
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsubscribe_by_subscription_id_of_another_user_is_not_found() {
+    let db = TestDb::new().await;
+    let emulator = start_emulator().await;
+    let worker = start_worker(config(&db, &emulator)).await;
+    let sub = subscribe(&db, "u1", "https://hooks.example.com/a", json!({})).await;
+    let sub_id = sub["subscription_id"].as_i64().unwrap();
+    let client = db.client().await;
+    let id: i64 = client
+        .query_one(
+            "insert into userhooks.subscription_requests (action, user_id, subscription_id)
+             values ('unsubscribe', 'intruder', $1) returning id",
+            &[&sub_id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let row = db.finished(id, WAIT).await;
+    assert_eq!(row.status, "failed");
+    assert!(row.last_error.unwrap().contains("no live subscription"));
+    assert_eq!(
+        emulator.sinks().len(),
+        1,
+        "another user's sink is untouched"
+    );
+
+    let id: i64 = client
+        .query_one(
+            "insert into userhooks.subscription_requests (action, user_id, subscription_id)
+             values ('unsubscribe', 'u1', $1) returning id",
+            &[&sub_id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(db.finished(id, WAIT).await.status, "succeeded");
+    assert!(emulator.sinks().is_empty());
+    worker.stop().await;
+}
+
+async fn slow_backfill_emulator(rows: u64, per_sec: u64) -> userhooks::emulator::EmulatorHandle {
+    start_emulator_with(EmulatorConfig {
+        token: TOKEN.to_string(),
+        database: SEQUIN_DB.to_string(),
+        tables: vec!["public.notifications".to_string()],
+        backfill_rows: rows,
+        backfill_rows_per_sec: per_sec,
+        ..EmulatorConfig::default()
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backfill_progress_is_tracked_to_completed_and_announced() {
+    let db = TestDb::new().await;
+    let emulator = slow_backfill_emulator(60, 40).await;
+    let mut config = config(&db, &emulator);
+    config.backfill_poll_interval = Duration::from_millis(200);
+    let worker = start_worker(config).await;
+    let mut done = listen(&db, "userhooks_backfill_done").await;
+    let sub = subscribe(&db, "u1", "https://hooks.example.com/a", json!({})).await;
+
+    let row = run(&db, "backfill", "u1", None, json!({})).await;
+    assert_eq!(row.status, "succeeded", "{row:?}");
+    let result = row.result.unwrap();
+    assert_eq!(result["subscription_id"], sub["subscription_id"]);
+    let backfill_id = result["backfill_id"].as_i64().unwrap();
+
+    // Progress is visible before the end.
+    eventually(WAIT, "partial progress recorded", || async {
+        let n = db
+            .scalar_i64(&format!(
+                "select coalesce(rows_processed_count, 0) from userhooks.backfills where id = {backfill_id}"
+            ))
+            .await;
+        n > 0 && n < 60
+    })
+    .await;
+    let payload = tokio::time::timeout(WAIT, done.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let payload: Value = serde_json::from_str(&payload).unwrap();
+    assert_eq!(
+        payload,
+        json!({"id": backfill_id, "subscription_id": sub["subscription_id"], "state": "completed"})
+    );
+    let row = db
+        .client()
+        .await
+        .query_one(
+            "select state, rows_initial_count, rows_processed_count, completed_at is not null
+               from userhooks.backfills where id = $1",
+            &[&backfill_id],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "completed");
+    let emulated = &emulator.backfills()[0];
+    assert_eq!(
+        Some(row.get::<_, i64>(1)),
+        emulated["rows_initial_count"].as_i64()
+    );
+    assert_eq!(
+        Some(row.get::<_, i64>(2)),
+        emulated["rows_processed_count"].as_i64()
+    );
+    assert!(row.get::<_, bool>(3));
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_backfill_while_one_runs_reports_the_running_one() {
+    let db = TestDb::new().await;
+    let emulator = slow_backfill_emulator(1000, 1).await;
+    let worker = start_worker(config(&db, &emulator)).await;
+    subscribe(&db, "u1", "https://hooks.example.com/a", json!({})).await;
+    let first = run(&db, "backfill", "u1", None, json!({}))
+        .await
+        .result
+        .unwrap();
+    let second = run(&db, "backfill", "u1", None, json!({})).await;
+    assert_eq!(second.status, "succeeded");
+    let second = second.result.unwrap();
+    assert_eq!(second["already_running"], true);
+    assert_eq!(second["backfill_id"], first["backfill_id"]);
+    assert_eq!(count_calls(&emulator, "create_backfill"), 1);
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backfill_tracking_resumes_after_a_worker_restart() {
+    let db = TestDb::new().await;
+    let emulator = slow_backfill_emulator(40, 20).await;
+    let mut config = config(&db, &emulator);
+    config.backfill_poll_interval = Duration::from_millis(200);
+    let first = start_worker(config.clone()).await;
+    subscribe(&db, "u1", "https://hooks.example.com/a", json!({})).await;
+    run(&db, "backfill", "u1", None, json!({})).await;
+    first.stop().await;
+    assert_eq!(
+        db.scalar_i64("select count(*) from userhooks.backfills where state = 'active'")
+            .await,
+        1
+    );
+    let second = start_worker(config).await;
+    eventually(WAIT, "backfill completed after restart", || async {
+        db.scalar_i64("select count(*) from userhooks.backfills where state = 'completed' and rows_processed_count = 40")
+            .await
+            == 1
+    })
+    .await;
+    second.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backfill_for_a_user_without_subscription_fails_clearly() {
+    let db = TestDb::new().await;
+    let emulator = start_emulator().await;
+    let worker = start_worker(config(&db, &emulator)).await;
+    let row = run(&db, "backfill", "nobody", None, json!({})).await;
+    assert_eq!(row.status, "failed");
+    assert_eq!(row.attempts, 1);
+    assert!(row.last_error.unwrap().contains("has no live subscription"));
+    assert_eq!(count_calls(&emulator, "create_backfill"), 0);
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_with_backfill_option_starts_one() {
+    let db = TestDb::new().await;
+    let emulator = start_emulator().await;
+    let worker = start_worker(config(&db, &emulator)).await;
+    let result = subscribe(
+        &db,
+        "u1",
+        "https://hooks.example.com/a",
+        json!({"backfill": true}),
+    )
+    .await;
+    assert!(result["backfill_id"].as_i64().is_some(), "{result}");
+    let backfills = emulator.backfills();
+    assert_eq!(backfills.len(), 1);
+    assert_eq!(backfills[0]["id"], result["sequin_backfill_id"]);
+    assert_eq!(backfills[0]["sink_consumer"], result["sink_name"]);
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_with_transform_attaches_it_to_the_sink() {
+    let db = TestDb::new().await;
+    let emulator = start_emulator().await;
+    apply_transform(&emulator, "webhook_transform").await;
+    let worker = start_worker(config(&db, &emulator)).await;
+    let result = subscribe(
+        &db,
+        "u1",
+        "https://hooks.example.com/a",
+        json!({"transform": "webhook_transform"}),
+    )
+    .await;
+    let sinks = emulator.sinks();
+    assert_eq!(
+        sink_named(&sinks, result["sink_name"].as_str().unwrap())["transform"],
+        "webhook_transform"
+    );
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_with_unknown_transform_fails_with_sequins_message_and_leaves_nothing() {
+    let db = TestDb::new().await;
+    let emulator = start_emulator().await;
+    let worker = start_worker(config(&db, &emulator)).await;
+    let row = run(
+        &db,
+        "subscribe",
+        "u1",
+        Some("https://hooks.example.com/a"),
+        json!({"transform": "nope"}),
+    )
+    .await;
+    assert_eq!(row.status, "failed");
+    assert!(row
+        .last_error
+        .unwrap()
+        .contains("Function 'nope' not found."));
+    assert!(emulator.sinks().is_empty());
+    assert!(emulator.endpoints().is_empty(), "compensated");
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_of_the_url_changes_the_endpoint() {
+    let db = TestDb::new().await;
+    let emulator = start_emulator().await;
+    let worker = start_worker(config(&db, &emulator)).await;
+    subscribe(&db, "u1", "https://hooks.example.com/old", json!({})).await;
+    let row = run(
+        &db,
+        "update",
+        "u1",
+        None,
+        json!({"webhook_url": "https://hooks.example.com/new"}),
+    )
+    .await;
+    assert_eq!(row.status, "succeeded", "{row:?}");
+    assert_eq!(row.result.unwrap()["changed"], json!(["webhook_url"]));
+    assert_eq!(
+        emulator.endpoints()[0]["url"],
+        "https://hooks.example.com/new"
+    );
+    assert_eq!(count_calls(&emulator, "update_sink"), 0);
+    assert_eq!(
+        db.scalar_i64("select count(*) from userhooks.webhook_subscriptions where endpoint = 'https://hooks.example.com/new' and status = 'active'")
+            .await,
+        1
+    );
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_that_changes_nothing_makes_no_sequin_update_call() {
+    let db = TestDb::new().await;
+    let emulator = start_emulator().await;
+    apply_transform(&emulator, "webhook_transform").await;
+    let worker = start_worker(config(&db, &emulator)).await;
+    subscribe(
+        &db,
+        "u1",
+        "https://hooks.example.com/a",
+        json!({"transform": "webhook_transform", "actions": ["insert"]}),
+    )
+    .await;
+    emulator.clear_calls();
+    let row = run(
+        &db,
+        "update",
+        "u1",
+        Some("https://hooks.example.com/a"),
+        json!({"webhook_url": "https://hooks.example.com:443/a", "transform": "webhook_transform", "actions": ["insert"]}),
+    )
+    .await;
+    assert_eq!(row.status, "succeeded", "{row:?}");
+    assert_eq!(row.result.unwrap()["changed"], json!([]));
+    assert_eq!(count_calls(&emulator, "update_sink"), 0);
+    assert_eq!(count_calls(&emulator, "update_endpoint"), 0);
+
+    // A real change is sent, and only the changed field.
+    let row = run(&db, "update", "u1", None, json!({"transform": "none"})).await;
+    assert_eq!(row.result.unwrap()["changed"], json!(["transform"]));
+    let updates: Vec<_> = emulator
+        .calls()
+        .into_iter()
+        .filter(|c| c.operation == "update_sink")
+        .collect();
+    assert_eq!(updates.len(), 1);
+    assert_eq!(updates[0].body, Some(json!({"transform": "none"})));
+    assert_eq!(emulator.sinks()[0]["transform"], "none");
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_then_resume_follows_the_sink_status() {
+    let db = TestDb::new().await;
+    let emulator = start_emulator().await;
+    let worker = start_worker(config(&db, &emulator)).await;
+    subscribe(&db, "u1", "https://hooks.example.com/a", json!({})).await;
+    let status = || async {
+        db.client()
+            .await
+            .query_one("select status from userhooks.webhook_subscriptions", &[])
+            .await
+            .unwrap()
+            .get::<_, String>(0)
+    };
+    assert_eq!(
+        run(&db, "pause", "u1", None, json!({})).await.status,
+        "succeeded"
+    );
+    assert_eq!(emulator.sinks()[0]["status"], "paused");
+    assert_eq!(status().await, "paused");
+    assert_eq!(
+        run(&db, "resume", "u1", None, json!({})).await.status,
+        "succeeded"
+    );
+    assert_eq!(emulator.sinks()[0]["status"], "active");
+    assert_eq!(status().await, "active");
+    // Resuming what runs is a no-op without a Sequin call.
+    emulator.clear_calls();
+    let row = run(&db, "resume", "u1", None, json!({})).await;
+    assert_eq!(row.result.unwrap()["changed"], json!([]));
+    assert_eq!(count_calls(&emulator, "update_sink"), 0);
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_users_requests_run_in_order_while_other_users_run_concurrently() {
+    let db = TestDb::new().await;
+    let emulator = start_emulator().await;
+    emulator.set_faults(Faults {
+        all: RouteFaults {
+            latency_ms: 100,
+            ..RouteFaults::default()
+        },
+        ..Faults::default()
+    });
+    let worker = start_worker(config(&db, &emulator)).await;
+    db.client()
+        .await
+        .batch_execute(
+            "begin;
+             insert into userhooks.subscription_requests (action, user_id, webhook_url)
+                  values ('subscribe', 'u1', 'https://hooks.example.com/1');
+             insert into userhooks.subscription_requests (action, user_id)
+                  values ('unsubscribe', 'u1');
+             insert into userhooks.subscription_requests (action, user_id, webhook_url)
+                  values ('subscribe', 'u1', 'https://hooks.example.com/2');
+             insert into userhooks.subscription_requests (action, user_id, webhook_url)
+                  select 'subscribe', 'other' || g, 'https://hooks.example.com/o' || g
+                    from generate_series(1, 6) g;
+             commit;",
+        )
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(30), "all requests finished", || async {
+        db.scalar_i64("select count(*) from userhooks.subscription_requests where status not in ('succeeded')")
+            .await
+            == 0
+    })
+    .await;
+    let live = db
+        .client()
+        .await
+        .query(
+            "select endpoint from userhooks.webhook_subscriptions
+              where user_id = 'u1' and status in ('provisioning', 'active', 'paused')",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(live.len(), 1);
+    assert_eq!(live[0].get::<_, String>(0), "https://hooks.example.com/2");
+    // u1's chain finished in insertion order...
+    let ordered = db
+        .scalar_i64(
+            "select count(*) from (select id, finished_at, lag(finished_at) over (order by id) prev
+                                     from userhooks.subscription_requests where user_id = 'u1') t
+              where prev is null or finished_at >= prev",
+        )
+        .await;
+    assert_eq!(ordered, 3);
+    // ...while the other users did not wait behind it.
+    let others_done_before_u1_last = db
+        .scalar_i64(
+            "select count(*) from userhooks.subscription_requests o
+              where o.user_id like 'other%'
+                and o.finished_at < (select max(finished_at) from userhooks.subscription_requests where user_id = 'u1')",
+        )
+        .await;
+    assert_eq!(others_done_before_u1_last, 6);
+    assert_eq!(emulator.sinks().len(), 7);
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_deletes_only_old_terminal_rows() {
+    let db = TestDb::new().await;
+    let emulator = start_emulator().await;
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "insert into userhooks.subscription_requests (action, user_id, webhook_url, status, finished_at, created_at)
+             values ('subscribe', 'old-ok', 'https://x.example', 'succeeded', now() - interval '3 hours', now() - interval '3 hours'),
+                    ('subscribe', 'old-failed', 'https://x.example', 'failed', now() - interval '3 hours', now() - interval '3 hours'),
+                    ('subscribe', 'old-cancelled', 'https://x.example', 'cancelled', now() - interval '3 hours', now() - interval '3 hours'),
+                    ('subscribe', 'recent-ok', 'https://x.example', 'succeeded', now() - interval '10 minutes', now() - interval '3 hours');
+             insert into userhooks.subscription_requests (action, user_id, webhook_url, status, created_at, run_at)
+             values ('subscribe', 'old-pending', 'https://x.example', 'pending', now() - interval '3 hours', now() + interval '1 day');",
+        )
+        .await
+        .unwrap();
+    let mut config = config(&db, &emulator);
+    config.retention = Duration::from_secs(3600);
+    let worker = start_worker(config).await;
+    eventually(WAIT, "old terminal rows deleted", || async {
+        db.scalar_i64("select count(*) from userhooks.subscription_requests where user_id like 'old-%' and status <> 'pending'")
+            .await
+            == 0
+    })
+    .await;
+    let left: Vec<String> = client
+        .query(
+            "select user_id from userhooks.subscription_requests order by user_id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(left, ["old-pending", "recent-ok"]);
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_helpers_enqueue_and_retry_and_the_summary_counts() {
+    let db = TestDb::new().await;
+    let emulator = start_emulator().await;
+    let mut config = config(&db, &emulator);
+    config.allow_private_urls = false;
+    let worker = start_worker(config).await;
+    let client = db.client().await;
+    let sub: i64 = client
+        .query_one("select userhooks.subscribe('u1', 'https://8.8.8.8/a')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(db.finished(sub, WAIT).await.status, "succeeded");
+    let backfill: i64 = client
+        .query_one("select userhooks.backfill('u1')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(db.finished(backfill, WAIT).await.status, "succeeded");
+    let unsub: i64 = client
+        .query_one(
+            "select userhooks.unsubscribe('u1', 'https://8.8.8.8/a')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(db.finished(unsub, WAIT).await.status, "succeeded");
+    assert!(emulator.sinks().is_empty());
+
+    // retry: only failed requests, with a fresh attempt budget.
+    let bad: i64 = client
+        .query_one(
+            "select userhooks.subscribe('u2', 'http://127.0.0.1/hook', '{}')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(db.finished(bad, WAIT).await.status, "failed");
+    let not_failed: bool = client
+        .query_one("select userhooks.retry($1)", &[&sub])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!not_failed);
+    let retried: bool = client
+        .query_one("select userhooks.retry($1)", &[&bad])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(retried);
+    let again = db.finished(bad, WAIT).await;
+    assert_eq!(again.status, "failed", "still a private URL");
+    assert_eq!(again.attempts, 1, "attempts were reset");
+
+    let summary: Vec<(String, String, i64)> = client
+        .query(
+            "select action, status, requests from userhooks.queue_summary order by 1, 2",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("backfill".to_string(), "succeeded".to_string(), 1),
+            ("subscribe".to_string(), "failed".to_string(), 1),
+            ("subscribe".to_string(), "succeeded".to_string(), 1),
+            ("unsubscribe".to_string(), "succeeded".to_string(), 1),
+        ]
+    );
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_and_retry_commands_work_as_an_operator_uses_them() {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "insert into userhooks.subscription_requests (action, user_id, webhook_url, status, finished_at, last_error)
+             values ('subscribe', 'u1', 'https://x.example', 'failed', now(), 'boom'),
+                    ('subscribe', 'u2', 'https://x.example', 'failed', now() - interval '2 hours', 'boom');",
+        )
+        .await
+        .unwrap();
+    let bin = env!("CARGO_BIN_EXE_userhooks");
+    let out = std::process::Command::new(bin)
+        .args(["status"])
+        .env("DATABASE_URL", &db.url)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("subscribe") && text.contains("failed"),
+        "{text}"
+    );
+    assert!(text.contains("Open backfills"), "{text}");
+
+    let out = std::process::Command::new(bin)
+        .args(["retry", "--failed", "--since", "1h"])
+        .env("DATABASE_URL", &db.url)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("re-queued 1"));
+    assert_eq!(
+        db.scalar_i64("select count(*) from userhooks.subscription_requests where status = 'pending' and user_id = 'u1'")
+            .await,
+        1
+    );
+    assert_eq!(
+        db.scalar_i64("select count(*) from userhooks.subscription_requests where status = 'failed' and user_id = 'u2'")
+            .await,
+        1
+    );
+}

@@ -113,7 +113,10 @@ impl BenchDb {
     async fn cleanup(self) -> Result<(), BenchError> {
         let admin = db::connect(&self.admin_url, "userhooks-bench").await?;
         admin
-            .batch_execute(&format!("drop database if exists {} with (force)", self.name))
+            .batch_execute(&format!(
+                "drop database if exists {} with (force)",
+                self.name
+            ))
             .await?;
         Ok(())
     }
@@ -328,7 +331,9 @@ async fn burn_down(
             break;
         }
         if started.elapsed() > Duration::from_secs(600) {
-            return Err(BenchError::Failed("not finished after 10 minutes".to_string()));
+            return Err(BenchError::Failed(
+                "not finished after 10 minutes".to_string(),
+            ));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -453,11 +458,15 @@ async fn idle(admin_url: &str, seconds: u64) -> Result<Value, BenchError> {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let counter = "select xact_commit + xact_rollback from pg_stat_database where datname = $1";
     // pg_stat_database is refreshed when backends report; force our view to re-read.
-    admin.batch_execute("select pg_stat_clear_snapshot()").await?;
+    admin
+        .batch_execute("select pg_stat_clear_snapshot()")
+        .await?;
     let before: i64 = admin.query_one(counter, &[&bench.name]).await?.get(0);
     let started = Instant::now();
     tokio::time::sleep(Duration::from_secs(seconds)).await;
-    admin.batch_execute("select pg_stat_clear_snapshot()").await?;
+    admin
+        .batch_execute("select pg_stat_clear_snapshot()")
+        .await?;
     let after: i64 = admin.query_one(counter, &[&bench.name]).await?.get(0);
     let elapsed = started.elapsed().as_secs_f64();
     worker.stop().await?;
@@ -501,8 +510,7 @@ async fn claim_cost(admin_url: &str, finished: i64, claims: u32) -> Result<Value
     for i in 0..claims {
         client.execute(&insert, &[&format!("c-{i}")]).await?;
         let t = Instant::now();
-        let claimed =
-            crate::queue::claim(&pool, 64, "bench", Duration::from_secs(60)).await?;
+        let claimed = crate::queue::claim(&pool, 64, "bench", Duration::from_secs(60)).await?;
         samples.push(t.elapsed().as_secs_f64() * 1000.0);
         for request in &claimed.requests {
             let outcome = crate::queue::Outcome::Succeeded {

@@ -25,6 +25,7 @@ pub mod shutdown;
 pub mod telemetry;
 pub mod webhook_url;
 pub mod worker;
+pub mod writeback;
 
 pub use config::Config;
 pub use worker::{build, App};

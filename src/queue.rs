@@ -235,6 +235,7 @@ pub enum WriteBack {
 
 const FENCE: &str = "where id = $1 and attempts = $2 and locked_by = $3 and status = 'running'";
 
+/// Write one outcome back in its own transaction.
 pub async fn write_back(
     pool: &Pool,
     worker_id: &str,
@@ -243,6 +244,42 @@ pub async fn write_back(
 ) -> Result<WriteBack, DbError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
+    let written = write_one(&tx, worker_id, request, outcome).await?;
+    tx.commit().await?;
+    Ok(written)
+}
+
+/// Write many outcomes back in one transaction: one commit (one WAL flush, one turn on the
+/// NOTIFY queue lock, which serializes notifying commits) instead of one per request. The
+/// statements of different requests are pipelined on the connection. Each request stays
+/// fenced on its own: a lost lease skips that request only. Any error fails the whole batch
+/// (nothing is written) and the caller falls back to one transaction per request.
+pub async fn write_back_batch(
+    pool: &Pool,
+    worker_id: &str,
+    items: &[(&Request, &Outcome)],
+) -> Result<Vec<WriteBack>, DbError> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let results = futures_util::future::join_all(
+        items
+            .iter()
+            .map(|(request, outcome)| write_one(&tx, worker_id, request, outcome)),
+    )
+    .await
+    .into_iter()
+    .collect::<Result<Vec<_>, _>>()?;
+    tx.commit().await?;
+    Ok(results)
+}
+
+/// The fenced update of one request, then (only if the fence held) its subscription changes.
+async fn write_one(
+    tx: &deadpool_postgres::Transaction<'_>,
+    worker_id: &str,
+    request: &Request,
+    outcome: &Outcome,
+) -> Result<WriteBack, DbError> {
     let fence: [&(dyn ToSql + Sync); 3] = [&request.id, &request.attempts, &worker_id];
     let updated = match outcome {
         Outcome::Succeeded { result, .. } => {
@@ -306,7 +343,6 @@ pub async fn write_back(
         }
     };
     if updated == 0 {
-        tx.rollback().await?;
         return Ok(WriteBack::LeaseLost);
     }
     let changes = match outcome {
@@ -314,9 +350,8 @@ pub async fn write_back(
         _ => &[],
     };
     for change in changes {
-        apply_change(&tx, change).await?;
+        apply_change(tx, change).await?;
     }
-    tx.commit().await?;
     Ok(WriteBack::Applied)
 }
 

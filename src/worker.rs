@@ -20,10 +20,14 @@ use crate::metrics::{self, Metrics};
 use crate::provision::Provisioner;
 use crate::queue::{self, Outcome, Request, WriteBack};
 use crate::sequin::{ErrorClass, SequinClient};
+use crate::writeback::{Writer, Written};
 
 /// At most one "request rescheduled" warning per interval (the rest go to debug).
 static RETRY_LOG: crate::telemetry::RateLimit =
     crate::telemetry::RateLimit::new(Duration::from_secs(30));
+
+/// Pool connections at most; with the LISTEN connection the worker stays within 8.
+const POOL_MAX: usize = 7;
 
 /// How often a rejected token is tried again.
 const AUTH_PROBE_INTERVAL: Duration = Duration::from_secs(10);
@@ -55,7 +59,7 @@ pub async fn build(config: Config) -> Result<App, BuildError> {
     let config = Arc::new(config);
     // Sized to the work, not to the concurrency: tasks spend their time waiting on Sequin
     // and hold a connection only for short statements.
-    let pool = db::pool(&config.database_url, (config.concurrency + 2).min(8))?;
+    let pool = db::pool(&config.database_url, (config.concurrency + 2).min(POOL_MAX))?;
     {
         let client = pool.get().await.map_err(DbError::from)?;
         client
@@ -145,11 +149,13 @@ impl App {
             tracing::warn!(error = %err, "could not create the filter function yet; will retry on the first subscribe");
         }
 
+        let (writer, writer_task) = Writer::spawn(pool.clone(), config.worker_id.clone());
         let mut state = Loop {
             config: config.clone(),
             pool: pool.clone(),
             metrics: metrics.clone(),
             provisioner,
+            writer,
             tasks: JoinSet::new(),
             in_flight: HashMap::new(),
             backlog: true,
@@ -157,6 +163,9 @@ impl App {
         };
         state.run(shutdown, &wake).await;
         state.drain().await;
+        // The last writer handle goes with the loop; the task ends once it has written all.
+        drop(state);
+        let _ = writer_task.await;
 
         let _ = stop_tx.send(true);
         while background.join_next().await.is_some() {}
@@ -170,6 +179,7 @@ struct Loop {
     pool: Pool,
     metrics: Arc<Metrics>,
     provisioner: Arc<Provisioner>,
+    writer: Writer,
     tasks: JoinSet<(i64, bool)>,
     /// Claimed and not yet written back: id → attempts (the fence).
     in_flight: HashMap<i64, i32>,
@@ -282,13 +292,11 @@ impl Loop {
             }
             self.in_flight.insert(request.id, request.attempts);
             let provisioner = self.provisioner.clone();
-            let pool = self.pool.clone();
+            let writer = self.writer.clone();
             let metrics = self.metrics.clone();
-            let worker_id = self.config.worker_id.clone();
             self.tasks.spawn(async move {
                 let id = request.id;
-                let auth_rejected =
-                    process(&provisioner, &pool, &metrics, &worker_id, request).await;
+                let auth_rejected = process(&provisioner, &writer, &metrics, request).await;
                 (id, auth_rejected)
             });
         }
@@ -356,27 +364,18 @@ impl Loop {
 /// Carry out one request and write the outcome back. Returns whether Sequin rejected our token.
 async fn process(
     provisioner: &Provisioner,
-    pool: &Pool,
+    writer: &Writer,
     metrics: &Metrics,
-    worker_id: &str,
     request: Request,
 ) -> bool {
     let started = Instant::now();
     let outcome = provisioner.handle(&request).await;
+    let Written {
+        request,
+        outcome,
+        result: written,
+    } = writer.write(request, outcome).await;
     let action = request.action.as_str();
-    let mut written = None;
-    for retry in 0..5u32 {
-        match queue::write_back(pool, worker_id, &request, &outcome).await {
-            Ok(result) => {
-                written = Some(result);
-                break;
-            }
-            Err(err) => {
-                tracing::warn!(request_id = request.id, error = %err, "write-back failed; retrying");
-                tokio::time::sleep(Duration::from_millis(200 * 2u64.pow(retry))).await;
-            }
-        }
-    }
     let elapsed = started.elapsed();
     metrics
         .request_duration

@@ -515,7 +515,13 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
     )
     .await;
 
-    if let Some((_, c)) = shared.calls_lock().iter_mut().find(|(s, _)| *s == seq) {
+    // Search from the end: the call being answered is almost always among the newest.
+    if let Some((_, c)) = shared
+        .calls_lock()
+        .iter_mut()
+        .rev()
+        .find(|(s, _)| *s == seq)
+    {
         c.status = resp.status;
     }
     resp.into_http()

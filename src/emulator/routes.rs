@@ -141,6 +141,7 @@ pub(crate) fn dispatch(db: &mut Db, route: Route, params: Map<String, Value>) ->
         Route::DeleteSink(id) => match find_sink(db, &id) {
             Some(i) => {
                 let sink = db.sinks.remove(i);
+                db.reindex_sinks();
                 db.backfills.retain(|b| b.sink_id != sink.id);
                 Resp::ok(json!({"id": sink.id, "deleted": true}))
             }
@@ -245,14 +246,14 @@ fn ecto_uuid(s: &str) -> Option<Uuid> {
 fn find_endpoint(db: &Db, id_or_name: &str) -> Option<usize> {
     match sequin_uuid(id_or_name) {
         Some(u) => db.endpoints.iter().position(|e| e.id == u),
-        None => db.endpoints.iter().position(|e| e.name == id_or_name),
+        None => db.endpoint_names.get(id_or_name).copied(),
     }
 }
 
 fn find_sink(db: &Db, id_or_name: &str) -> Option<usize> {
     match sequin_uuid(id_or_name) {
         Some(u) => db.sinks.iter().position(|s| s.id == u),
-        None => db.sinks.iter().position(|s| s.name == id_or_name),
+        None => db.sink_names.get(id_or_name).copied(),
     }
 }
 
@@ -540,9 +541,9 @@ fn upsert_endpoint(db: &mut Db, params: &Map<String, Value>, existing: Option<us
     let self_id = existing.map(|i| db.endpoints[i].id);
     if let Some(n) = &name {
         if db
-            .endpoints
-            .iter()
-            .any(|e| &e.name == n && Some(e.id) != self_id)
+            .endpoint_names
+            .get(n)
+            .is_some_and(|&i| Some(db.endpoints[i].id) != self_id)
         {
             return Resp::validation(json!({"name": ["has already been taken"]}));
         }
@@ -563,8 +564,17 @@ fn upsert_endpoint(db: &mut Db, params: &Map<String, Value>, existing: Option<us
     };
     let e = &mut db.endpoints[idx];
     if let Some(n) = name {
-        e.name = n;
+        if e.name != n {
+            e.name = n;
+            if existing.is_none() {
+                db.endpoint_names
+                    .insert(db.endpoints[idx].name.clone(), idx);
+            } else {
+                db.reindex_endpoints();
+            }
+        }
     }
+    let e = &mut db.endpoints[idx];
     if let Some(u) = &url {
         e.url = url_to_string(u);
     }
@@ -593,6 +603,7 @@ fn delete_endpoint(db: &mut Db, id_or_name: &str) -> Resp {
         );
     }
     let e = db.endpoints.remove(i);
+    db.reindex_endpoints();
     Resp::ok(json!({"id": e.id, "deleted": true}))
 }
 
@@ -766,7 +777,8 @@ fn parse_destination(db: &Db, v: &Value) -> Result<Dest, Resp> {
                 // Looked up by name only.
                 let found = val
                     .as_str()
-                    .and_then(|n| db.endpoints.iter().find(|e| e.name == n));
+                    .and_then(|n| db.endpoint_names.get(n))
+                    .map(|&i| &db.endpoints[i]);
                 match found {
                     Some(e) => dest.endpoint_id = Some(e.id),
                     None => return Err(Resp::not_found("http endpoint")),
@@ -1112,7 +1124,11 @@ fn upsert_sink(db: &mut Db, params: &Map<String, Value>, existing: Option<usize>
             json!({"batch_size": ["batch_size must be 1 when batch is false for webhook sinks"]}),
         );
     }
-    if db.sinks.iter().any(|o| o.name == s.name && o.id != s.id) {
+    if db
+        .sink_names
+        .get(&s.name)
+        .is_some_and(|&i| db.sinks[i].id != s.id)
+    {
         if creating {
             return Resp::validation(json!({"name": ["has already been taken"]}));
         }
@@ -1121,12 +1137,17 @@ fn upsert_sink(db: &mut Db, params: &Map<String, Value>, existing: Option<usize>
     }
     match existing {
         Some(i) => {
+            let renamed = db.sinks[i].name != s.name;
             db.sinks[i] = s;
+            if renamed {
+                db.reindex_sinks();
+            }
             Resp::ok(db.render_sink(&db.sinks[i], false))
         }
         None => {
             db.sinks.push(s);
             let last = db.sinks.len() - 1;
+            db.sink_names.insert(db.sinks[last].name.clone(), last);
             Resp::ok(db.render_sink(&db.sinks[last], false))
         }
     }

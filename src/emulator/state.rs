@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{json, Map, Value};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
@@ -265,6 +265,10 @@ pub(crate) struct Db {
     pub backfills: Vec<Backfill>,
     /// Webhook delivery is on: backfills report real progress.
     pub delivery: bool,
+    /// Name → position in `endpoints` / `sinks`, so lookups by name stay O(1) with tens of
+    /// thousands of resources (the benchmark's scale). Kept in sync by `reindex_*`.
+    pub endpoint_names: HashMap<String, usize>,
+    pub sink_names: HashMap<String, usize>,
 }
 
 /// `"table"` means `public.table`.
@@ -289,7 +293,29 @@ impl Db {
             functions: Vec::new(),
             backfills: Vec::new(),
             delivery: false,
+            endpoint_names: HashMap::new(),
+            sink_names: HashMap::new(),
         }
+    }
+
+    /// Rebuild the endpoint name index (after a removal or rename).
+    pub fn reindex_endpoints(&mut self) {
+        self.endpoint_names = self
+            .endpoints
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.name.clone(), i))
+            .collect();
+    }
+
+    /// Rebuild the sink name index (after a removal or rename).
+    pub fn reindex_sinks(&mut self) {
+        self.sink_names = self
+            .sinks
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.name.clone(), i))
+            .collect();
     }
 
     pub fn tick(&mut self) {

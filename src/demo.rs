@@ -235,17 +235,6 @@ struct Finished {
     result: Option<Value>,
 }
 
-impl Finished {
-    /// The worker does not know this action yet (it is being built on main).
-    fn unsupported(&self) -> bool {
-        self.status == "failed"
-            && self
-                .last_error
-                .as_deref()
-                .is_some_and(|e| e.contains("not supported"))
-    }
-}
-
 async fn wait_requests(
     client: &tokio_postgres::Client,
     ids: &[i64],
@@ -571,19 +560,14 @@ async fn story(
     let finished = wait_requests(client, &[request], Duration::from_secs(30))
         .await?
         .remove(0);
-    let mut expected_read: Option<BTreeSet<i64>> = None;
-    if finished.unsupported() {
-        println!(
-            "[6/7] backfill for {bf_name}: skipped, this worker does not support `backfill` yet ({})",
-            finished.last_error.unwrap_or_default()
-        );
-    } else if finished.status != "succeeded" {
+    if finished.status != "succeeded" {
         return Err(DemoError::Check(format!(
             "backfill request {}: {}",
             finished.status,
             finished.last_error.unwrap_or_default()
         )));
-    } else {
+    }
+    let expected_read: Option<BTreeSet<i64>> = {
         let result = finished.result.unwrap_or(Value::Null);
         let backfill_id = result.get("backfill_id").and_then(Value::as_i64);
         let history = written(client, 0, bf_mark).await?;
@@ -631,8 +615,8 @@ async fn story(
             "[6/7] `select userhooks.backfill('{bf_id}')`: {bf_name}'s {} notifications replayed as `read` messages, backfill completed",
             expected.len()
         );
-        expected_read = Some(expected);
-    }
+        Some(expected)
+    };
 
     // 7. Unsubscribe one user; their deliveries stop, the others' go on.
     let (un_id, un_name) = (subscribed[2].0, subscribed[2].1.clone());
@@ -643,20 +627,14 @@ async fn story(
     let finished = wait_requests(client, &[request], Duration::from_secs(30))
         .await?
         .remove(0);
-    let mut unsubscribed: Option<String> = None;
-    if finished.unsupported() {
-        println!(
-            "[7/7] unsubscribe {un_name}: skipped, this worker does not support `unsubscribe` yet"
-        );
-    } else if finished.status != "succeeded" {
+    if finished.status != "succeeded" {
         return Err(DemoError::Check(format!(
             "unsubscribe request {}: {}",
             finished.status,
             finished.last_error.unwrap_or_default()
         )));
-    } else {
-        unsubscribed = Some(un_id.to_string());
     }
+    let unsubscribed: Option<String> = Some(un_id.to_string());
     let un_mark = max_id(client).await?;
     let all_ids: Vec<i32> = users.iter().map(|u| u.0).collect();
     let mut counter = 1_000_000;

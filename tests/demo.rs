@@ -35,6 +35,20 @@ async fn demo_runs_to_completion_and_its_check_passes() {
     );
     assert!(stdout.contains("Check passed"), "{stdout}");
     assert!(stdout.contains("Demo passed"), "{stdout}");
+    assert!(stdout.contains("backfill completed"), "{stdout}");
+    assert!(
+        stdout.contains("and Paul's backfill replayed exactly their history"),
+        "{stdout}"
+    );
+    let linus = stdout
+        .lines()
+        .find(|l| l.contains("Linus") && l.trim_start().starts_with(char::is_numeric))
+        .unwrap_or_else(|| panic!("no row for Linus:\n{stdout}"));
+    assert_eq!(
+        linus.split_whitespace().nth(2),
+        Some("unsubscribed"),
+        "{linus}"
+    );
     // The table lists every user, and the one without a subscription received nothing.
     let grace = stdout
         .lines()

@@ -341,3 +341,38 @@ async fn delete_subscribe_reports_what_was_removed() {
     assert_eq!(body["subscriptionIds"], json!([sub["subscriptionId"]]));
     assert_eq!(body["requestId"], stand_in.await.unwrap());
 }
+
+#[tokio::test]
+async fn seed_backfill_and_unsubscribe_work_end_to_end_with_the_worker() {
+    let s = setup(true, true, Duration::from_secs(10)).await;
+    let (status, sub, _) = s.curl("POST", "/subscribe", SEED_SUBSCRIBE).await;
+    assert_eq!(status, 201, "{sub}");
+    let (status, body, _) = s
+        .curl(
+            "POST",
+            "/backfill",
+            r#"{"sinkName": "user-1-notifications"}"#,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["message"], "Backfill started successfully");
+    let backfills = s.emulator.backfills();
+    assert_eq!(backfills.len(), 1);
+    assert_eq!(body["backfillId"], backfills[0]["id"], "{body}");
+    assert_eq!(body["sinkName"], sub["sinkName"]);
+    let id = body["id"].as_i64().unwrap();
+    let (status, got, _) = s.curl("GET", &format!("/backfill/{id}"), "").await;
+    assert_eq!(status, 200, "{got}");
+    assert_eq!(got["subscriptionId"], sub["subscriptionId"]);
+
+    let (status, body, _) = s.curl("DELETE", "/subscribe", r#"{"userId": 1}"#).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["removed"], 1);
+    assert_eq!(body["subscriptionIds"], json!([sub["subscriptionId"]]));
+    assert!(s.emulator.sinks().is_empty());
+    assert!(s.emulator.endpoints().is_empty());
+    // Nothing left to remove: still a clear answer.
+    let (status, body, _) = s.curl("DELETE", "/subscribe", r#"{"userId": 1}"#).await;
+    assert_eq!((status, body["removed"].clone()), (200, json!(0)), "{body}");
+    assert_eq!(body["message"], "Nothing to remove");
+}

@@ -60,9 +60,9 @@ pub struct ReconcileArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
-    /// Sequin calls in flight at once.
+    /// Subscriptions checked at once (each is two Sequin GETs).
     #[arg(long, default_value_t = 16)]
-    pub concurrency: usize,
+    pub parallel: usize,
 }
 
 /// `userhooks reconcile`: exits non-zero while differences remain.
@@ -81,7 +81,7 @@ pub async fn run_reconcile(args: ReconcileArgs) -> Result<(), CliError> {
     );
     let options = crate::reconcile::Options {
         repair: args.repair,
-        concurrency: args.concurrency,
+        concurrency: args.parallel,
     };
     let report = crate::reconcile::reconcile(&config, &options, |done, total| {
         bar.set_length(total);
@@ -358,3 +358,15 @@ pub async fn run_emulator(
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct CliError(pub String);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_subcommand_has_a_consistent_definition() {
+        // clap checks flag name clashes (e.g. a flattened WorkerArgs flag) only at run time.
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -405,8 +405,10 @@ pub async fn reconcile(
         let config = config_arc.clone();
         let repair = options.repair;
         async move {
-            let endpoint = sequin.get_endpoint(&sub.names.endpoint).await;
-            let sink = sequin.get_sink(&sub.names.sink).await;
+            let (endpoint, sink) = tokio::join!(
+                sequin.get_endpoint(&sub.names.endpoint),
+                sequin.get_sink(&sub.names.sink)
+            );
             let (endpoint, sink) = match (endpoint, sink) {
                 (Ok(e), Ok(s)) => (e, s),
                 (Err(e), _) | (_, Err(e)) => {

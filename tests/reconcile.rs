@@ -30,6 +30,33 @@ async fn api(emulator: &EmulatorHandle, method: &str, path: &str, body: Option<V
     status
 }
 
+/// `userhooks reconcile --json` as an operator runs it: exit code and report.
+async fn run_cli(db: &TestDb, emulator: &EmulatorHandle) -> (Option<i32>, Value) {
+    let bin = env!("CARGO_BIN_EXE_userhooks");
+    let (url, api) = (db.url.clone(), emulator.api_url());
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(bin)
+            .args(["reconcile", "--json"])
+            .env("DATABASE_URL", url)
+            .env("SEQUIN_API_URL", api)
+            .env("SEQUIN_API_TOKEN", TOKEN)
+            .env("SEQUIN_DATABASE", SEQUIN_DB)
+            .env_remove("SEQUIN_API_TOKEN_FILE")
+            .output()
+            .expect("run userhooks reconcile")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report = serde_json::from_str(&stdout).unwrap_or_else(|_| {
+        panic!(
+            "not JSON: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.code(), report)
+}
+
 /// Kinds of drift per subscription user ("-" for orphans, with the resource name).
 fn kinds(report: &Report) -> BTreeMap<String, BTreeSet<&'static str>> {
     let mut out: BTreeMap<String, BTreeSet<&'static str>> = BTreeMap::new();
@@ -164,6 +191,14 @@ async fn each_kind_of_drift_is_found_and_repair_fixes_it() {
         userhooks::reconcile::render(&report, false)
     );
     assert_eq!(report.unresolved(), report.drifts.len());
+    // The command: the same report as JSON, and a failing exit code while drift remains.
+    let (code, json_report) = run_cli(&db, &emulator).await;
+    assert_eq!(code, Some(1));
+    assert_eq!(
+        json_report["drifts"].as_array().map(Vec::len),
+        Some(report.drifts.len()),
+        "{json_report}"
+    );
     // Without --repair nothing is written.
     assert!(
         emulator.calls().iter().all(|c| c.method == "GET"),
@@ -188,6 +223,10 @@ async fn each_kind_of_drift_is_found_and_repair_fixes_it() {
         "{}",
         userhooks::reconcile::render(&after, false)
     );
+    let (code, json_report) = run_cli(&db, &emulator).await;
+    assert_eq!(code, Some(0), "{json_report}");
+    assert_eq!(json_report["drifts"], json!([]));
+    assert_eq!(json_report["checked"], 5);
     // Other people's resources are left alone; ours are what the table says.
     let endpoints: Vec<String> = emulator
         .endpoints()

@@ -148,6 +148,9 @@ pub struct WorkerArgs {
     /// How often backfill progress is read from Sequin.
     #[arg(long, env = "USERHOOKS_BACKFILL_POLL_INTERVAL", default_value = "2s", value_parser = parse_duration)]
     pub backfill_poll_interval: Duration,
+    /// How often the idle LISTEN connection is checked (a silently dead one is replaced).
+    #[arg(long, env = "USERHOOKS_LISTENER_PING", default_value = "30s", value_parser = parse_duration)]
+    pub listener_ping: Duration,
     /// Timeout of one Sequin API call.
     #[arg(long, env = "USERHOOKS_HTTP_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub http_timeout: Duration,
@@ -183,6 +186,7 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub backfill_poll_interval: Duration,
     pub http_timeout: Duration,
+    pub listener_ping: Duration,
     pub max_retry_count: Option<u32>,
     pub load_shedding: Option<String>,
     pub worker_id: String,
@@ -284,6 +288,9 @@ impl WorkerArgs {
         if self.lease < Duration::from_secs(1) {
             problems.push("USERHOOKS_LEASE must be at least 1s".to_string());
         }
+        if self.listener_ping < Duration::from_millis(100) {
+            problems.push("USERHOOKS_LISTENER_PING must be at least 100ms".to_string());
+        }
         if self.http_timeout >= self.lease {
             problems.push(format!(
                 "USERHOOKS_HTTP_TIMEOUT ({:?}) must be shorter than USERHOOKS_LEASE ({:?}) so a call cannot outlive its claim",
@@ -339,6 +346,7 @@ impl WorkerArgs {
             shutdown_grace: self.shutdown_grace,
             backfill_poll_interval: self.backfill_poll_interval,
             http_timeout: self.http_timeout,
+            listener_ping: self.listener_ping,
             max_retry_count: self.max_retry_count,
             load_shedding: self.load_shedding,
             worker_id,
@@ -389,6 +397,7 @@ impl Config {
             shutdown_grace: Duration::from_secs(30),
             backfill_poll_interval: Duration::from_secs(2),
             http_timeout: Duration::from_secs(10),
+            listener_ping: crate::listener::PING_INTERVAL,
             max_retry_count: None,
             load_shedding: None,
             worker_id: default_worker_id(),

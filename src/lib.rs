@@ -4,6 +4,7 @@
 //! Sequin through [`sequin`], and [`queue`] writes the outcome back. [`worker`] runs the loop.
 
 pub mod backfills;
+pub mod batch;
 pub mod bench;
 pub mod cli;
 pub mod config;

@@ -15,9 +15,10 @@ use crate::retry::RetryPolicy;
 
 pub const REQUESTS_CHANNEL: &str = "userhooks_requests";
 
-/// How often an idle LISTEN connection is checked. A connection that silently stopped
-/// delivering (a network partition, a stuck backend) fails the check and is replaced.
-const PING_INTERVAL: Duration = Duration::from_secs(30);
+/// The default of `USERHOOKS_LISTENER_PING`: how often an idle LISTEN connection is checked.
+/// A connection that silently stopped delivering (a network partition, a stuck backend)
+/// fails the check and is replaced.
+pub const PING_INTERVAL: Duration = Duration::from_secs(30);
 const PING_TIMEOUT: Duration = Duration::from_secs(5);
 
 const RECONNECT: RetryPolicy = RetryPolicy {
@@ -30,6 +31,7 @@ const RECONNECT: RetryPolicy = RetryPolicy {
 /// notification and after every (re)connect.
 pub async fn run(
     database_url: String,
+    ping_interval: Duration,
     wake: Arc<Notify>,
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
@@ -39,7 +41,7 @@ pub async fn run(
         if *shutdown.borrow() {
             break;
         }
-        match listen_once(&database_url, &wake, &metrics, &mut shutdown).await {
+        match listen_once(&database_url, ping_interval, &wake, &metrics, &mut shutdown).await {
             Ok(()) => break, // shutdown requested
             Err(err) => {
                 if metrics.listener_connected.get() == 1 {
@@ -79,6 +81,7 @@ enum ListenError {
 
 async fn listen_once(
     database_url: &str,
+    ping_interval: Duration,
     wake: &Notify,
     metrics: &Metrics,
     shutdown: &mut watch::Receiver<bool>,
@@ -111,7 +114,7 @@ async fn listen_once(
         metrics.listener_connected.set(1);
         tracing::debug!("LISTEN connection established");
         wake.notify_one();
-        let mut ping = tokio::time::interval(PING_INTERVAL);
+        let mut ping = tokio::time::interval(ping_interval);
         ping.tick().await;
         loop {
             tokio::select! {

@@ -249,32 +249,8 @@ pub async fn write_back(
     Ok(written)
 }
 
-/// Write many outcomes back in one transaction: one commit (one WAL flush, one turn on the
-/// NOTIFY queue lock, which serializes notifying commits) instead of one per request. The
-/// statements of different requests are pipelined on the connection. Each request stays
-/// fenced on its own: a lost lease skips that request only. Any error fails the whole batch
-/// (nothing is written) and the caller falls back to one transaction per request.
-pub async fn write_back_batch(
-    pool: &Pool,
-    worker_id: &str,
-    items: &[(&Request, &Outcome)],
-) -> Result<Vec<WriteBack>, DbError> {
-    let mut client = pool.get().await?;
-    let tx = client.transaction().await?;
-    let results = futures_util::future::join_all(
-        items
-            .iter()
-            .map(|(request, outcome)| write_one(&tx, worker_id, request, outcome)),
-    )
-    .await
-    .into_iter()
-    .collect::<Result<Vec<_>, _>>()?;
-    tx.commit().await?;
-    Ok(results)
-}
-
 /// The fenced update of one request, then (only if the fence held) its subscription changes.
-async fn write_one(
+pub async fn write_one(
     tx: &deadpool_postgres::Transaction<'_>,
     worker_id: &str,
     request: &Request,
@@ -434,6 +410,40 @@ async fn apply_change(
         }
     }
     Ok(())
+}
+
+/// Renew the leases of every request this worker is working on, in one statement.
+/// Returns the ids whose lease was lost (another worker owns them now), so their attempts
+/// can be abandoned.
+pub async fn extend_leases(
+    pool: &Pool,
+    worker_id: &str,
+    held: &[(i64, i32)],
+    lease: Duration,
+) -> Result<Vec<i64>, DbError> {
+    if held.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<i64> = held.iter().map(|(id, _)| *id).collect();
+    let attempts: Vec<i32> = held.iter().map(|(_, a)| *a).collect();
+    let client = pool.get().await?;
+    let st = client
+        .prepare_cached(
+            "update userhooks.subscription_requests r
+                set locked_until = now() + make_interval(secs => $4)
+               from unnest($1::bigint[], $2::int[]) as held(id, attempts)
+              where r.id = held.id and r.attempts = held.attempts
+                and r.locked_by = $3 and r.status = 'running'
+             returning r.id",
+        )
+        .await?;
+    let renewed: std::collections::HashSet<i64> = client
+        .query(&st, &[&ids, &attempts, &worker_id, &lease.as_secs_f64()])
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    Ok(ids.into_iter().filter(|id| !renewed.contains(id)).collect())
 }
 
 /// Put a request we claimed back in the queue (shutdown): `pending`, due now, the interrupted

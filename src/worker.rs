@@ -9,9 +9,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::Pool;
-use tokio::sync::{watch, Notify};
+use tokio::sync::{oneshot, watch, Notify};
 use tokio::task::JoinSet;
 
+use crate::batch::Done;
 use crate::config::Config;
 use crate::db::{self, DbError};
 use crate::housekeeping;
@@ -20,7 +21,7 @@ use crate::metrics::{self, Metrics};
 use crate::provision::Provisioner;
 use crate::queue::{self, Outcome, Request, WriteBack};
 use crate::sequin::{ErrorClass, SequinClient};
-use crate::writeback::{Writer, Written};
+use crate::writeback::{WriteBackOp, Writer};
 
 /// At most one "request rescheduled" warning per interval (the rest go to debug).
 static RETRY_LOG: crate::telemetry::RateLimit =
@@ -118,6 +119,7 @@ impl App {
         let mut background = JoinSet::new();
         background.spawn(listener::run(
             config.database_url.clone(),
+            config.listener_ping,
             wake.clone(),
             metrics.clone(),
             stop_rx.clone(),
@@ -149,7 +151,20 @@ impl App {
             tracing::warn!(error = %err, "could not create the filter function yet; will retry on the first subscribe");
         }
 
-        let (writer, writer_task) = Writer::spawn(pool.clone(), config.worker_id.clone());
+        let leases = Leases::default();
+        background.spawn(keep_leases(
+            pool.clone(),
+            config.clone(),
+            leases.clone(),
+            metrics.clone(),
+            stop_rx.clone(),
+        ));
+        let (writer, writer_task) = Writer::spawn(
+            pool.clone(),
+            WriteBackOp {
+                worker_id: config.worker_id.clone(),
+            },
+        );
         let mut state = Loop {
             config: config.clone(),
             pool: pool.clone(),
@@ -158,6 +173,7 @@ impl App {
             writer,
             tasks: JoinSet::new(),
             in_flight: HashMap::new(),
+            leases: leases.clone(),
             backlog: true,
             last_db_error_log: None,
         };
@@ -183,6 +199,8 @@ struct Loop {
     tasks: JoinSet<(i64, bool)>,
     /// Claimed and not yet written back: id → attempts (the fence).
     in_flight: HashMap<i64, i32>,
+    /// The leases the keeper renews, with the signal that tells a task its lease was lost.
+    leases: Leases,
     /// The last claim filled all free capacity, so there is probably more to take.
     backlog: bool,
     last_db_error_log: Option<Instant>,
@@ -244,6 +262,7 @@ impl Loop {
         match joined {
             Ok((id, auth_rejected)) => {
                 self.in_flight.remove(&id);
+                self.leases.unregister(id);
                 if auth_rejected && self.auth_ok() {
                     self.metrics.sequin_auth_ok.set(0);
                     tracing::error!("Sequin rejects the API token; claiming paused, requests stay pending; re-checking every {AUTH_PROBE_INTERVAL:?}");
@@ -291,12 +310,14 @@ impl Loop {
                 self.metrics.queue_wait.observe(request.waited);
             }
             self.in_flight.insert(request.id, request.attempts);
+            let lease_lost = self.leases.register(request.id, request.attempts);
             let provisioner = self.provisioner.clone();
             let writer = self.writer.clone();
             let metrics = self.metrics.clone();
             self.tasks.spawn(async move {
                 let id = request.id;
-                let auth_rejected = process(&provisioner, &writer, &metrics, request).await;
+                let auth_rejected =
+                    process(&provisioner, &writer, &metrics, request, lease_lost).await;
                 (id, auth_rejected)
             });
         }
@@ -367,14 +388,36 @@ async fn process(
     writer: &Writer,
     metrics: &Metrics,
     request: Request,
+    lease_lost: oneshot::Receiver<()>,
 ) -> bool {
     let started = Instant::now();
-    let outcome = provisioner.handle(&request).await;
-    let Written {
-        request,
-        outcome,
-        result: written,
-    } = writer.write(request, outcome).await;
+    let outcome = tokio::select! {
+        outcome = provisioner.handle(&request) => outcome,
+        Ok(()) = lease_lost => {
+            // Another worker owns the request now: stop here, as if crashed; the owner adopts
+            // or undoes whatever this attempt created.
+            metrics.lease_lost_total.inc();
+            tracing::warn!(request_id = request.id, attempts = request.attempts, "lease lost while working; attempt abandoned");
+            return false;
+        }
+    };
+    let Some(Done {
+        item: (request, outcome),
+        output,
+    }) = writer.run((request, outcome)).await
+    else {
+        tracing::error!(
+            "the write-back task stopped; the request will be retried when its lease expires"
+        );
+        return false;
+    };
+    let written = match output {
+        Ok(written) => Some(written),
+        Err(err) => {
+            tracing::error!(request_id = request.id, error = %err, "write-back failed");
+            None
+        }
+    };
     let action = request.action.as_str();
     let elapsed = started.elapsed();
     metrics
@@ -442,5 +485,73 @@ fn log_outcome(request: &Request, outcome: &Outcome, elapsed: Duration) {
             action,
             "put back: Sequin rejects the token"
         ),
+    }
+}
+
+/// Leases of the requests this worker holds. One keeper task renews all of them with one
+/// statement every lease/3, so an attempt that makes several slow Sequin calls keeps its
+/// request (without renewal, another worker would take it over mid-flight and fence off
+/// every attempt's write-back: a livelock).
+#[derive(Clone, Default)]
+struct Leases(Arc<std::sync::Mutex<LeaseMap>>);
+
+/// id → (attempts, lost signal).
+type LeaseMap = HashMap<i64, (i32, oneshot::Sender<()>)>;
+
+impl Leases {
+    fn lock(&self) -> std::sync::MutexGuard<'_, LeaseMap> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Start renewing; the receiver fires if the lease is found lost.
+    fn register(&self, id: i64, attempts: i32) -> oneshot::Receiver<()> {
+        let (lost, receiver) = oneshot::channel();
+        self.lock().insert(id, (attempts, lost));
+        receiver
+    }
+
+    fn unregister(&self, id: i64) {
+        self.lock().remove(&id);
+    }
+}
+
+/// Renew held leases until `stop`. A failed renewal is retried at the next tick (the lease
+/// is three ticks long); a lost lease abandons that request's attempt.
+async fn keep_leases(
+    pool: Pool,
+    config: Arc<Config>,
+    leases: Leases,
+    metrics: Arc<Metrics>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(config.lease / 3);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tick.tick() => {}
+        }
+        let held: Vec<(i64, i32)> = leases
+            .lock()
+            .iter()
+            .map(|(id, (attempts, _))| (*id, *attempts))
+            .collect();
+        match queue::extend_leases(&pool, &config.worker_id, &held, config.lease).await {
+            Ok(lost) => {
+                let mut held = leases.lock();
+                for id in lost {
+                    if let Some((_, signal)) = held.remove(&id) {
+                        let _ = signal.send(());
+                    }
+                }
+            }
+            Err(err) => {
+                metrics.set_database_ok(false);
+                tracing::warn!(error = %err, "could not renew leases; will retry");
+            }
+        }
     }
 }

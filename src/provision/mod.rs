@@ -18,7 +18,10 @@ use crate::sequin::{ErrorClass, Resource, SequinClient, SequinError};
 use crate::webhook_url::{self, UrlPolicy, WebhookUrl};
 
 mod actions;
+mod open;
 mod options;
+
+use open::{OpenOp, OpenRequest, OpenSubscription, Opener};
 
 pub use options::{
     expect_no_options, secret_hash, SubscribeOptions, UpdateOptions, CHANGE_ACTIONS,
@@ -82,15 +85,6 @@ impl Names {
     }
 }
 
-/// A subscription row as the provisioning code needs it.
-#[derive(Debug, Clone)]
-struct Subscription {
-    id: i64,
-    status: String,
-    sequin_endpoint_id: Option<String>,
-    sequin_sink_id: Option<String>,
-}
-
 /// Carries out requests against Sequin.
 pub struct Provisioner {
     config: Arc<Config>,
@@ -99,10 +93,13 @@ pub struct Provisioner {
     url_policy: UrlPolicy,
     /// Whether the shared filter function is known to exist (created once per process).
     filter_ready: Mutex<bool>,
+    opener: Opener,
 }
 
 impl Provisioner {
     pub fn new(config: Arc<Config>, pool: Pool, sequin: SequinClient) -> Self {
+        // The opener task ends when the provisioner (its last handle) is dropped.
+        let (opener, _task) = Opener::spawn(pool.clone(), OpenOp);
         let url_policy = UrlPolicy {
             allow_private: config.allow_private_urls,
             require_https: config.require_https,
@@ -113,6 +110,7 @@ impl Provisioner {
             sequin,
             url_policy,
             filter_ready: Mutex::new(false),
+            opener,
         }
     }
 
@@ -291,63 +289,27 @@ impl Provisioner {
         user_id: &str,
         url: &WebhookUrl,
         options: &SubscribeOptions,
-    ) -> Result<Subscription, ProvisionError> {
-        let client = self.pool.get().await?;
-        let actions = options
-            .actions
-            .clone()
-            .unwrap_or_else(|| CHANGE_ACTIONS.iter().map(|a| a.to_string()).collect());
-        let hash = options.secret.as_deref().map(secret_hash);
-        let insert = client
-            .prepare_cached(
-                "insert into userhooks.webhook_subscriptions
-                        (user_id, endpoint, source_table, transform, actions, secret_hash)
-                 values ($1, $2, $3, $4, $5, $6)
-                 on conflict (user_id, endpoint) where status in ('provisioning', 'active', 'paused')
-                 do nothing
-                 returning id, status, sequin_endpoint_id::text, sequin_sink_id::text",
-            )
-            .await?;
-        let rows = client
-            .query(
-                &insert,
-                &[
-                    &user_id,
-                    &url.as_str(),
-                    &self.config.source_table,
-                    &options.transform,
-                    &actions,
-                    &hash,
-                ],
-            )
-            .await?;
-        let row = match rows.into_iter().next() {
-            Some(row) => row,
-            None => {
-                let select = client
-                    .prepare_cached(
-                        "select id, status, sequin_endpoint_id::text, sequin_sink_id::text
-                           from userhooks.webhook_subscriptions
-                          where user_id = $1 and endpoint = $2
-                            and status in ('provisioning', 'active', 'paused')",
-                    )
-                    .await?;
-                client
-                    .query_opt(&select, &[&user_id, &url.as_str()])
-                    .await?
-                    .ok_or_else(|| {
-                        // Deleted between our insert and select: let the next attempt redo it.
-                        ProvisionError::Db(DbError::Pool(
-                            "subscription changed concurrently; will retry".to_string(),
-                        ))
-                    })?
-            }
+    ) -> Result<OpenSubscription, ProvisionError> {
+        let request = OpenRequest {
+            user_id: user_id.to_string(),
+            endpoint: url.as_str().to_string(),
+            source_table: self.config.source_table.clone(),
+            transform: options.transform.clone(),
+            actions: options
+                .actions
+                .clone()
+                .unwrap_or_else(|| CHANGE_ACTIONS.iter().map(|a| a.to_string()).collect()),
+            secret_hash: options.secret.as_deref().map(secret_hash),
         };
-        Ok(Subscription {
-            id: row.get(0),
-            status: row.get(1),
-            sequin_endpoint_id: row.get(2),
-            sequin_sink_id: row.get(3),
+        let done = self
+            .opener
+            .run(request)
+            .await
+            .ok_or_else(|| DbError::Pool("the subscription opener stopped".to_string()))?;
+        done.output?.ok_or_else(|| {
+            ProvisionError::Db(DbError::Pool(
+                "subscription changed concurrently; will retry".to_string(),
+            ))
         })
     }
 

@@ -235,3 +235,9 @@ pub fn count_calls(emulator: &EmulatorHandle, operation: &str) -> usize {
         .filter(|c| c.operation == operation)
         .count()
 }
+
+// Helpers of the fault suite (tests/faults.rs).
+pub mod binary;
+pub mod cluster;
+pub mod invariants;
+pub mod proxy;

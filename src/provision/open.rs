@@ -1,0 +1,84 @@
+//! Opening a subscription: the `webhook_subscriptions` row is written (as `provisioning`)
+//! before anything is created in Sequin, so nothing there is ever unaccounted for. The
+//! inserts of concurrent subscribes share one transaction (see [`crate::batch`]).
+
+use deadpool_postgres::Transaction;
+
+use crate::batch::{BatchOp, Batcher};
+use crate::db::DbError;
+
+/// The live subscription of (user, URL), or a new `provisioning` one.
+const OPEN_SQL: &str = "
+with inserted as (
+    insert into userhooks.webhook_subscriptions
+           (user_id, endpoint, source_table, transform, actions, secret_hash)
+    values ($1, $2, $3, $4, $5, $6)
+    on conflict (user_id, endpoint) where status in ('provisioning', 'active', 'paused')
+    do nothing
+    returning id, status, sequin_endpoint_id::text, sequin_sink_id::text
+)
+select * from inserted
+union all
+select id, status, sequin_endpoint_id::text, sequin_sink_id::text
+  from userhooks.webhook_subscriptions
+ where user_id = $1 and endpoint = $2
+   and status in ('provisioning', 'active', 'paused')
+   and not exists (select 1 from inserted)";
+
+pub struct OpenRequest {
+    pub user_id: String,
+    pub endpoint: String,
+    pub source_table: String,
+    pub transform: Option<String>,
+    pub actions: Vec<String>,
+    pub secret_hash: Option<String>,
+}
+
+/// A subscription row as the subscribe path needs it.
+#[derive(Debug, Clone)]
+pub struct OpenSubscription {
+    pub id: i64,
+    pub status: String,
+    pub sequin_endpoint_id: Option<String>,
+    pub sequin_sink_id: Option<String>,
+}
+
+pub struct OpenOp;
+
+impl BatchOp for OpenOp {
+    type Item = OpenRequest;
+    /// `None`: the live row vanished between the insert's conflict and the read (a
+    /// concurrent unsubscribe); the caller retries.
+    type Output = Option<OpenSubscription>;
+
+    async fn run<'a>(
+        &'a self,
+        tx: &'a Transaction<'a>,
+        r: &'a OpenRequest,
+    ) -> Result<Self::Output, DbError> {
+        {
+            let statement = tx.prepare_cached(OPEN_SQL).await?;
+            let row = tx
+                .query_opt(
+                    &statement,
+                    &[
+                        &r.user_id,
+                        &r.endpoint,
+                        &r.source_table,
+                        &r.transform,
+                        &r.actions,
+                        &r.secret_hash,
+                    ],
+                )
+                .await?;
+            Ok(row.map(|row| OpenSubscription {
+                id: row.get(0),
+                status: row.get(1),
+                sequin_endpoint_id: row.get(2),
+                sequin_sink_id: row.get(3),
+            }))
+        }
+    }
+}
+
+pub type Opener = Batcher<OpenOp>;

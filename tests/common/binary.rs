@@ -1,0 +1,195 @@
+//! The real `userhooks run` binary as a child process: environment, signals, captured stderr
+//! and a `/metrics` scrape.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use super::{SEQUIN_DB, TOKEN};
+
+/// A free TCP port on 127.0.0.1 (bound, then released: good enough for tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// Send a signal (`-KILL`, `-TERM`, `-STOP`, `-CONT`...) to a process.
+pub fn send_signal(pid: u32, sig: &str) -> bool {
+    std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// A running `userhooks run` process. Killed when dropped.
+pub struct WorkerProcess {
+    child: tokio::process::Child,
+    pid: u32,
+    stderr: Arc<Mutex<String>>,
+    pub metrics_addr: Option<SocketAddr>,
+    pub worker_id: String,
+}
+
+impl WorkerProcess {
+    /// Start a worker against `database_url` and the Sequin API at `api_url`. `extra`
+    /// overrides the defaults below (e.g. `("USERHOOKS_LEASE", "3s")`). Set
+    /// `USERHOOKS_METRICS_ADDR` to `"auto"` to get a free port (see `metrics_addr`).
+    pub fn spawn(database_url: &str, api_url: &str, extra: &[(&str, &str)]) -> WorkerProcess {
+        let worker_id = format!("w-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let mut env: BTreeMap<String, String> = [
+            ("DATABASE_URL", database_url),
+            ("SEQUIN_API_URL", api_url),
+            ("SEQUIN_API_TOKEN", TOKEN),
+            ("SEQUIN_DATABASE", SEQUIN_DB),
+            ("USERHOOKS_METRICS_ADDR", "off"),
+            ("USERHOOKS_ALLOW_PRIVATE_URLS", "true"),
+            ("USERHOOKS_CONCURRENCY", "32"),
+            ("USERHOOKS_POLL_INTERVAL", "500ms"),
+            ("USERHOOKS_LEASE", "30s"),
+            ("USERHOOKS_HTTP_TIMEOUT", "5s"),
+            ("USERHOOKS_SHUTDOWN_GRACE", "10s"),
+            ("USERHOOKS_LOG", "info"),
+            ("USERHOOKS_WORKER_ID", worker_id.as_str()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        for (k, v) in extra {
+            env.insert(k.to_string(), v.to_string());
+        }
+        let mut metrics_addr = None;
+        if env.get("USERHOOKS_METRICS_ADDR").map(String::as_str) == Some("auto") {
+            let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+            env.insert("USERHOOKS_METRICS_ADDR".into(), addr.to_string());
+            metrics_addr = Some(addr);
+        }
+        let worker_id = env["USERHOOKS_WORKER_ID"].clone();
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_userhooks"));
+        cmd.arg("run")
+            .env_clear()
+            .envs(&env)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().expect("spawn userhooks run");
+        let pid = child.id().expect("child pid");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let pipe = child.stderr.take().expect("stderr pipe");
+        let sink = stderr.clone();
+        let echo = std::env::var_os("USERHOOKS_TEST_ECHO").is_some();
+        // Always drain the pipe, or a chatty worker would block on a full pipe.
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(pipe).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if echo {
+                    eprintln!("[{pid}] {line}");
+                }
+                let mut buf = sink.lock().unwrap();
+                buf.push_str(&line);
+                buf.push('\n');
+            }
+        });
+        WorkerProcess {
+            child,
+            pid,
+            stderr,
+            metrics_addr,
+            worker_id,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Everything the process wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Panics if the process printed a Rust panic.
+    pub fn assert_no_panic(&self) {
+        let text = self.stderr();
+        assert!(
+            !text.contains("panicked"),
+            "worker {} panicked:\n{text}",
+            self.pid
+        );
+    }
+
+    /// SIGKILL, and wait until it is gone.
+    pub async fn kill(&mut self) {
+        send_signal(self.pid, "-KILL");
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+            .await
+            .expect("a SIGKILLed worker is reaped within 10s");
+    }
+
+    /// SIGTERM, then wait up to `timeout` for the exit. Returns the status and how long
+    /// the exit took.
+    pub async fn terminate(&mut self, timeout: Duration) -> (ExitStatus, Duration) {
+        let started = Instant::now();
+        assert!(send_signal(self.pid, "-TERM"), "SIGTERM {}", self.pid);
+        let status = tokio::time::timeout(timeout, self.child.wait())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "worker did not exit within {timeout:?} of SIGTERM; stderr:\n{}",
+                    self.stderr()
+                )
+            })
+            .expect("wait for worker");
+        (status, started.elapsed())
+    }
+
+    /// SIGTERM, expect exit 0 within 30s and no panic in the logs.
+    pub async fn stop_cleanly(mut self) {
+        let (status, _) = self.terminate(Duration::from_secs(30)).await;
+        assert!(
+            status.success(),
+            "exit status {status:?}; stderr:\n{}",
+            self.stderr()
+        );
+        self.assert_no_panic();
+    }
+
+    /// The `/metrics` text, or `None` when the endpoint does not answer.
+    pub async fn scrape(&self) -> Option<String> {
+        let addr = self
+            .metrics_addr
+            .expect("started with USERHOOKS_METRICS_ADDR=auto");
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .build()
+            .ok()?;
+        let response = client
+            .get(format!("http://{addr}/metrics"))
+            .send()
+            .await
+            .ok()?;
+        response.text().await.ok()
+    }
+
+    /// The value of an unlabelled metric, e.g. `userhooks_listener_connected`.
+    pub async fn metric(&self, name: &str) -> Option<f64> {
+        let text = self.scrape().await?;
+        metric_value(&text, name)
+    }
+}
+
+/// The value of an unlabelled sample `name` in Prometheus text.
+pub fn metric_value(text: &str, name: &str) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (key, value) = l.split_once(' ')?;
+        (key == name).then(|| value.trim().parse().ok()).flatten()
+    })
+}

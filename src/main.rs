@@ -48,6 +48,16 @@ async fn main() -> anyhow::Result<()> {
         Command::Demo(args) => {
             userhooks::demo::run(args).await?;
         }
+        Command::Reconcile(args) => {
+            userhooks::cli::run_reconcile(args).await?;
+        }
+        Command::Serve(args) => {
+            let shutdown = userhooks::shutdown::on_signal()?;
+            userhooks::cli::run_serve(args, shutdown).await?;
+        }
+        Command::GenerateNotifications(args) => {
+            userhooks::cli::run_generate(args).await?;
+        }
         Command::Bench(args) => {
             userhooks::bench::run(args).await?;
         }

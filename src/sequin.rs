@@ -423,6 +423,26 @@ impl SequinClient {
         .map(drop)
     }
 
+    /// Every HTTP endpoint of the account (reconcile's orphan scan; one call, no paging).
+    pub async fn list_endpoints(&self) -> Result<Vec<Value>, SequinError> {
+        let value = self
+            .send(
+                "list_endpoints",
+                Method::GET,
+                "/destinations/http_endpoints",
+                None,
+            )
+            .await?;
+        Ok(data_list(value))
+    }
+
+    /// Every sink of the account. Sequin silently leaves out sinks it cannot render, so this
+    /// is only good for finding extra resources, never for proving one is missing.
+    pub async fn list_sinks(&self) -> Result<Vec<Value>, SequinError> {
+        let value = self.send("list_sinks", Method::GET, "/sinks", None).await?;
+        Ok(data_list(value))
+    }
+
     /// Names of the databases Sequin knows. Also the cheapest way to probe the token.
     pub async fn list_databases(&self) -> Result<Vec<String>, SequinError> {
         let value = self
@@ -438,6 +458,13 @@ impl SequinClient {
                     .collect()
             })
             .unwrap_or_default())
+    }
+}
+
+fn data_list(mut value: Value) -> Vec<Value> {
+    match value.get_mut("data").map(Value::take) {
+        Some(Value::Array(items)) => items,
+        _ => Vec::new(),
     }
 }
 

@@ -7,10 +7,12 @@
 //! `accepts ["json"]` (406) → `VerifyApiToken` (401) → `VerifyContentType` (400) → controller.
 //! Injected faults run before all of that. Control routes live under `/_emulator/`.
 
+mod delivery;
 mod faults;
 mod routes;
 mod state;
 
+pub use delivery::DeliveryConfig;
 pub use faults::{Faults, InjectedResponse, RouteFaults};
 
 use axum::extract::{Request, State};
@@ -41,6 +43,9 @@ pub struct EmulatorConfig {
     pub backfill_rows: u64,
     /// Backfill progress speed, rows per second.
     pub backfill_rows_per_sec: u64,
+    /// Deliver webhooks from this source database (off by default). With delivery on,
+    /// backfills report the rows really delivered instead of `backfill_rows`.
+    pub delivery: Option<DeliveryConfig>,
 }
 
 impl Default for EmulatorConfig {
@@ -52,6 +57,7 @@ impl Default for EmulatorConfig {
             faults: Faults::default(),
             backfill_rows: 100,
             backfill_rows_per_sec: 200,
+            delivery: None,
         }
     }
 }
@@ -73,23 +79,32 @@ struct Shared {
     calls: Mutex<Vec<(u64, Call)>>,
     seq: AtomicU64,
     stop: watch::Sender<bool>,
+    delivery: Option<DeliveryConfig>,
+    /// Connection used by the API routes to read `max(id)` when delivery is on.
+    route_pg: tokio::sync::Mutex<Option<tokio_postgres::Client>>,
+    delivery_stats: delivery::DeliveryStats,
 }
 
 impl Shared {
     fn new(config: EmulatorConfig) -> Arc<Self> {
         let (stop, _) = watch::channel(false);
+        let mut db = state::Db::new(
+            config.database,
+            &config.tables,
+            config.backfill_rows,
+            config.backfill_rows_per_sec,
+        );
+        db.delivery = config.delivery.is_some();
         Arc::new(Shared {
             token: config.token,
-            db: Mutex::new(state::Db::new(
-                config.database,
-                &config.tables,
-                config.backfill_rows,
-                config.backfill_rows_per_sec,
-            )),
+            db: Mutex::new(db),
             faults: Mutex::new(config.faults),
             calls: Mutex::new(Vec::new()),
             seq: AtomicU64::new(0),
             stop,
+            delivery: config.delivery,
+            route_pg: tokio::sync::Mutex::new(None),
+            delivery_stats: delivery::DeliveryStats::default(),
         })
     }
 
@@ -182,6 +197,15 @@ impl EmulatorHandle {
         list_of(self.shared.state_json(), "backfills")
     }
 
+    /// Webhook POSTs acknowledged (messages) and failed (attempts), when delivery is on.
+    pub fn delivery_counts(&self) -> (u64, u64) {
+        let s = &self.shared.delivery_stats;
+        (
+            s.delivered.load(Ordering::Relaxed),
+            s.failed.load(Ordering::Relaxed),
+        )
+    }
+
     /// Stop listening (graceful). Requests stuck in `hang` are released.
     pub async fn shutdown(mut self) {
         if let Some(tx) = self.stop_tx.take() {
@@ -240,6 +264,9 @@ async fn serve_shared(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    if let Some(config) = shared.delivery.clone() {
+        tokio::spawn(delivery::run(shared.clone(), config));
+    }
     let app = Router::new().fallback(handle).with_state(shared.clone());
     let stop = shared.stop.clone();
     axum::serve(listener, app)
@@ -552,7 +579,14 @@ async fn run(
         (!rf.fail_after_next.is_empty()).then(|| rf.fail_after_next.remove(0))
     };
 
-    let resp = pipeline(shared, method, route, uri, headers, parsed);
+    // With delivery on, a new sink starts after the rows that exist now, and a new backfill
+    // ends with them: read the tables' highest ids before the state changes.
+    let cursors = if matches!(operation, "create_sink" | "create_backfill") {
+        delivery::table_max_ids(shared).await
+    } else {
+        None
+    };
+    let resp = pipeline(shared, method, route, uri, headers, parsed, cursors);
     match fail_after {
         Some(inj) => Resp::json(inj.status, inj.body),
         None => resp,
@@ -566,6 +600,7 @@ fn pipeline(
     uri: &axum::http::Uri,
     headers: &HeaderMap,
     parsed: Result<Option<Value>, ()>,
+    cursors: Option<std::collections::BTreeMap<String, i64>>,
 ) -> Resp {
     let html = !prefers_json(headers);
     let body = match parsed {
@@ -610,7 +645,29 @@ fn pipeline(
     }
     let mut db = shared.db();
     db.tick();
-    routes::dispatch(&mut db, route, params)
+    let operation = route.operation();
+    let resp = routes::dispatch(&mut db, route, params);
+    if let (Some(cursors), 200) = (cursors, resp.status) {
+        let id = resp.body.get("id").and_then(Value::as_str);
+        let id = id.and_then(|s| uuid::Uuid::parse_str(s).ok());
+        match operation {
+            "create_sink" => {
+                if let Some(s) = db.sinks.iter_mut().find(|s| Some(s.id) == id) {
+                    s.start_cursors = Some(cursors);
+                }
+            }
+            "create_backfill" => {
+                if let Some(b) = db.backfills.iter_mut().find(|b| Some(b.id) == id) {
+                    let upper = cursors.get(&b.table).copied();
+                    if let Some(p) = b.progress.as_mut() {
+                        p.upper_id = upper;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    resp
 }
 
 fn control(shared: &Shared, method: &Method, path: &str, bytes: &[u8]) -> Resp {

@@ -931,6 +931,7 @@ fn default_sink() -> Sink {
         load_shedding_policy: "pause_on_full".to_string(),
         message_grouping: true,
         annotations: json!({}),
+        start_cursors: None,
     }
 }
 
@@ -1165,7 +1166,7 @@ fn valid_transitions(from: &str) -> &'static [&'static str] {
     }
 }
 
-fn table_in_source(src: &Source, table: &str) -> bool {
+pub(crate) fn table_in_source(src: &Source, table: &str) -> bool {
     let schema = table.split('.').next().unwrap_or("");
     if let Some(l) = &src.include_tables {
         return l.iter().any(|t| t == table);
@@ -1227,13 +1228,16 @@ fn create_backfill(db: &mut Db, sink: &str, params: &Map<String, Value>) -> Resp
     }) {
         return Resp::validation(json!({"sink_consumer_id": ["already has an active backfill"]}));
     }
-    let b = Backfill::new(
+    let mut b = Backfill::new(
         sink_id,
         table,
         &state,
         db.backfill_rows,
         db.backfill_rows_per_sec,
     );
+    if db.delivery {
+        b.progress = Some(Default::default());
+    }
     let out = db.render_backfill(&b);
     db.backfills.push(b);
     Resp::ok(out)

@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{json, Map, Value};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
@@ -49,6 +49,9 @@ pub(crate) struct Sink {
     pub load_shedding_policy: String,
     pub message_grouping: bool,
     pub annotations: Value,
+    /// With delivery on: the source tables' highest primary key when the sink was created
+    /// (`schema.table` → id). The sink receives the rows after it.
+    pub start_cursors: Option<BTreeMap<String, i64>>,
 }
 
 #[derive(Clone, Debug)]
@@ -78,6 +81,24 @@ pub(crate) struct Backfill {
     pub active_since: Option<Instant>,
     pub total_rows: u64,
     pub rows_per_sec: u64,
+    /// With delivery on, progress comes from rows really read and delivered instead of the
+    /// time model above.
+    pub progress: Option<DeliveredProgress>,
+}
+
+/// Progress of a backfill whose rows are really delivered (emulator delivery on).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct DeliveredProgress {
+    /// Rows of the table (up to `upper_id`) that pass the sink's filter; `None` until counted.
+    pub initial: Option<u64>,
+    /// Rows read and queued for delivery.
+    pub ingested: u64,
+    /// Rows delivered (acknowledged by the endpoint, or given up after `max_retry_count`).
+    pub processed: u64,
+    /// Every row up to `upper_id` has been read.
+    pub read_done: bool,
+    /// The table's highest primary key when the backfill was created.
+    pub upper_id: Option<i64>,
 }
 
 impl Backfill {
@@ -98,6 +119,7 @@ impl Backfill {
             active_since: (state == "active").then_some(now),
             total_rows: rows,
             rows_per_sec: rate,
+            progress: None,
         }
     }
 
@@ -126,6 +148,9 @@ impl Backfill {
     }
 
     fn processed(&self, now: Instant) -> u64 {
+        if let Some(p) = &self.progress {
+            return p.processed;
+        }
         if self.state == "completed" {
             return self.total_rows;
         }
@@ -135,13 +160,16 @@ impl Backfill {
     }
 
     fn initial_count(&self, now: Instant) -> Option<u64> {
+        if let Some(p) = &self.progress {
+            return p.initial;
+        }
         let since = now.saturating_duration_since(self.created).as_secs_f64() * 1000.0;
         (since >= BACKFILL_STATS_DELAY_MS || self.state == "completed").then_some(self.total_rows)
     }
 
     /// Lazily advance: an active backfill whose rows are all processed becomes `completed`.
     pub fn tick(&mut self, now: Instant) {
-        if self.state != "active" {
+        if self.state != "active" || self.progress.is_some() {
             return;
         }
         let (Some(needed), Some(since)) = (self.needed_ms(), self.active_since) else {
@@ -183,6 +211,7 @@ impl Backfill {
 
     pub fn render(&self, sink_name: &str, now: Instant) -> Value {
         let processed = self.processed(now);
+        let ingested = self.progress.as_ref().map_or(processed, |p| p.ingested);
         json!({
             "id": self.id,
             "sink_consumer": sink_name,
@@ -191,7 +220,7 @@ impl Backfill {
             "sort_column": null,
             "rows_initial_count": self.initial_count(now),
             "rows_processed_count": processed,
-            "rows_ingested_count": processed,
+            "rows_ingested_count": ingested,
             "completed_at": self.completed_at.map(ts_micro),
             "canceled_at": self.canceled_at.map(ts_micro),
             "inserted_at": ts_secs(self.created_wall),
@@ -234,6 +263,8 @@ pub(crate) struct Db {
     pub sinks: Vec<Sink>,
     pub functions: Vec<Function>,
     pub backfills: Vec<Backfill>,
+    /// Webhook delivery is on: backfills report real progress.
+    pub delivery: bool,
     /// Name → position in `endpoints` / `sinks`, so lookups by name stay O(1) with tens of
     /// thousands of resources (the benchmark's scale). Kept in sync by `reindex_*`.
     pub endpoint_names: HashMap<String, usize>,
@@ -261,6 +292,7 @@ impl Db {
             sinks: Vec::new(),
             functions: Vec::new(),
             backfills: Vec::new(),
+            delivery: false,
             endpoint_names: HashMap::new(),
             sink_names: HashMap::new(),
         }

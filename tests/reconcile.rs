@@ -1,0 +1,246 @@
+//! `userhooks reconcile`: drift made by hand in the emulator is found, and `--repair` fixes it.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use common::{config, start_emulator_with, start_worker, TestDb, SEQUIN_DB, TOKEN};
+use serde_json::{json, Value};
+use userhooks::emulator::{EmulatorConfig, EmulatorHandle};
+use userhooks::reconcile::{reconcile, Options, Report};
+
+async fn api(emulator: &EmulatorHandle, method: &str, path: &str, body: Option<Value>) -> u16 {
+    let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+    let mut rb = reqwest::Client::new()
+        .request(method, format!("{}{}", emulator.api_url(), path))
+        .header("Authorization", format!("Bearer {TOKEN}"));
+    if let Some(b) = body {
+        rb = rb
+            .header("Content-Type", "application/json")
+            .body(b.to_string());
+    }
+    let resp = rb.send().await.unwrap();
+    let status = resp.status().as_u16();
+    assert!(
+        status < 300,
+        "{path}: {status} {}",
+        resp.text().await.unwrap()
+    );
+    status
+}
+
+/// `userhooks reconcile --json` as an operator runs it: exit code and report.
+async fn run_cli(db: &TestDb, emulator: &EmulatorHandle) -> (Option<i32>, Value) {
+    let bin = env!("CARGO_BIN_EXE_userhooks");
+    let (url, api) = (db.url.clone(), emulator.api_url());
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(bin)
+            .args(["reconcile", "--json"])
+            .env("DATABASE_URL", url)
+            .env("SEQUIN_API_URL", api)
+            .env("SEQUIN_API_TOKEN", TOKEN)
+            .env("SEQUIN_DATABASE", SEQUIN_DB)
+            .env_remove("SEQUIN_API_TOKEN_FILE")
+            .output()
+            .expect("run userhooks reconcile")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report = serde_json::from_str(&stdout).unwrap_or_else(|_| {
+        panic!(
+            "not JSON: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.code(), report)
+}
+
+/// Kinds of drift per subscription user ("-" for orphans, with the resource name).
+fn kinds(report: &Report) -> BTreeMap<String, BTreeSet<&'static str>> {
+    let mut out: BTreeMap<String, BTreeSet<&'static str>> = BTreeMap::new();
+    for d in &report.drifts {
+        let key = d
+            .user_id
+            .clone()
+            .unwrap_or_else(|| format!("- {}", d.resource));
+        out.entry(key).or_default().insert(d.kind);
+    }
+    out
+}
+
+#[tokio::test]
+async fn each_kind_of_drift_is_found_and_repair_fixes_it() {
+    let db = TestDb::new().await;
+    let emulator = start_emulator_with(EmulatorConfig {
+        token: TOKEN.to_string(),
+        database: SEQUIN_DB.to_string(),
+        tables: vec!["public.notifications".into(), "public.users".into()],
+        ..EmulatorConfig::default()
+    })
+    .await;
+    let mut cfg = config(&db, &emulator);
+    cfg.allow_private_urls = true;
+    let worker = start_worker(cfg.clone()).await;
+    let mut ids = Vec::new();
+    for u in 1..=5 {
+        let url = format!("http://127.0.0.1:9/hooks/{u}");
+        ids.push(
+            db.insert("subscribe", &u.to_string(), Some(&url), json!({}))
+                .await,
+        );
+    }
+    for id in ids {
+        let row = db.finished(id, Duration::from_secs(20)).await;
+        assert_eq!(row.status, "succeeded", "{row:?}");
+    }
+    worker.stop().await;
+    let names: BTreeMap<String, (String, String)> = db
+        .client()
+        .await
+        .query(
+            "select user_id, sink_name, endpoint_name from userhooks.webhook_subscriptions",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), (r.get(1), r.get(2))))
+        .collect();
+    let sink = |u: &str| names[u].0.clone();
+    let endpoint = |u: &str| names[u].1.clone();
+
+    let options = Options {
+        repair: false,
+        concurrency: 4,
+    };
+    let clean = reconcile(&cfg, &options, |_, _| {}).await.unwrap();
+    assert_eq!(clean.checked, 5);
+    assert!(clean.drifts.is_empty(), "{:?}", clean.drifts);
+
+    // Drift, by hand. User 5 stays untouched.
+    api(&emulator, "DELETE", &format!("/sinks/{}", sink("1")), None).await;
+    api(
+        &emulator,
+        "PATCH",
+        &format!("/sinks/{}", sink("2")),
+        Some(json!({"status": "paused", "filter": "none", "annotations": {"user_id": "999"}})),
+    )
+    .await;
+    api(
+        &emulator,
+        "PATCH",
+        &format!("/destinations/http_endpoints/{}", endpoint("3")),
+        Some(json!({"url": "http://127.0.0.1:9/somewhere-else"})),
+    )
+    .await;
+    api(
+        &emulator,
+        "PATCH",
+        &format!("/sinks/{}", sink("3")),
+        Some(json!({"database": SEQUIN_DB, "source": {"include_tables": ["public.users"]},
+                    "destination": {"type": "webhook", "http_endpoint": endpoint("3"), "batch": true}})),
+    )
+    .await;
+    api(&emulator, "DELETE", &format!("/sinks/{}", sink("4")), None).await;
+    api(
+        &emulator,
+        "DELETE",
+        &format!("/destinations/http_endpoints/{}", endpoint("4")),
+        None,
+    )
+    .await;
+    for name in ["userhooks-999", "someone-else"] {
+        api(
+            &emulator,
+            "POST",
+            "/destinations/http_endpoints",
+            Some(json!({"name": format!("{name}-endpoint"), "url": "http://127.0.0.1:9/x"})),
+        )
+        .await;
+        api(
+            &emulator,
+            "POST",
+            "/sinks",
+            Some(json!({"name": format!("{name}-sink"), "database": SEQUIN_DB,
+                        "source": {"include_tables": ["public.notifications"]},
+                        "destination": {"type": "webhook", "http_endpoint": format!("{name}-endpoint")}})),
+        )
+        .await;
+    }
+    emulator.clear_calls();
+
+    let report = reconcile(&cfg, &options, |_, _| {}).await.unwrap();
+    let found = kinds(&report);
+    let set = |l: &[&'static str]| l.iter().copied().collect::<BTreeSet<_>>();
+    let mut expected = BTreeMap::new();
+    expected.insert("1".to_string(), set(&["missing_sink"]));
+    expected.insert("2".to_string(), set(&["status", "filter", "annotations"]));
+    expected.insert("3".to_string(), set(&["url", "source", "destination"]));
+    expected.insert("4".to_string(), set(&["missing_endpoint", "missing_sink"]));
+    expected.insert("- userhooks-999-sink".to_string(), set(&["orphan_sink"]));
+    expected.insert(
+        "- userhooks-999-endpoint".to_string(),
+        set(&["orphan_endpoint"]),
+    );
+    assert_eq!(
+        found,
+        expected,
+        "{}",
+        userhooks::reconcile::render(&report, false)
+    );
+    assert_eq!(report.unresolved(), report.drifts.len());
+    // The command: the same report as JSON, and a failing exit code while drift remains.
+    let (code, json_report) = run_cli(&db, &emulator).await;
+    assert_eq!(code, Some(1));
+    assert_eq!(
+        json_report["drifts"].as_array().map(Vec::len),
+        Some(report.drifts.len()),
+        "{json_report}"
+    );
+    // Without --repair nothing is written.
+    assert!(
+        emulator.calls().iter().all(|c| c.method == "GET"),
+        "{:?}",
+        emulator.calls()
+    );
+
+    let repair = Options {
+        repair: true,
+        concurrency: 4,
+    };
+    let repaired = reconcile(&cfg, &repair, |_, _| {}).await.unwrap();
+    assert_eq!(
+        repaired.unresolved(),
+        0,
+        "{}",
+        userhooks::reconcile::render(&repaired, true)
+    );
+    let after = reconcile(&cfg, &options, |_, _| {}).await.unwrap();
+    assert!(
+        after.drifts.is_empty(),
+        "{}",
+        userhooks::reconcile::render(&after, false)
+    );
+    let (code, json_report) = run_cli(&db, &emulator).await;
+    assert_eq!(code, Some(0), "{json_report}");
+    assert_eq!(json_report["drifts"], json!([]));
+    assert_eq!(json_report["checked"], 5);
+    // Other people's resources are left alone; ours are what the table says.
+    let endpoints: Vec<String> = emulator
+        .endpoints()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap().to_string())
+        .collect();
+    assert!(endpoints.contains(&"someone-else-endpoint".to_string()));
+    assert!(!endpoints.contains(&"userhooks-999-endpoint".to_string()));
+    let s1 = emulator
+        .sinks()
+        .into_iter()
+        .find(|s| s["name"] == sink("1"))
+        .expect("user 1's sink recreated");
+    assert_eq!(s1["annotations"], json!({"user_id": "1"}));
+    assert_eq!(s1["filter"], "userhooks-user-filter");
+    assert_eq!(s1["destination"]["batch"], false);
+}

@@ -151,7 +151,10 @@ pub async fn claim(
             user_id: row.get("user_id"),
             webhook_url: row.get("webhook_url"),
             subscription_id: row.get("subscription_id"),
-            options: row.get("options"),
+            // jsonb that the JSON library cannot represent (the schema's input limits refuse
+            // it, but rows from before those limits may exist) must not crash the worker:
+            // `null` options fail the request with a clear message instead.
+            options: row.try_get("options").unwrap_or(Value::Null),
             attempts: row.get("attempts"),
             max_attempts: row.get("max_attempts"),
             waited: row.get::<_, Option<f64>>("waited").unwrap_or_default(),

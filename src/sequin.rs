@@ -424,10 +424,12 @@ impl SequinClient {
     }
 
     /// Every HTTP endpoint of the account (reconcile's orphan scan; one call, no paging).
+    /// Counted as `get_endpoint`: the `operation` label values are fixed by the metrics
+    /// contract (DESIGN.md §6).
     pub async fn list_endpoints(&self) -> Result<Vec<Value>, SequinError> {
         let value = self
             .send(
-                "list_endpoints",
+                "get_endpoint",
                 Method::GET,
                 "/destinations/http_endpoints",
                 None,
@@ -438,8 +440,9 @@ impl SequinClient {
 
     /// Every sink of the account. Sequin silently leaves out sinks it cannot render, so this
     /// is only good for finding extra resources, never for proving one is missing.
+    /// Counted as `get_sink` (see `list_endpoints`).
     pub async fn list_sinks(&self) -> Result<Vec<Value>, SequinError> {
-        let value = self.send("list_sinks", Method::GET, "/sinks", None).await?;
+        let value = self.send("get_sink", Method::GET, "/sinks", None).await?;
         Ok(data_list(value))
     }
 

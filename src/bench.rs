@@ -428,7 +428,7 @@ async fn pickup(admin_url: &str, rate: u32, count: u32) -> Result<Value, BenchEr
             "select percentile_cont(0.5) within group (order by w),
                     percentile_cont(0.99) within group (order by w),
                     max(w), count(*)
-               from (select extract(epoch from claimed_at - created_at) * 1000 as w
+               from (select (extract(epoch from claimed_at - created_at) * 1000)::float8 as w
                        from userhooks.subscription_requests where claimed_at is not null) t",
             &[],
         )

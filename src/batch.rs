@@ -26,6 +26,21 @@ pub trait BatchOp: Send + Sync + 'static {
         tx: &'a Transaction<'a>,
         item: &'a Self::Item,
     ) -> impl Future<Output = Result<Self::Output, DbError>> + Send + 'a;
+
+    /// Run a whole batch; by default each item's statements, pipelined. Override with a
+    /// set-based version when one statement can do all items.
+    fn run_all<'a>(
+        &'a self,
+        tx: &'a Transaction<'a>,
+        items: &'a [&'a Self::Item],
+    ) -> impl Future<Output = Result<Vec<Self::Output>, DbError>> + Send + 'a {
+        async move {
+            futures_util::future::join_all(items.iter().map(|item| self.run(tx, item)))
+                .await
+                .into_iter()
+                .collect()
+        }
+    }
 }
 
 /// Upper bound of one batch (keeps a transaction short).
@@ -124,10 +139,7 @@ async fn run_batch<Op: BatchOp>(
 ) -> Result<Vec<Op::Output>, DbError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    let outputs = futures_util::future::join_all(items.iter().map(|item| op.run(&tx, item)))
-        .await
-        .into_iter()
-        .collect::<Result<Vec<_>, _>>()?;
+    let outputs = op.run_all(&tx, items).await?;
     tx.commit().await?;
     Ok(outputs)
 }

@@ -4,7 +4,6 @@ use std::time::Duration;
 
 use deadpool_postgres::Pool;
 use serde_json::Value;
-use tokio_postgres::types::ToSql;
 
 use crate::db::DbError;
 
@@ -247,171 +246,222 @@ pub async fn write_back(
 ) -> Result<WriteBack, DbError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    let written = write_one(&tx, worker_id, request, outcome).await?;
+    let written = write_back_many(&tx, worker_id, &[(request, outcome)]).await?;
     tx.commit().await?;
-    Ok(written)
+    Ok(written.into_iter().next().unwrap_or(WriteBack::LeaseLost))
 }
 
-/// The fenced update of one request, then (only if the fence held) its subscription changes.
-pub async fn write_one(
+/// The fenced update of many requests in one statement; only where the fence holds.
+/// `uncount` gives back the attempt of an auth rejection (not the request's fault);
+/// a `pending` outcome keeps the previous result and is due after `delay`.
+const WRITE_BACK_SQL: &str = "
+update userhooks.subscription_requests r
+   set status = u.status,
+       result = case when u.status = 'pending' then r.result else u.result end,
+       last_error = u.last_error,
+       run_at = case when u.status = 'pending' then now() + make_interval(secs => u.delay)
+                     else r.run_at end,
+       attempts = r.attempts - u.uncount,
+       locked_by = null,
+       locked_until = null,
+       finished_at = case when u.status = 'pending' then null else now() end,
+       updated_at = now()
+  from unnest($1::bigint[], $2::int[], $3::text[], $4::jsonb[], $5::text[], $6::float8[], $7::int[])
+       as u(id, attempts, status, result, last_error, delay, uncount)
+ where r.id = u.id and r.attempts = u.attempts and r.locked_by = $8 and r.status = 'running'
+returning r.id";
+
+const ACTIVATE_SQL: &str = "
+update userhooks.webhook_subscriptions s
+   set status = 'active', sequin_endpoint_id = u.endpoint_id::uuid, sequin_sink_id = u.sink_id::uuid,
+       endpoint_name = u.endpoint_name, sink_name = u.sink_name, updated_at = now()
+  from unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[])
+       as u(id, endpoint_id, sink_id, endpoint_name, sink_name)
+ where s.id = u.id";
+
+const SET_STATUS_SQL: &str = "
+update userhooks.webhook_subscriptions s
+   set status = u.status, updated_at = now(),
+       deleted_at = case when u.status = 'deleted' then now() else s.deleted_at end
+  from unnest($1::bigint[], $2::text[]) as u(id, status)
+ where s.id = u.id";
+
+/// Write many outcomes back inside `tx`, set-based: one statement for all request rows and
+/// one per kind of subscription change, whatever the batch size (per-statement work such
+/// as loading CHECK constraints and trigger conditions is paid once). Each request is
+/// fenced on its own lease; a request whose lease was lost changes nothing.
+pub async fn write_back_many(
     tx: &deadpool_postgres::Transaction<'_>,
     worker_id: &str,
-    request: &Request,
-    outcome: &Outcome,
-) -> Result<WriteBack, DbError> {
-    let fence: [&(dyn ToSql + Sync); 3] = [&request.id, &request.attempts, &worker_id];
-    let updated = match outcome {
-        Outcome::Succeeded { result, .. } => {
-            let sql = format!(
-                "update userhooks.subscription_requests
-                    set status = 'succeeded', result = $4, last_error = null,
-                        locked_by = null, locked_until = null,
-                        finished_at = now(), updated_at = now() {FENCE}"
-            );
-            let st = tx.prepare_cached(&sql).await?;
-            tx.execute(&st, &[fence[0], fence[1], fence[2], result])
-                .await?
-        }
-        Outcome::Failed {
-            kind,
-            message,
-            status,
-            details,
-            ..
-        } => {
-            let mut error = serde_json::json!({"kind": kind, "summary": message});
-            if let Some(status) = status {
-                error["status"] = (*status).into();
+    items: &[(&Request, &Outcome)],
+) -> Result<Vec<WriteBack>, DbError> {
+    let n = items.len();
+    let mut ids = Vec::with_capacity(n);
+    let mut attempts = Vec::with_capacity(n);
+    let mut statuses = Vec::with_capacity(n);
+    let mut results: Vec<Option<Value>> = Vec::with_capacity(n);
+    let mut errors: Vec<Option<String>> = Vec::with_capacity(n);
+    let mut delays = Vec::with_capacity(n);
+    let mut uncounts = Vec::with_capacity(n);
+    for (request, outcome) in items {
+        ids.push(request.id);
+        attempts.push(request.attempts);
+        let (status, result, error, delay, uncount) = match outcome {
+            Outcome::Succeeded { result, .. } => ("succeeded", Some(result.clone()), None, 0.0, 0),
+            Outcome::Failed {
+                kind,
+                message,
+                status,
+                details,
+                ..
+            } => {
+                let mut error = serde_json::json!({"kind": kind, "summary": message});
+                if let Some(status) = status {
+                    error["status"] = (*status).into();
+                }
+                if let Some(details) = details {
+                    error["details"] = details.clone();
+                }
+                let result = serde_json::json!({ "error": error });
+                ("failed", Some(result), Some(message.clone()), 0.0, 0)
             }
-            if let Some(details) = details {
-                error["details"] = details.clone();
-            }
-            let result = serde_json::json!({ "error": error });
-            let sql = format!(
-                "update userhooks.subscription_requests
-                    set status = 'failed', result = $4, last_error = $5,
-                        locked_by = null, locked_until = null,
-                        finished_at = now(), updated_at = now() {FENCE}"
-            );
-            let st = tx.prepare_cached(&sql).await?;
-            tx.execute(&st, &[fence[0], fence[1], fence[2], &result, message])
-                .await?
-        }
-        Outcome::Retry { message, delay } => {
-            let sql = format!(
-                "update userhooks.subscription_requests
-                    set status = 'pending', last_error = $4,
-                        run_at = now() + make_interval(secs => $5),
-                        locked_by = null, locked_until = null, updated_at = now() {FENCE}"
-            );
-            let st = tx.prepare_cached(&sql).await?;
-            let secs = delay.as_secs_f64();
-            tx.execute(&st, &[fence[0], fence[1], fence[2], message, &secs])
-                .await?
-        }
-        Outcome::AuthRejected { message } => {
-            let sql = format!(
-                "update userhooks.subscription_requests
-                    set status = 'pending', last_error = $4, attempts = attempts - 1,
-                        run_at = now(), locked_by = null, locked_until = null,
-                        updated_at = now() {FENCE}"
-            );
-            let st = tx.prepare_cached(&sql).await?;
-            tx.execute(&st, &[fence[0], fence[1], fence[2], message])
-                .await?
-        }
-    };
-    if updated == 0 {
-        return Ok(WriteBack::LeaseLost);
+            Outcome::Retry { message, delay } => (
+                "pending",
+                None,
+                Some(message.clone()),
+                delay.as_secs_f64(),
+                0,
+            ),
+            Outcome::AuthRejected { message } => ("pending", None, Some(message.clone()), 0.0, 1),
+        };
+        statuses.push(status);
+        results.push(result);
+        errors.push(error);
+        delays.push(delay);
+        uncounts.push(uncount);
     }
-    let changes = match outcome {
-        Outcome::Succeeded { changes, .. } | Outcome::Failed { changes, .. } => changes.as_slice(),
-        _ => &[],
-    };
-    for change in changes {
-        apply_change(tx, change).await?;
-    }
-    Ok(WriteBack::Applied)
-}
+    let statement = tx.prepare_cached(WRITE_BACK_SQL).await?;
+    let applied: std::collections::HashSet<i64> = tx
+        .query(
+            &statement,
+            &[
+                &ids, &attempts, &statuses, &results, &errors, &delays, &uncounts, &worker_id,
+            ],
+        )
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
 
-async fn apply_change(
-    tx: &deadpool_postgres::Transaction<'_>,
-    change: &Change,
-) -> Result<(), DbError> {
-    match change {
-        Change::Activate {
-            subscription_id,
-            endpoint_id,
-            sink_id,
-            endpoint_name,
-            sink_name,
-        } => {
-            let st = tx
-                .prepare_cached(
-                    "update userhooks.webhook_subscriptions
-                        set status = 'active', sequin_endpoint_id = $2::text::uuid,
-                            sequin_sink_id = $3::text::uuid, endpoint_name = $4, sink_name = $5,
-                            updated_at = now()
-                      where id = $1",
-                )
-                .await?;
-            tx.execute(
-                &st,
-                &[
+    let mut activate: (Vec<i64>, Vec<&str>, Vec<&str>, Vec<&str>, Vec<&str>) = Default::default();
+    let mut set_status: (Vec<i64>, Vec<&str>) = Default::default();
+    let mut set_fields = Vec::new();
+    for (request, outcome) in items {
+        if !applied.contains(&request.id) {
+            continue;
+        }
+        let changes = match outcome {
+            Outcome::Succeeded { changes, .. } | Outcome::Failed { changes, .. } => {
+                changes.as_slice()
+            }
+            _ => &[],
+        };
+        for change in changes {
+            match change {
+                Change::Activate {
                     subscription_id,
                     endpoint_id,
                     sink_id,
                     endpoint_name,
                     sink_name,
-                ],
-            )
-            .await?;
-        }
-        Change::SetStatus {
-            subscription_id,
-            status,
-        } => {
-            let st = tx
-                .prepare_cached(
-                    "update userhooks.webhook_subscriptions
-                        set status = $2, updated_at = now(),
-                            deleted_at = case when $2 = 'deleted' then now() else deleted_at end
-                      where id = $1",
-                )
-                .await?;
-            tx.execute(&st, &[subscription_id, status]).await?;
-        }
-        Change::SetFields {
-            subscription_id,
-            endpoint,
-            transform,
-            actions,
-        } => {
-            let st = tx
-                .prepare_cached(
-                    "update userhooks.webhook_subscriptions
-                        set endpoint = coalesce($2, endpoint),
-                            transform = case when $3 then $4 else transform end,
-                            actions = coalesce($5, actions),
-                            updated_at = now()
-                      where id = $1",
-                )
-                .await?;
-            let set_transform = transform.is_some();
-            let new_transform = transform.clone().flatten();
-            tx.execute(
-                &st,
-                &[
+                } => {
+                    activate.0.push(*subscription_id);
+                    activate.1.push(endpoint_id);
+                    activate.2.push(sink_id);
+                    activate.3.push(endpoint_name);
+                    activate.4.push(sink_name);
+                }
+                Change::SetStatus {
                     subscription_id,
-                    endpoint,
-                    &set_transform,
-                    &new_transform,
-                    actions,
-                ],
-            )
-            .await?;
+                    status,
+                } => {
+                    set_status.0.push(*subscription_id);
+                    set_status.1.push(status);
+                }
+                Change::SetFields { .. } => set_fields.push(change),
+            }
         }
     }
+    if !activate.0.is_empty() {
+        let st = tx.prepare_cached(ACTIVATE_SQL).await?;
+        tx.execute(
+            &st,
+            &[
+                &activate.0,
+                &activate.1,
+                &activate.2,
+                &activate.3,
+                &activate.4,
+            ],
+        )
+        .await?;
+    }
+    if !set_status.0.is_empty() {
+        let st = tx.prepare_cached(SET_STATUS_SQL).await?;
+        tx.execute(&st, &[&set_status.0, &set_status.1]).await?;
+    }
+    for change in set_fields {
+        set_subscription_fields(tx, change).await?;
+    }
+    Ok(items
+        .iter()
+        .map(|(request, _)| {
+            if applied.contains(&request.id) {
+                WriteBack::Applied
+            } else {
+                WriteBack::LeaseLost
+            }
+        })
+        .collect())
+}
+
+/// The fields an `update` changed (rare: one statement each).
+async fn set_subscription_fields(
+    tx: &deadpool_postgres::Transaction<'_>,
+    change: &Change,
+) -> Result<(), DbError> {
+    let Change::SetFields {
+        subscription_id,
+        endpoint,
+        transform,
+        actions,
+    } = change
+    else {
+        return Ok(());
+    };
+    let st = tx
+        .prepare_cached(
+            "update userhooks.webhook_subscriptions
+                set endpoint = coalesce($2, endpoint),
+                    transform = case when $3 then $4 else transform end,
+                    actions = coalesce($5, actions),
+                    updated_at = now()
+              where id = $1",
+        )
+        .await?;
+    let set_transform = transform.is_some();
+    let new_transform = transform.clone().flatten();
+    tx.execute(
+        &st,
+        &[
+            subscription_id,
+            endpoint,
+            &set_transform,
+            &new_transform,
+            actions,
+        ],
+    )
+    .await?;
     Ok(())
 }
 

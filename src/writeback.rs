@@ -15,12 +15,23 @@ impl BatchOp for WriteBackOp {
     type Item = (Request, Outcome);
     type Output = WriteBack;
 
-    fn run<'a>(
+    async fn run<'a>(
         &'a self,
         tx: &'a Transaction<'a>,
         (request, outcome): &'a Self::Item,
-    ) -> impl std::future::Future<Output = Result<WriteBack, DbError>> + Send + 'a {
-        queue::write_one(tx, &self.worker_id, request, outcome)
+    ) -> Result<WriteBack, DbError> {
+        let mut written =
+            queue::write_back_many(tx, &self.worker_id, &[(request, outcome)]).await?;
+        Ok(written.pop().unwrap_or(WriteBack::LeaseLost))
+    }
+
+    async fn run_all<'a>(
+        &'a self,
+        tx: &'a Transaction<'a>,
+        items: &'a [&'a Self::Item],
+    ) -> Result<Vec<WriteBack>, DbError> {
+        let pairs: Vec<(&Request, &Outcome)> = items.iter().map(|(r, o)| (r, o)).collect();
+        queue::write_back_many(tx, &self.worker_id, &pairs).await
     }
 }
 

@@ -353,7 +353,7 @@ pub async fn write_back_many(
         .map(|row| row.get(0))
         .collect();
 
-    let mut activate: (Vec<i64>, Vec<&str>, Vec<&str>, Vec<&str>, Vec<&str>) = Default::default();
+    let mut activate = ActivateColumns::default();
     let mut set_status: (Vec<i64>, Vec<&str>) = Default::default();
     let mut set_fields = Vec::new();
     for (request, outcome) in items {
@@ -375,11 +375,11 @@ pub async fn write_back_many(
                     endpoint_name,
                     sink_name,
                 } => {
-                    activate.0.push(*subscription_id);
-                    activate.1.push(endpoint_id);
-                    activate.2.push(sink_id);
-                    activate.3.push(endpoint_name);
-                    activate.4.push(sink_name);
+                    activate.ids.push(*subscription_id);
+                    activate.endpoint_ids.push(endpoint_id);
+                    activate.sink_ids.push(sink_id);
+                    activate.endpoint_names.push(endpoint_name);
+                    activate.sink_names.push(sink_name);
                 }
                 Change::SetStatus {
                     subscription_id,
@@ -423,6 +423,16 @@ pub async fn write_back_many(
             }
         })
         .collect())
+}
+
+/// The parameters of [`ACTIVATE_SQL`], one array per column.
+#[derive(Default)]
+struct ActivateColumns<'a> {
+    ids: Vec<i64>,
+    endpoint_ids: Vec<&'a str>,
+    sink_ids: Vec<&'a str>,
+    endpoint_names: Vec<&'a str>,
+    sink_names: Vec<&'a str>,
 }
 
 /// The fields an `update` changed (rare: one statement each).

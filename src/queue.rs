@@ -392,16 +392,16 @@ pub async fn write_back_many(
             }
         }
     }
-    if !activate.0.is_empty() {
+    if !activate.ids.is_empty() {
         let st = tx.prepare_cached(ACTIVATE_SQL).await?;
         tx.execute(
             &st,
             &[
-                &activate.0,
-                &activate.1,
-                &activate.2,
-                &activate.3,
-                &activate.4,
+                &activate.ids,
+                &activate.endpoint_ids,
+                &activate.sink_ids,
+                &activate.endpoint_names,
+                &activate.sink_names,
             ],
         )
         .await?;

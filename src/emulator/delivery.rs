@@ -624,7 +624,7 @@ fn target(db: &Db, sink_id: Uuid) -> Option<Option<Target>> {
     if sink.status != "active" {
         return Some(None);
     }
-    let endpoint = db.endpoints.iter().find(|e| e.id == sink.endpoint_id)?;
+    let endpoint = db.endpoint_by_id(sink.endpoint_id)?;
     let url = match &sink.endpoint_path {
         Some(p) => format!("{}{}", endpoint.url.trim_end_matches('/'), p),
         None => endpoint.url.clone(),

@@ -245,7 +245,7 @@ fn ecto_uuid(s: &str) -> Option<Uuid> {
 
 fn find_endpoint(db: &Db, id_or_name: &str) -> Option<usize> {
     match sequin_uuid(id_or_name) {
-        Some(u) => db.endpoints.iter().position(|e| e.id == u),
+        Some(u) => db.endpoint_ids.get(&u).copied(),
         None => db.endpoint_names.get(id_or_name).copied(),
     }
 }
@@ -559,7 +559,9 @@ fn upsert_endpoint(db: &mut Db, params: &Map<String, Value>, existing: Option<us
                 headers: Map::new(),
                 encrypted_headers: Map::new(),
             });
-            db.endpoints.len() - 1
+            let idx = db.endpoints.len() - 1;
+            db.endpoint_ids.insert(db.endpoints[idx].id, idx);
+            idx
         }
     };
     let e = &mut db.endpoints[idx];

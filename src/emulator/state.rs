@@ -269,6 +269,8 @@ pub(crate) struct Db {
     /// thousands of resources (the benchmark's scale). Kept in sync by `reindex_*`.
     pub endpoint_names: HashMap<String, usize>,
     pub sink_names: HashMap<String, usize>,
+    /// Endpoint id → position (sinks refer to endpoints by id).
+    pub endpoint_ids: HashMap<Uuid, usize>,
 }
 
 /// `"table"` means `public.table`.
@@ -295,10 +297,11 @@ impl Db {
             delivery: false,
             endpoint_names: HashMap::new(),
             sink_names: HashMap::new(),
+            endpoint_ids: HashMap::new(),
         }
     }
 
-    /// Rebuild the endpoint name index (after a removal or rename).
+    /// Rebuild the endpoint indexes (after a removal or rename).
     pub fn reindex_endpoints(&mut self) {
         self.endpoint_names = self
             .endpoints
@@ -306,6 +309,17 @@ impl Db {
             .enumerate()
             .map(|(i, e)| (e.name.clone(), i))
             .collect();
+        self.endpoint_ids = self
+            .endpoints
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.id, i))
+            .collect();
+    }
+
+    /// The endpoint with this id.
+    pub fn endpoint_by_id(&self, id: Uuid) -> Option<&Endpoint> {
+        self.endpoint_ids.get(&id).map(|&i| &self.endpoints[i])
     }
 
     /// Rebuild the sink name index (after a removal or rename).
@@ -395,11 +409,7 @@ impl Db {
 
     pub fn render_sink(&self, s: &Sink, with_health: bool) -> Value {
         let now = Instant::now();
-        let endpoint_name = self
-            .endpoints
-            .iter()
-            .find(|e| e.id == s.endpoint_id)
-            .map(|e| e.name.clone());
+        let endpoint_name = self.endpoint_by_id(s.endpoint_id).map(|e| e.name.clone());
         let mut active: Vec<&Backfill> = self
             .backfills
             .iter()

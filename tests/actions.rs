@@ -6,9 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use futures_util::StreamExt;
 use serde_json::{json, Value};
-use tokio_postgres::{AsyncMessage, NoTls};
 use userhooks::emulator::{EmulatorConfig, Faults, RouteFaults};
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -51,26 +49,6 @@ fn sink_named<'a>(sinks: &'a [Value], name: &str) -> &'a Value {
         .iter()
         .find(|s| s["name"] == name)
         .expect("sink exists")
-}
-
-async fn listen(db: &TestDb, channel: &str) -> tokio::sync::mpsc::UnboundedReceiver<String> {
-    let config: tokio_postgres::Config = db.url.parse().unwrap();
-    let (client, mut connection) = config.connect(NoTls).await.unwrap();
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        let mut stream = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-        while let Some(Ok(message)) = stream.next().await {
-            if let AsyncMessage::Notification(n) = message {
-                let _ = tx.send(n.payload().to_string());
-            }
-        }
-    });
-    client
-        .batch_execute(&format!("LISTEN {channel}"))
-        .await
-        .unwrap();
-    std::mem::forget(client);
-    rx
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -235,7 +213,7 @@ async fn backfill_progress_is_tracked_to_completed_and_announced() {
         n > 0 && n < 60
     })
     .await;
-    let payload = tokio::time::timeout(WAIT, done.recv())
+    let (_, payload) = tokio::time::timeout(WAIT, done.recv())
         .await
         .unwrap()
         .unwrap();

@@ -5,9 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use futures_util::StreamExt;
 use serde_json::json;
-use tokio_postgres::{AsyncMessage, NoTls};
 
 async fn insert_err(db: &TestDb, sql: &str) -> String {
     let err = db
@@ -138,30 +136,6 @@ async fn fresh_database_migrates_concurrently() {
         .batch_execute(&format!("drop database {name} with (force)"))
         .await
         .unwrap();
-}
-
-async fn listen(
-    db: &TestDb,
-    channel: &str,
-) -> tokio::sync::mpsc::UnboundedReceiver<(String, String)> {
-    let config: tokio_postgres::Config = db.url.parse().unwrap();
-    let (client, mut connection) = config.connect(NoTls).await.unwrap();
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        let mut stream = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-        while let Some(Ok(message)) = stream.next().await {
-            if let AsyncMessage::Notification(n) = message {
-                let _ = tx.send((n.channel().to_string(), n.payload().to_string()));
-            }
-        }
-    });
-    client
-        .batch_execute(&format!("LISTEN {channel}"))
-        .await
-        .unwrap();
-    // Keep the client alive for the life of the test.
-    std::mem::forget(client);
-    rx
 }
 
 #[tokio::test]

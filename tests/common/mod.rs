@@ -241,3 +241,32 @@ pub mod binary;
 pub mod cluster;
 pub mod invariants;
 pub mod proxy;
+
+/// LISTEN on `channel` over a connection of the test's own; yields (channel, payload).
+pub async fn listen(
+    db: &TestDb,
+    channel: &str,
+) -> tokio::sync::mpsc::UnboundedReceiver<(String, String)> {
+    use futures_util::StreamExt;
+    let config: tokio_postgres::Config = db.url.parse().expect("database url");
+    let (client, mut connection) = config
+        .connect(tokio_postgres::NoTls)
+        .await
+        .expect("connect for LISTEN");
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut stream = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(Ok(message)) = stream.next().await {
+            if let tokio_postgres::AsyncMessage::Notification(n) = message {
+                let _ = tx.send((n.channel().to_string(), n.payload().to_string()));
+            }
+        }
+    });
+    client
+        .batch_execute(&format!("LISTEN {channel}"))
+        .await
+        .expect("LISTEN");
+    // The connection lives as long as the test: keep its client.
+    std::mem::forget(client);
+    rx
+}

@@ -235,6 +235,33 @@ struct Finished {
     result: Option<Value>,
 }
 
+/// `select userhooks.<helper>(user_id)`, then wait for the request to succeed.
+async fn enqueue_and_wait(
+    client: &tokio_postgres::Client,
+    helper: &str,
+    user_id: i32,
+) -> Result<Finished, DemoError> {
+    // `helper` is one of our own SQL helper names, never user input.
+    let request: i64 = client
+        .query_one(
+            &format!("select userhooks.{helper}($1)"),
+            &[&user_id.to_string()],
+        )
+        .await?
+        .get(0);
+    let finished = wait_requests(client, &[request], Duration::from_secs(30))
+        .await?
+        .remove(0);
+    if finished.status != "succeeded" {
+        return Err(DemoError::Check(format!(
+            "{helper} request {}: {}",
+            finished.status,
+            finished.last_error.unwrap_or_default()
+        )));
+    }
+    Ok(finished)
+}
+
 async fn wait_requests(
     client: &tokio_postgres::Client,
     ids: &[i64],
@@ -553,20 +580,7 @@ async fn story(
     // 6. Backfill one user's history, with live progress.
     let (bf_id, bf_name) = (subscribed[0].0, subscribed[0].1.clone());
     let bf_mark = max_id(client).await?;
-    let request: i64 = client
-        .query_one("select userhooks.backfill($1)", &[&bf_id.to_string()])
-        .await?
-        .get(0);
-    let finished = wait_requests(client, &[request], Duration::from_secs(30))
-        .await?
-        .remove(0);
-    if finished.status != "succeeded" {
-        return Err(DemoError::Check(format!(
-            "backfill request {}: {}",
-            finished.status,
-            finished.last_error.unwrap_or_default()
-        )));
-    }
+    let finished = enqueue_and_wait(client, "backfill", bf_id).await?;
     let expected_read: Option<BTreeSet<i64>> = {
         let result = finished.result.unwrap_or(Value::Null);
         let backfill_id = result.get("backfill_id").and_then(Value::as_i64);
@@ -620,20 +634,7 @@ async fn story(
 
     // 7. Unsubscribe one user; their deliveries stop, the others' go on.
     let (un_id, un_name) = (subscribed[2].0, subscribed[2].1.clone());
-    let request: i64 = client
-        .query_one("select userhooks.unsubscribe($1)", &[&un_id.to_string()])
-        .await?
-        .get(0);
-    let finished = wait_requests(client, &[request], Duration::from_secs(30))
-        .await?
-        .remove(0);
-    if finished.status != "succeeded" {
-        return Err(DemoError::Check(format!(
-            "unsubscribe request {}: {}",
-            finished.status,
-            finished.last_error.unwrap_or_default()
-        )));
-    }
+    enqueue_and_wait(client, "unsubscribe", un_id).await?;
     let unsubscribed: Option<String> = Some(un_id.to_string());
     let un_mark = max_id(client).await?;
     let all_ids: Vec<i32> = users.iter().map(|u| u.0).collect();

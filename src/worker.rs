@@ -174,7 +174,6 @@ impl App {
             tasks: JoinSet::new(),
             in_flight: HashMap::new(),
             leases: leases.clone(),
-            backlog: true,
             last_db_error_log: None,
         };
         state.run(shutdown, &wake).await;
@@ -201,8 +200,6 @@ struct Loop {
     in_flight: HashMap<i64, i32>,
     /// The leases the keeper renews, with the signal that tells a task its lease was lost.
     leases: Leases,
-    /// The last claim filled all free capacity, so there is probably more to take.
-    backlog: bool,
     last_db_error_log: Option<Instant>,
 }
 
@@ -311,7 +308,6 @@ impl Loop {
                 return None;
             }
         };
-        self.backlog = claimed.requests.len() == limit;
         for request in claimed.requests {
             if request.attempts == 1 {
                 self.metrics.queue_wait.observe(request.waited);

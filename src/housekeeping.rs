@@ -122,33 +122,22 @@ async fn refresh_gauges(pool: &Pool, metrics: &Metrics, slow: bool) -> Result<()
             &[],
         )
         .await?;
-    set_all(
-        metrics,
-        &metrics.queue_depth,
-        &REQUEST_STATUSES[2..],
-        &terminal,
-    );
+    set_all(&metrics.queue_depth, &REQUEST_STATUSES[2..], &terminal);
     let subscriptions = client
         .query(&grouped("webhook_subscriptions", "status"), &[])
         .await?;
     set_all(
-        metrics,
         &metrics.subscriptions,
         SUBSCRIPTION_STATUSES,
         &subscriptions,
     );
     let backfills = client.query(&grouped("backfills", "state"), &[]).await?;
-    set_all(metrics, &metrics.backfills, BACKFILL_STATES, &backfills);
+    set_all(&metrics.backfills, BACKFILL_STATES, &backfills);
     Ok(())
 }
 
 /// Set every known label (zero when absent from `rows`).
-fn set_all(
-    _metrics: &Metrics,
-    gauge: &prometheus::GaugeVec,
-    labels: &[&str],
-    rows: &[tokio_postgres::Row],
-) {
+fn set_all(gauge: &prometheus::GaugeVec, labels: &[&str], rows: &[tokio_postgres::Row]) {
     for label in labels {
         let value = rows
             .iter()

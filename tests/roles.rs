@@ -50,21 +50,7 @@ impl TestRole {
 
 impl Drop for TestRole {
     fn drop(&mut self) {
-        let name = self.name.clone();
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                if let Ok(admin) = userhooks::db::connect(&server_url(), "userhooks-tests").await {
-                    let _ = admin
-                        .batch_execute(&format!("drop role if exists {name}"))
-                        .await;
-                }
-            });
-        })
-        .join();
+        common::admin_sql_blocking(format!("drop role if exists {}", self.name));
     }
 }
 

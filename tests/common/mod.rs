@@ -115,23 +115,28 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        let name = self.name.clone();
-        // Drop runs outside async context: use a private runtime on a plain thread.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                if let Ok(admin) = userhooks::db::connect(&server_url(), "userhooks-tests").await {
-                    let _ = admin
-                        .batch_execute(&format!("drop database if exists {name} with (force)"))
-                        .await;
-                }
-            });
-        })
-        .join();
+        admin_sql_blocking(format!(
+            "drop database if exists {} with (force)",
+            self.name
+        ));
     }
+}
+
+/// Run one statement on the server's admin database from outside async context (a `Drop`):
+/// a private runtime on a plain thread. Failures are ignored (best-effort cleanup).
+pub fn admin_sql_blocking(sql: String) {
+    let _ = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            if let Ok(admin) = userhooks::db::connect(&server_url(), "userhooks-tests").await {
+                let _ = admin.batch_execute(&sql).await;
+            }
+        });
+    })
+    .join();
 }
 
 #[derive(Debug)]

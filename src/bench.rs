@@ -353,7 +353,7 @@ async fn burn_down(
         )
         .await?;
     let succeeded: i64 = stats.get(0);
-    let calls = emulator.as_ref().map(|e| e.calls().len());
+    let calls = emulator.as_ref().map(|e| e.call_count());
     let result = json!({
         "mode": "burn-down",
         "requests": requests,

@@ -183,7 +183,11 @@ impl Resource {
 pub struct SequinClient {
     http: reqwest::Client,
     base: Arc<str>,
+    /// `base` parsed once: each call then only sets its path (no full URL parse per call).
+    base_url: Option<url::Url>,
     token: Secret,
+    /// `Bearer <token>`, built once and marked sensitive (never shown in Debug output).
+    authorization: Option<HeaderValue>,
     metrics: Arc<Metrics>,
     timeout: Duration,
     /// In-process retries of one call before giving up to the caller.
@@ -196,12 +200,25 @@ impl SequinClient {
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(5)))
             .pool_max_idle_per_host(256)
+            // The Management API never redirects; following one would carry the token
+            // elsewhere. A 3xx is answered as an error instead. Retries are ours alone.
+            .redirect(reqwest::redirect::Policy::none())
+            .retry(reqwest::retry::never())
             .build()
             .expect("a default reqwest client builds");
+        let base = base.trim_end_matches('/');
+        let authorization = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
+            .ok()
+            .map(|mut value| {
+                value.set_sensitive(true);
+                value
+            });
         SequinClient {
             http,
-            base: base.trim_end_matches('/').into(),
+            base: base.into(),
+            base_url: url::Url::parse(base).ok().filter(|u| !u.cannot_be_a_base()),
             token,
+            authorization,
             metrics,
             timeout,
             in_process_retries: 2,
@@ -222,12 +239,23 @@ impl SequinClient {
         path: &str,
         body: Option<&Value>,
     ) -> Result<Value, SequinError> {
-        let url = format!("{}{}", self.base, path);
-        let mut request = self
-            .http
-            .request(method.clone(), &url)
-            .header(ACCEPT, HeaderValue::from_static("application/json"))
-            .header(AUTHORIZATION, format!("Bearer {}", self.token.expose()));
+        let request = match &self.base_url {
+            Some(base) => {
+                let mut url = base.clone();
+                url.set_path(&format!("{}{}", base.path().trim_end_matches('/'), path));
+                self.http.request(method.clone(), url)
+            }
+            // Not a URL: reqwest reports it as a transport error on send.
+            None => self
+                .http
+                .request(method.clone(), format!("{}{}", self.base, path)),
+        };
+        let request = request.header(ACCEPT, HeaderValue::from_static("application/json"));
+        let mut request = match &self.authorization {
+            Some(value) => request.header(AUTHORIZATION, value.clone()),
+            // Characters a header cannot carry: reqwest reports it on send.
+            None => request.header(AUTHORIZATION, format!("Bearer {}", self.token.expose())),
+        };
         if method != Method::GET && method != Method::DELETE {
             // Sequin requires the JSON content type on every write, even with an empty body.
             request = request

@@ -76,7 +76,7 @@ struct Shared {
     token: String,
     db: Mutex<state::Db>,
     faults: Mutex<Faults>,
-    calls: Mutex<Vec<(u64, Call)>>,
+    calls: Mutex<Vec<Recorded>>,
     seq: AtomicU64,
     stop: watch::Sender<bool>,
     delivery: Option<DeliveryConfig>,
@@ -116,8 +116,13 @@ impl Shared {
         self.faults.lock().expect("emulator faults mutex poisoned")
     }
 
-    fn calls_lock(&self) -> std::sync::MutexGuard<'_, Vec<(u64, Call)>> {
+    fn calls_lock(&self) -> std::sync::MutexGuard<'_, Vec<Recorded>> {
         self.calls.lock().expect("emulator calls mutex poisoned")
+    }
+
+    /// The call log as [`Call`]s (bodies decoded now, not on the request path).
+    fn calls(&self) -> Vec<Call> {
+        self.calls_lock().iter().map(Recorded::to_call).collect()
     }
 
     fn state_json(&self) -> Value {
@@ -129,6 +134,33 @@ impl Shared {
             "functions": db.functions.iter().map(state::Db::render_function).collect::<Vec<_>>(),
             "backfills": db.backfills.iter().map(|b| db.render_backfill(b)).collect::<Vec<_>>(),
         })
+    }
+}
+
+/// A call as the request path records it: cheap to keep (the body stays the bytes that
+/// arrived, shared, not a copy of the parsed document).
+struct Recorded {
+    seq: u64,
+    method: Method,
+    path: String,
+    operation: &'static str,
+    status: u16,
+    /// The raw body when it parsed as JSON.
+    body: Option<axum::body::Bytes>,
+}
+
+impl Recorded {
+    fn to_call(&self) -> Call {
+        Call {
+            method: self.method.to_string(),
+            path: self.path.clone(),
+            operation: self.operation.to_string(),
+            status: self.status,
+            body: self
+                .body
+                .as_ref()
+                .and_then(|b| serde_json::from_slice(b).ok()),
+        }
     }
 }
 
@@ -170,11 +202,12 @@ impl EmulatorHandle {
 
     /// Every API call, in arrival order.
     pub fn calls(&self) -> Vec<Call> {
-        self.shared
-            .calls_lock()
-            .iter()
-            .map(|(_, c)| c.clone())
-            .collect()
+        self.shared.calls()
+    }
+
+    /// How many API calls arrived (without copying the log).
+    pub fn call_count(&self) -> usize {
+        self.shared.calls_lock().len()
     }
 
     pub fn clear_calls(&self) {
@@ -458,10 +491,14 @@ fn percent_decode(s: &str) -> String {
 }
 
 async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
-    let method = req.method().clone();
-    let uri = req.uri().clone();
-    let headers = req.headers().clone();
-    let bytes = match axum::body::to_bytes(req.into_body(), 16 * 1024 * 1024).await {
+    let (parts, body) = req.into_parts();
+    let axum::http::request::Parts {
+        method,
+        uri,
+        headers,
+        ..
+    } = parts;
+    let bytes = match axum::body::to_bytes(body, 16 * 1024 * 1024).await {
         Ok(b) => b,
         Err(_) => return Resp::summary(413, "Request body too large").into_http(),
     };
@@ -493,16 +530,15 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
     };
 
     let seq = shared.seq.fetch_add(1, Ordering::SeqCst);
-    shared.calls_lock().push((
+    let recorded_body = matches!(parsed, Ok(Some(_))).then(|| bytes.clone());
+    shared.calls_lock().push(Recorded {
         seq,
-        Call {
-            method: method.to_string(),
-            path: path.clone(),
-            operation: operation.to_string(),
-            status: 0,
-            body: parsed.clone().ok().flatten(),
-        },
-    ));
+        method: method.clone(),
+        path: path.clone(),
+        operation,
+        status: 0,
+        body: recorded_body,
+    });
 
     let resp = run(
         &shared,
@@ -516,12 +552,7 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
     .await;
 
     // Search from the end: the call being answered is almost always among the newest.
-    if let Some((_, c)) = shared
-        .calls_lock()
-        .iter_mut()
-        .rev()
-        .find(|(s, _)| *s == seq)
-    {
+    if let Some(c) = shared.calls_lock().iter_mut().rev().find(|c| c.seq == seq) {
         c.status = resp.status;
     }
     resp.into_http()
@@ -681,10 +712,7 @@ fn control(shared: &Shared, method: &Method, path: &str, bytes: &[u8]) -> Resp {
             }
             Err(e) => Resp::summary(400, format!("invalid faults: {e}")),
         },
-        ("GET", "/_emulator/calls") => {
-            let calls: Vec<Call> = shared.calls_lock().iter().map(|(_, c)| c.clone()).collect();
-            Resp::ok(json!(calls))
-        }
+        ("GET", "/_emulator/calls") => Resp::ok(json!(shared.calls())),
         ("DELETE", "/_emulator/calls") => {
             shared.calls_lock().clear();
             Resp::ok(json!({"cleared": true}))

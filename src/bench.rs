@@ -154,8 +154,10 @@ impl WorkerProcess {
         api_url: &str,
         token: &str,
         concurrency: usize,
+        metrics_port: Option<u16>,
     ) -> Result<Self, BenchError> {
         let exe = std::env::current_exe()?;
+        let metrics_addr = metrics_port.map_or("off".to_string(), |p| format!("127.0.0.1:{p}"));
         let child = tokio::process::Command::new(exe)
             .arg("run")
             .env("DATABASE_URL", db_url)
@@ -163,7 +165,7 @@ impl WorkerProcess {
             .env("SEQUIN_API_TOKEN", token)
             .env("SEQUIN_DATABASE", "app")
             .env("USERHOOKS_CONCURRENCY", concurrency.to_string())
-            .env("USERHOOKS_METRICS_ADDR", "off")
+            .env("USERHOOKS_METRICS_ADDR", metrics_addr)
             .env("USERHOOKS_ALLOW_PRIVATE_URLS", "true")
             .env("USERHOOKS_LOG", "warn")
             .env_remove("SEQUIN_API_TOKEN_FILE")
@@ -176,6 +178,16 @@ impl WorkerProcess {
 
     fn pid(&self) -> Option<u32> {
         self.child.id()
+    }
+
+    /// `Err` if the worker has exited (it never should before `stop`).
+    fn check_alive(&mut self) -> Result<(), BenchError> {
+        match self.child.try_wait()? {
+            None => Ok(()),
+            Some(status) => Err(BenchError::Failed(format!(
+                "the worker exited early with {status}"
+            ))),
+        }
     }
 
     /// Peak resident set (VmHWM) in MiB.
@@ -281,6 +293,38 @@ async fn connections(client: &tokio_postgres::Client, name: &str) -> Result<i64,
         .get(0))
 }
 
+/// A free loopback port (bound, then released for the worker to bind a moment later).
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Requests the worker has finished (succeeded or failed), read from its `/metrics`; `None`
+/// while it is not serving them yet.
+async fn finished_requests(http: &reqwest::Client, url: &str) -> Option<i64> {
+    let text = http.get(url).send().await.ok()?.text().await.ok()?;
+    let finished: f64 = text
+        .lines()
+        .filter(|line| {
+            line.starts_with("userhooks_requests_total{")
+                && (line.contains("outcome=\"succeeded\"") || line.contains("outcome=\"failed\""))
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    Some(finished as i64)
+}
+
+async fn open_requests(client: &tokio_postgres::Client) -> Result<i64, BenchError> {
+    Ok(client
+        .query_one(
+            "select count(*) from userhooks.subscription_requests where status in ('pending', 'running')",
+            &[],
+        )
+        .await?
+        .get(0))
+}
+
 async fn burn_down(
     admin_url: &str,
     requests: u32,
@@ -313,21 +357,26 @@ async fn burn_down(
         .await?;
     eprintln!("  {requests} subscribe requests queued; starting the worker (concurrency {concurrency}, Sequin latency {latency_ms} ms)");
     let started = Instant::now();
-    let worker = WorkerProcess::spawn(&bench.url, &api_url, token, concurrency)?;
+    // Progress comes from the worker's own counters: counting open rows in SQL would cost
+    // the database more the more requests are queued, and skew what is measured.
+    let metrics_port = free_port()?;
+    let mut worker =
+        WorkerProcess::spawn(&bench.url, &api_url, token, concurrency, Some(metrics_port))?;
+    let metrics_url = format!("http://127.0.0.1:{metrics_port}/metrics");
+    let http = reqwest::Client::new();
     let mut peak_connections = 0;
     let mut peak_rss = 0.0f64;
+    let mut finished = 0;
     loop {
-        let open: i64 = client
-            .query_one(
-                "select count(*) from userhooks.subscription_requests where status in ('pending', 'running')",
-                &[],
-            )
-            .await?
-            .get(0);
+        worker.check_alive()?;
+        finished = finished_requests(&http, &metrics_url)
+            .await
+            .unwrap_or(finished);
         peak_connections = peak_connections.max(connections(&client, &bench.name).await?);
         peak_rss = peak_rss.max(worker.peak_rss_mib().unwrap_or(0.0));
-        progress("done", total - open, total, started);
-        if open == 0 {
+        progress("done", finished.min(total), total, started);
+        // The counters say all are done; the table confirms it.
+        if finished >= total && open_requests(&client).await? == 0 {
             break;
         }
         if started.elapsed() > Duration::from_secs(600) {
@@ -335,7 +384,6 @@ async fn burn_down(
                 "not finished after 10 minutes".to_string(),
             ));
         }
-        // Watching costs the database too (the count scans the open requests): not too often.
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let elapsed = started.elapsed().as_secs_f64();
@@ -387,7 +435,7 @@ async fn pickup(admin_url: &str, rate: u32, count: u32) -> Result<Value, BenchEr
     let client = db::connect(&bench.url, "userhooks-bench").await?;
     let token = "bench-token";
     let emulator = start_emulator(token, 0).await?;
-    let worker = WorkerProcess::spawn(&bench.url, &emulator.api_url(), token, 64)?;
+    let worker = WorkerProcess::spawn(&bench.url, &emulator.api_url(), token, 64, None)?;
     // Let the worker connect and settle.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let insert = client
@@ -466,7 +514,7 @@ async fn idle(admin_url: &str, seconds: u64) -> Result<Value, BenchError> {
     let bench = BenchDb::create(admin_url).await?;
     let token = "bench-token";
     let emulator = start_emulator(token, 0).await?;
-    let worker = WorkerProcess::spawn(&bench.url, &emulator.api_url(), token, 64)?;
+    let worker = WorkerProcess::spawn(&bench.url, &emulator.api_url(), token, 64, None)?;
     let admin = db::connect(admin_url, "userhooks-bench").await?;
     // Let start-up work (filter function, first gauges, retention) pass and its statistics
     // reach pg_stat_database (backends report them with a delay of up to a few seconds).

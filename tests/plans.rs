@@ -1,0 +1,133 @@
+//! The worker's set-based statements keep their plans on a large queue whose statistics are
+//! stale (never analysed here, as on a busy table between autovacuum runs): rows are found
+//! by primary key, never by reading the whole table once per batch or per row.
+
+mod common;
+
+use common::*;
+use userhooks::queue::{ACTIVATE_SQL, CLAIM_SQL, WRITE_BACK_SQL};
+
+/// 20,000 open requests, the first `running` of them leased by worker `w`; no ANALYZE.
+async fn large_unanalysed_queue(db: &TestDb, running: i64) -> tokio_postgres::Client {
+    let client = db.client().await;
+    client
+        .batch_execute(&format!(
+            "insert into userhooks.subscription_requests (action, user_id, webhook_url)
+             select 'subscribe', 'u' || g, 'https://hooks.example.com/' || g
+               from generate_series(1, 20000) g;
+             update userhooks.subscription_requests
+                set status = 'running', attempts = 1, locked_by = 'w',
+                    locked_until = now() + interval '1 minute'
+              where id <= {running};
+             insert into userhooks.webhook_subscriptions (user_id, endpoint, source_table)
+             select 'u' || g, 'https://hooks.example.com/' || g, 'public.orders'
+               from generate_series(1, 20000) g;"
+        ))
+        .await
+        .unwrap();
+    client
+}
+
+/// The plan for these parameters, then the generic plan a long-lived prepared statement
+/// may switch to (the worker prepares each statement once per connection).
+async fn plan(
+    client: &tokio_postgres::Client,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> String {
+    let lines = |rows: Vec<tokio_postgres::Row>| {
+        rows.iter()
+            .map(|row| row.get::<_, String>(0))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let custom = lines(
+        client
+            .query(&format!("explain (costs off) {sql}"), params)
+            .await
+            .unwrap(),
+    );
+    let nulls = vec!["null"; params.len()].join(", ");
+    client
+        .batch_execute(&format!(
+            "prepare planned as {sql}; set plan_cache_mode = force_generic_plan"
+        ))
+        .await
+        .unwrap();
+    let generic = lines(
+        client
+            .query(
+                &format!("explain (costs off) execute planned({nulls})"),
+                &[],
+            )
+            .await
+            .unwrap(),
+    );
+    client
+        .batch_execute("deallocate planned; reset plan_cache_mode")
+        .await
+        .unwrap();
+    format!("{custom}\n-- generic plan --\n{generic}")
+}
+
+#[tokio::test]
+async fn write_back_finds_the_batch_by_primary_key_on_a_large_unanalysed_queue() {
+    let db = TestDb::new().await;
+    let client = large_unanalysed_queue(&db, 200).await;
+    let ids: Vec<i64> = (1..=200).collect();
+    let attempts = vec![1i32; 200];
+    let statuses = vec!["succeeded"; 200];
+    let results = vec![Some(serde_json::json!({"ok": true})); 200];
+    let errors: Vec<Option<String>> = vec![None; 200];
+    let delays = vec![0f64; 200];
+    let uncounts = vec![0i32; 200];
+    let plan = plan(
+        &client,
+        WRITE_BACK_SQL,
+        &[
+            &ids, &attempts, &statuses, &results, &errors, &delays, &uncounts, &"w",
+        ],
+    )
+    .await;
+    assert!(plan.contains("subscription_requests_pkey"), "{plan}");
+    assert!(!plan.contains("Seq Scan"), "{plan}");
+    assert!(!plan.contains("Nested Loop"), "{plan}");
+}
+
+#[tokio::test]
+async fn claim_reads_the_queue_in_order_and_updates_by_primary_key_on_a_large_unanalysed_queue() {
+    let db = TestDb::new().await;
+    let client = large_unanalysed_queue(&db, 0).await;
+    let plan = plan(&client, CLAIM_SQL, &[&256i64, &"w", &60f64]).await;
+    assert!(
+        plan.matches(
+            "Index Scan using subscription_requests_claimable_idx on subscription_requests r\n"
+        )
+        .count()
+            == 2,
+        "{plan}"
+    );
+    assert!(!plan.contains("Sort"), "{plan}");
+    assert!(!plan.contains("Hash Anti Join"), "{plan}");
+    assert!(plan.contains("subscription_requests_pkey"), "{plan}");
+    assert!(!plan.contains("Seq Scan"), "{plan}");
+}
+
+#[tokio::test]
+async fn activation_finds_subscriptions_by_primary_key_on_a_large_unanalysed_table() {
+    let db = TestDb::new().await;
+    let client = large_unanalysed_queue(&db, 0).await;
+    let ids: Vec<i64> = (1..=200).collect();
+    let uuid = "7f0c2a4e-5b1d-4c3e-9a8f-0123456789ab";
+    let uuids = vec![uuid; 200];
+    let names: Vec<String> = (1..=200).map(|i| format!("n{i}")).collect();
+    let plan = plan(
+        &client,
+        ACTIVATE_SQL,
+        &[&ids, &uuids, &uuids, &names, &names],
+    )
+    .await;
+    assert!(plan.contains("webhook_subscriptions_pkey"), "{plan}");
+    assert!(!plan.contains("Seq Scan"), "{plan}");
+    assert!(!plan.contains("Nested Loop"), "{plan}");
+}

@@ -68,7 +68,7 @@ pub async fn poll_due(
                 .get::<_, Option<String>>(2)
                 .unwrap_or_else(|| crate::provision::Names::new(name_prefix, subscription_id).sink);
             match sequin.get_backfill(&sink, &sequin_id).await {
-                Ok(Some(backfill)) => record(pool, id, &backfill.body).await,
+                Ok(Some(backfill)) => record(pool, id, &backfill.body()).await,
                 // The sink is gone (unsubscribed), and its backfills with it.
                 Ok(None) => record(pool, id, &serde_json::json!({"state": "cancelled"})).await,
                 Err(err) => {

@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use crate::config::Config;
 use crate::db::{self, DbError};
 use crate::provision::Names;
-use crate::sequin::{SequinClient, SequinError};
+use crate::sequin::{Resource, SequinClient, SequinError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
@@ -415,12 +415,9 @@ pub async fn reconcile(
                     return Err(format!("subscription {}: {e}", sub.id));
                 }
             };
-            let mut drifts = compare(
-                &config,
-                &sub,
-                endpoint.as_ref().map(|r| &r.body),
-                sink.as_ref().map(|r| &r.body),
-            );
+            let endpoint = endpoint.as_ref().map(Resource::body);
+            let sink = sink.as_ref().map(Resource::body);
+            let mut drifts = compare(&config, &sub, endpoint.as_ref(), sink.as_ref());
             if repair && !drifts.is_empty() {
                 repair_subscription(&sequin, &config, &sub, &mut drifts).await;
             }

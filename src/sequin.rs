@@ -157,25 +157,40 @@ fn parse_retry_after(headers: &HeaderMap) -> Option<Duration> {
     text.trim().parse::<u64>().ok().map(Duration::from_secs)
 }
 
-/// A created or fetched Sequin resource: its id and the full JSON.
+/// A created or fetched Sequin resource: its id, and the response it came in.
+///
+/// The subscribe path needs only the id, so only the id is decoded eagerly; building a full
+/// `Value` of every sink response was a visible share of the worker's CPU. The whole body is
+/// decoded when asked for ([`Resource::body`]).
 #[derive(Clone, Debug)]
 pub struct Resource {
     pub id: String,
-    pub body: Value,
+    text: String,
 }
 
 impl Resource {
-    fn from_body(body: Value) -> Result<Self, SequinError> {
-        let id = body
-            .get("id")
-            .and_then(Value::as_str)
-            .ok_or_else(|| SequinError::Protocol("response has no `id`".to_string()))?
-            .to_string();
-        Ok(Resource { id, body })
+    fn from_text(text: String) -> Result<Self, SequinError> {
+        #[derive(serde::Deserialize)]
+        struct IdOnly {
+            id: Option<String>,
+        }
+        let id = serde_json::from_str::<IdOnly>(&text)
+            .ok()
+            .and_then(|parsed| parsed.id)
+            .ok_or_else(|| SequinError::Protocol("response has no `id`".to_string()))?;
+        Ok(Resource { id, text })
     }
 
-    pub fn str_field(&self, key: &str) -> Option<&str> {
-        self.body.get(key).and_then(Value::as_str)
+    /// The whole response as JSON (it was checked to be JSON on arrival).
+    pub fn body(&self) -> Value {
+        serde_json::from_str(&self.text).unwrap_or(Value::Null)
+    }
+
+    pub fn str_field(&self, key: &str) -> Option<String> {
+        self.body()
+            .get(key)
+            .and_then(Value::as_str)
+            .map(String::from)
     }
 }
 
@@ -238,7 +253,7 @@ impl SequinClient {
         method: Method,
         path: &str,
         body: Option<&Value>,
-    ) -> Result<Value, SequinError> {
+    ) -> Result<String, SequinError> {
         let request = match &self.base_url {
             Some(base) => {
                 let mut url = base.clone();
@@ -278,7 +293,7 @@ impl SequinClient {
                             .sequin_requests_total
                             .with_label_values(&[operation, status.as_str()])
                             .inc();
-                        classify(status, &text, retry_after)
+                        classify(status, text, retry_after)
                     }
                 }
             }
@@ -303,14 +318,27 @@ impl SequinClient {
         result
     }
 
-    /// `send_once` with a few quick in-process retries for retryable errors.
-    async fn send(
+    /// [`Self::send`], the response decoded as JSON.
+    async fn send_json(
         &self,
         operation: &'static str,
         method: Method,
         path: &str,
         body: Option<&Value>,
     ) -> Result<Value, SequinError> {
+        let text = self.send(operation, method, path, body).await?;
+        Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// `send_once` with a few quick in-process retries for retryable errors. On success,
+    /// the response body, checked to be JSON.
+    async fn send(
+        &self,
+        operation: &'static str,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<String, SequinError> {
         let mut retry = 0;
         loop {
             match self.send_once(operation, method.clone(), path, body).await {
@@ -338,7 +366,7 @@ impl SequinClient {
                 Some(body),
             )
             .await?;
-        Resource::from_body(value)
+        Resource::from_text(value)
     }
 
     /// GET by name; `None` when it does not exist.
@@ -352,7 +380,7 @@ impl SequinClient {
         let value = self
             .send("update_endpoint", Method::PATCH, &path, Some(body))
             .await?;
-        Resource::from_body(value)
+        Resource::from_text(value)
     }
 
     /// DELETE by name; `false` when it was already gone.
@@ -371,7 +399,7 @@ impl SequinClient {
         let value = self
             .send("create_sink", Method::POST, "/sinks", Some(body))
             .await?;
-        Resource::from_body(value)
+        Resource::from_text(value)
     }
 
     pub async fn get_sink(&self, name: &str) -> Result<Option<Resource>, SequinError> {
@@ -384,7 +412,7 @@ impl SequinClient {
         let value = self
             .send("update_sink", Method::PATCH, &path, Some(body))
             .await?;
-        Resource::from_body(value)
+        Resource::from_text(value)
     }
 
     pub async fn delete_sink(&self, name: &str) -> Result<bool, SequinError> {
@@ -399,7 +427,7 @@ impl SequinClient {
         let value = self
             .send("create_backfill", Method::POST, &path, Some(&json!({})))
             .await?;
-        Resource::from_body(value)
+        Resource::from_text(value)
     }
 
     pub async fn get_backfill(
@@ -415,7 +443,9 @@ impl SequinClient {
     /// operation label set is fixed by the metrics contract).
     pub async fn list_backfills(&self, sink: &str) -> Result<Vec<Value>, SequinError> {
         let path = format!("/sinks/{}/backfills", segment(sink));
-        let value = self.send("get_backfill", Method::GET, &path, None).await?;
+        let value = self
+            .send_json("get_backfill", Method::GET, &path, None)
+            .await?;
         Ok(value
             .get("data")
             .and_then(Value::as_array)
@@ -433,7 +463,7 @@ impl SequinClient {
         let value = self
             .send("update_backfill", Method::PATCH, &path, Some(body))
             .await?;
-        Resource::from_body(value)
+        Resource::from_text(value)
     }
 
     // --- Account --------------------------------------------------------------------------
@@ -456,7 +486,7 @@ impl SequinClient {
     /// contract (DESIGN.md §6).
     pub async fn list_endpoints(&self) -> Result<Vec<Value>, SequinError> {
         let value = self
-            .send(
+            .send_json(
                 "get_endpoint",
                 Method::GET,
                 "/destinations/http_endpoints",
@@ -470,15 +500,18 @@ impl SequinClient {
     /// is only good for finding extra resources, never for proving one is missing.
     /// Counted as `get_sink` (see `list_endpoints`).
     pub async fn list_sinks(&self) -> Result<Vec<Value>, SequinError> {
-        let value = self.send("get_sink", Method::GET, "/sinks", None).await?;
+        let value = self
+            .send_json("get_sink", Method::GET, "/sinks", None)
+            .await?;
         Ok(data_list(value))
     }
 
     /// Names of the databases Sequin knows. Also the cheapest way to probe the token.
     pub async fn list_databases(&self) -> Result<Vec<String>, SequinError> {
-        let value = self
+        let text = self
             .send_once("list_databases", Method::GET, "/postgres_databases", None)
             .await?;
+        let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
         Ok(value
             .get("data")
             .and_then(Value::as_array)
@@ -505,9 +538,9 @@ fn segment(text: &str) -> String {
     url::form_urlencoded::byte_serialize(text.as_bytes()).collect()
 }
 
-fn optional(result: Result<Value, SequinError>) -> Result<Option<Resource>, SequinError> {
+fn optional(result: Result<String, SequinError>) -> Result<Option<Resource>, SequinError> {
     match result {
-        Ok(value) => Resource::from_body(value).map(Some),
+        Ok(text) => Resource::from_text(text).map(Some),
         Err(err) if err.is_not_found() => Ok(None),
         Err(err) => Err(err),
     }
@@ -528,16 +561,20 @@ fn transport_message(err: &reqwest::Error) -> String {
 
 fn classify(
     status: StatusCode,
-    text: &str,
+    text: String,
     retry_after: Option<Duration>,
-) -> Result<Value, SequinError> {
+) -> Result<String, SequinError> {
     let code = status.as_u16();
     if status.is_success() {
-        return serde_json::from_str(text).map_err(|e| {
-            SequinError::Protocol(format!("HTTP {code} with a body that is not JSON: {e}"))
-        });
+        // Checked without building it: most callers need a field or two.
+        return match serde_json::from_str::<serde::de::IgnoredAny>(&text) {
+            Ok(_) => Ok(text),
+            Err(e) => Err(SequinError::Protocol(format!(
+                "HTTP {code} with a body that is not JSON: {e}"
+            ))),
+        };
     }
-    let (summary, details) = parse_error_body(text);
+    let (summary, details) = parse_error_body(&text);
     Err(match code {
         401 | 403 => SequinError::Auth {
             status: code,
@@ -563,7 +600,7 @@ mod tests {
     #[test]
     fn summary_shape_is_parsed_with_validation_errors() {
         let body = r#"{"summary":"Validation failed","validation_errors":{"name":["has already been taken"]}}"#;
-        let err = classify(StatusCode::UNPROCESSABLE_ENTITY, body, None).unwrap_err();
+        let err = classify(StatusCode::UNPROCESSABLE_ENTITY, body.to_string(), None).unwrap_err();
         assert!(err.is_name_taken());
         assert_eq!(err.class(), ErrorClass::Permanent);
         assert!(err.to_string().contains("has already been taken"));
@@ -573,7 +610,7 @@ mod tests {
     fn phoenix_shape_is_parsed() {
         let err = classify(
             StatusCode::INTERNAL_SERVER_ERROR,
-            r#"{"errors":{"detail":"Internal Server Error"}}"#,
+            r#"{"errors":{"detail":"Internal Server Error"}}"#.to_string(),
             None,
         )
         .unwrap_err();
@@ -584,14 +621,14 @@ mod tests {
     #[test]
     fn html_bodies_are_kept_short() {
         let body = "<html>".repeat(200);
-        let err = classify(StatusCode::BAD_GATEWAY, &body, None).unwrap_err();
+        let err = classify(StatusCode::BAD_GATEWAY, body.clone(), None).unwrap_err();
         assert!(err.summary().len() <= 300);
     }
 
     #[test]
     fn statuses_are_classified_once() {
         let class = |code: u16| {
-            classify(StatusCode::from_u16(code).unwrap(), "{}", None)
+            classify(StatusCode::from_u16(code).unwrap(), "{}".to_string(), None)
                 .unwrap_err()
                 .class()
         };
@@ -609,7 +646,7 @@ mod tests {
     fn retry_after_is_kept_on_429() {
         let err = classify(
             StatusCode::TOO_MANY_REQUESTS,
-            r#"{"summary":"slow down"}"#,
+            r#"{"summary":"slow down"}"#.to_string(),
             Some(Duration::from_secs(7)),
         )
         .unwrap_err();
@@ -619,9 +656,41 @@ mod tests {
     #[test]
     fn other_422s_are_not_name_taken() {
         let body = r#"{"summary":"Unknown field: filters","validation_errors":{},"code":null}"#;
-        let err = classify(StatusCode::UNPROCESSABLE_ENTITY, body, None).unwrap_err();
+        let err = classify(StatusCode::UNPROCESSABLE_ENTITY, body.to_string(), None).unwrap_err();
         assert!(!err.is_name_taken());
         assert_eq!(err.summary(), "Unknown field: filters");
         assert!(err.details().is_none());
+    }
+
+    #[test]
+    fn a_success_that_is_not_json_is_a_protocol_error() {
+        let err = classify(StatusCode::OK, "<html>proxy</html>".to_string(), None).unwrap_err();
+        assert!(matches!(err, SequinError::Protocol(_)), "{err:?}");
+        assert!(err
+            .to_string()
+            .contains("HTTP 200 with a body that is not JSON"));
+    }
+
+    #[test]
+    fn a_resource_keeps_its_whole_body_and_decodes_it_on_demand() {
+        let text = r#"{"id":"e-1","name":"uh-e-1","url":"https://x.example/h","headers":{}}"#;
+        let resource = Resource::from_text(text.to_string()).unwrap();
+        assert_eq!(resource.id, "e-1");
+        assert_eq!(
+            resource.str_field("url").as_deref(),
+            Some("https://x.example/h")
+        );
+        assert_eq!(resource.body()["name"], "uh-e-1");
+    }
+
+    #[test]
+    fn a_resource_without_an_id_is_a_protocol_error() {
+        for text in [r#"{"name":"x"}"#, r#"{"id":42}"#, "[]"] {
+            let err = Resource::from_text(text.to_string()).unwrap_err();
+            assert!(
+                err.to_string().contains("response has no `id`"),
+                "{text}: {err}"
+            );
+        }
     }
 }

@@ -227,7 +227,7 @@ impl Provisioner {
             });
         }
         let backfill = match self.sequin.create_backfill(sink).await {
-            Ok(backfill) => backfill.body,
+            Ok(backfill) => backfill.body(),
             Err(err) if is_backfill_running(&err) => {
                 // An earlier attempt started it and crashed before recording it (or someone
                 // started one in the console): adopt the newest open one.

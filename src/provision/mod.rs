@@ -364,6 +364,7 @@ impl Provisioner {
                     })?;
                 let same_url = existing
                     .str_field("url")
+                    .as_deref()
                     .and_then(webhook_url::normalize)
                     .is_some_and(|u| u == url.as_str());
                 if same_url && options.secret.is_none() {

@@ -95,3 +95,38 @@ async fn the_base_url_path_and_token_are_sent_on_every_call() {
         assert_eq!(client.list_databases().await.unwrap(), vec!["app"]);
     }
 }
+
+/// Sequin Cloud and most self-hosted installs sit behind HTTPS: an `https://` base must be
+/// spoken to in TLS (here the server sees a ClientHello), never refused as an unknown scheme.
+#[tokio::test]
+async fn an_https_base_is_spoken_to_in_tls() {
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let first_bytes = tokio::spawn(async move {
+        let read = async {
+            let (mut socket, _) = listener.accept().await.ok()?;
+            let mut head = [0u8; 3];
+            socket.read_exact(&mut head).await.ok()?;
+            Some(head)
+            // Dropping the socket ends the handshake: the client sees a transport error.
+        };
+        tokio::time::timeout(Duration::from_secs(5), read)
+            .await
+            .ok()
+            .flatten()
+    });
+
+    let err = client(&format!("https://localhost:{}/api", addr.port()))
+        .list_databases()
+        .await
+        .unwrap_err();
+
+    let head = first_bytes
+        .await
+        .unwrap()
+        .unwrap_or_else(|| panic!("the client never connected: {err}"));
+    assert_eq!(head[0], 0x16, "a TLS handshake record, got {head:?}");
+    assert_eq!(head[1], 0x03, "TLS major version, got {head:?}");
+    assert_eq!(err.class(), ErrorClass::Retryable, "{err}");
+}

@@ -530,7 +530,10 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
     };
 
     let seq = shared.seq.fetch_add(1, Ordering::SeqCst);
-    let recorded_body = matches!(parsed, Ok(Some(_))).then(|| bytes.clone());
+    // A copy, not `bytes.clone()`: the request's bytes share hyper's whole read buffer,
+    // and keeping them pinned that buffer for good (the bench's emulator grew to 215 MB).
+    let recorded_body =
+        matches!(parsed, Ok(Some(_))).then(|| axum::body::Bytes::copy_from_slice(&bytes));
     shared.calls_lock().push(Recorded {
         seq,
         method: method.clone(),

@@ -2,7 +2,7 @@
 
 use std::str::FromStr;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use deadpool_postgres::{Hook, Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::NoTls;
 
 #[derive(Debug, thiserror::Error)]
@@ -40,8 +40,42 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
 /// `sql/roles.sql`: the least-privilege roles `userhooks_app` and `userhooks_worker`.
 pub const ROLES_SQL: &str = include_str!("../sql/roles.sql");
 
-/// Planner settings for every connection we open (see [`pg_config`]).
-pub const SESSION_OPTIONS: &str = "-c random_page_cost=1.1 -c plan_cache_mode=force_generic_plan";
+/// Planner settings for every connection we open, set right after connecting.
+/// - `random_page_cost`: the default (4.0) models spinning disks. Our tables are small, hot
+///   and cached, and with 4.0 the planner preferred scanning all 20,000 rows of the queue
+///   over fetching 200 of them by primary key. 1.1 is the usual value for SSDs.
+/// - `plan_cache_mode`: the claim took 0.8 ms to plan and was re-planned on every call (a
+///   custom plan each time), about 9 µs of Postgres CPU per subscribe. Every statement is
+///   prepared once per connection and fenced to keep its plan whatever the parameters
+///   (tests/plans.rs checks the generic plans), so plan them once.
+///
+/// Sent as `SET`, not as startup `options`, which PgBouncer refuses by default. A setting the
+/// connection string already gives (`options=-c ...`) is left as the user chose it.
+const SESSION_SETTINGS: [(&str, &str); 2] = [
+    ("random_page_cost", "1.1"),
+    ("plan_cache_mode", "force_generic_plan"),
+];
+
+/// The `SET` statements [`SESSION_SETTINGS`] leaves to us, given the URL's own options.
+pub fn session_sql(config: &tokio_postgres::Config) -> String {
+    let user_options = config.get_options().unwrap_or_default();
+    SESSION_SETTINGS
+        .iter()
+        .filter(|(name, _)| !user_options.contains(name))
+        .map(|(name, value)| format!("set {name} = '{value}';"))
+        .collect()
+}
+
+/// Apply [`session_sql`] to a new connection. These only steer plans, so a server that
+/// refuses them (an old version, a restrictive pooler) is logged, not fatal.
+async fn apply_session_settings(client: &tokio_postgres::Client, sql: &str) {
+    if sql.is_empty() {
+        return;
+    }
+    if let Err(err) = client.batch_execute(sql).await {
+        tracing::warn!(error = %err, "could not apply planner settings; continuing without them");
+    }
+}
 
 /// Parse a connection string and tag the connections with `application_name`.
 pub fn pg_config(
@@ -50,17 +84,6 @@ pub fn pg_config(
 ) -> Result<tokio_postgres::Config, DbError> {
     let mut config = tokio_postgres::Config::from_str(database_url).map_err(DbError::BadUrl)?;
     config.application_name(application_name);
-    // Session settings of our own connections only; options in the URL come after them,
-    // so a user's own `-c` still wins.
-    // - random_page_cost: the default (4.0) models spinning disks. Our tables are small,
-    //   hot and cached, and with 4.0 the planner preferred scanning all 20,000 rows of the
-    //   queue over fetching 200 of them by primary key. 1.1 is the usual value for SSDs.
-    // - plan_cache_mode: the claim took 0.8 ms to plan and was re-planned on every call
-    //   (a custom plan each time), about 9 µs of Postgres CPU per subscribe. Every
-    //   statement is prepared once per connection and fenced to keep its plan whatever
-    //   the parameters (tests/plans.rs checks the generic plans), so plan them once.
-    let user_options = config.get_options().unwrap_or_default().to_owned();
-    config.options(format!("{SESSION_OPTIONS} {user_options}").trim_end());
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(std::time::Duration::from_secs(5));
     }
@@ -70,6 +93,7 @@ pub fn pg_config(
 /// A pool of `userhooks-worker` connections.
 pub fn pool(database_url: &str, max_size: usize) -> Result<Pool, DbError> {
     let config = pg_config(database_url, "userhooks-worker")?;
+    let settings: std::sync::Arc<str> = session_sql(&config).into();
     let manager = Manager::from_config(
         config,
         NoTls,
@@ -80,6 +104,13 @@ pub fn pool(database_url: &str, max_size: usize) -> Result<Pool, DbError> {
         },
     );
     Pool::builder(manager)
+        .post_create(Hook::async_fn(move |client, _| {
+            let settings = settings.clone();
+            Box::pin(async move {
+                apply_session_settings(client, &settings).await;
+                Ok(())
+            })
+        }))
         .max_size(max_size)
         .wait_timeout(Some(std::time::Duration::from_secs(10)))
         .create_timeout(Some(std::time::Duration::from_secs(5)))
@@ -101,6 +132,7 @@ pub async fn connect(
             tracing::debug!(error = %err, "database connection closed");
         }
     });
+    apply_session_settings(&client, &session_sql(&config)).await;
     Ok(client)
 }
 
@@ -169,23 +201,25 @@ mod tests {
         let config = pg_config("postgres://u@localhost/db", "t").unwrap();
         assert_eq!(
             config.get_options(),
-            Some("-c random_page_cost=1.1 -c plan_cache_mode=force_generic_plan")
+            None,
+            "no startup options: PgBouncer refuses them"
+        );
+        assert_eq!(
+            session_sql(&config),
+            "set random_page_cost = '1.1';set plan_cache_mode = 'force_generic_plan';"
         );
     }
 
     #[test]
-    fn options_in_the_url_come_after_ours_so_they_win() {
+    fn a_setting_given_in_the_url_is_left_as_the_user_chose_it() {
         let config = pg_config(
             "postgres://u@localhost/db?options=-c%20random_page_cost%3D2%20-c%20statement_timeout%3D5s",
             "t",
         )
         .unwrap();
         assert_eq!(
-            config.get_options(),
-            Some(
-                "-c random_page_cost=1.1 -c plan_cache_mode=force_generic_plan \
-                 -c random_page_cost=2 -c statement_timeout=5s"
-            )
+            session_sql(&config),
+            "set plan_cache_mode = 'force_generic_plan';"
         );
     }
 }

@@ -131,3 +131,19 @@ async fn activation_finds_subscriptions_by_primary_key_on_a_large_unanalysed_tab
     assert!(!plan.contains("Seq Scan"), "{plan}");
     assert!(!plan.contains("Nested Loop"), "{plan}");
 }
+
+#[tokio::test]
+async fn worker_pool_connections_carry_the_planner_settings() {
+    let db = TestDb::new().await;
+    let pool = userhooks::db::pool(&db.url, 2).unwrap();
+    let client = pool.get().await.unwrap();
+    let row = client
+        .query_one(
+            "select current_setting('random_page_cost'), current_setting('plan_cache_mode')",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "1.1");
+    assert_eq!(row.get::<_, String>(1), "force_generic_plan");
+}

@@ -57,7 +57,7 @@ const SESSION_SETTINGS: [(&str, &str); 2] = [
 ];
 
 /// The `SET` statements [`SESSION_SETTINGS`] leaves to us, given the URL's own options.
-pub fn session_sql(config: &tokio_postgres::Config) -> String {
+fn session_sql(config: &tokio_postgres::Config) -> String {
     let user_options = config.get_options().unwrap_or_default();
     SESSION_SETTINGS
         .iter()

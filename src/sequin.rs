@@ -181,9 +181,9 @@ impl Resource {
         Ok(Resource { id, text })
     }
 
-    /// The whole response as JSON (it was checked to be JSON on arrival).
+    /// The whole response as JSON.
     pub fn body(&self) -> Value {
-        serde_json::from_str(&self.text).unwrap_or(Value::Null)
+        decode(&self.text)
     }
 
     pub fn str_field(&self, key: &str) -> Option<String> {
@@ -326,8 +326,7 @@ impl SequinClient {
         path: &str,
         body: Option<&Value>,
     ) -> Result<Value, SequinError> {
-        let text = self.send(operation, method, path, body).await?;
-        Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
+        Ok(decode(&self.send(operation, method, path, body).await?))
     }
 
     /// `send_once` with a few quick in-process retries for retryable errors. On success,
@@ -511,7 +510,7 @@ impl SequinClient {
         let text = self
             .send_once("list_databases", Method::GET, "/postgres_databases", None)
             .await?;
-        let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        let value = decode(&text);
         Ok(value
             .get("data")
             .and_then(Value::as_array)
@@ -523,6 +522,12 @@ impl SequinClient {
             })
             .unwrap_or_default())
     }
+}
+
+/// A success body as JSON. [`classify`] let it through only if it is JSON, so the
+/// `Null` fallback is never taken.
+fn decode(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or(Value::Null)
 }
 
 fn data_list(mut value: Value) -> Vec<Value> {

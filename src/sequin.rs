@@ -4,11 +4,17 @@
 //! `Content-Type: application/json`; errors are parsed in both of Sequin's shapes and
 //! classified once into retryable / permanent / auth.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
-use reqwest::{Method, StatusCode};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
+use hyper::{Method, Request, StatusCode, Uri};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde_json::{json, Value};
 
 use crate::config::Secret;
@@ -194,13 +200,66 @@ impl Resource {
     }
 }
 
+/// The HTTP/1.1 client the Sequin calls go through: hyper's pooled client with rustls.
+///
+/// Not reqwest: its per-call layers (a URL re-parse in the redirect policy, the retry and
+/// redirect wrappers) were ~12 % of the worker's CPU at full load, and we need none of
+/// them: redirects are refused anyway (one would carry the token elsewhere) and retries
+/// are ours.
+type Http = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// Largest response body read; anything bigger is a broken or hostile server, not Sequin.
+const MAX_RESPONSE_BYTES: usize = 64 << 20;
+
+/// Trusted roots for `https://` bases: Mozilla's, plus the system store (where a private
+/// CA of a self-hosted Sequin goes; `SSL_CERT_FILE` works too). Built once per process.
+fn tls_config() -> Arc<rustls::ClientConfig> {
+    static CONFIG: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+            let native = rustls_native_certs::load_native_certs();
+            let (added, _ignored) = roots.add_parsable_certificates(native.certs);
+            tracing::debug!(
+                system_roots = added,
+                errors = native.errors.len(),
+                "TLS roots loaded"
+            );
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let config = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .map(|builder| builder.with_root_certificates(roots).with_no_client_auth())
+                .expect("ring supports the default TLS versions");
+            Arc::new(config)
+        })
+        .clone()
+}
+
+fn http_client(connect_timeout: Duration) -> Http {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(connect_timeout));
+    http.set_nodelay(true);
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config((*tls_config()).clone())
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(256)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_timer(TokioTimer::new())
+        .build(connector)
+}
+
 #[derive(Clone)]
 pub struct SequinClient {
-    http: reqwest::Client,
+    http: Http,
+    /// `scheme://authority/base-path` without the trailing slash; a call appends its path.
     base: Arc<str>,
-    /// `base` parsed once: each call then only sets its path (no full URL parse per call).
-    base_url: Option<url::Url>,
-    token: Secret,
+    /// Why the configured base cannot be used, if it cannot (reported on each call).
+    base_error: Option<Arc<str>>,
     /// `Bearer <token>`, built once and marked sensitive (never shown in Debug output).
     authorization: Option<HeaderValue>,
     metrics: Arc<Metrics>,
@@ -209,18 +268,24 @@ pub struct SequinClient {
     in_process_retries: u32,
 }
 
+/// Check a base URL once, so each call only appends a path to it.
+fn check_base(base: &str) -> Result<(), String> {
+    let url = url::Url::parse(base).map_err(|e| format!("SEQUIN_API_URL {base:?}: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.cannot_be_a_base() {
+        return Err(format!("SEQUIN_API_URL {base:?} is not an http(s) URL"));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(format!(
+            "SEQUIN_API_URL {base:?} must not have a query or fragment"
+        ));
+    }
+    base.parse::<Uri>()
+        .map(drop)
+        .map_err(|e| format!("SEQUIN_API_URL {base:?}: {e}"))
+}
+
 impl SequinClient {
     pub fn new(base: &str, token: Secret, timeout: Duration, metrics: Arc<Metrics>) -> Self {
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(5)))
-            .pool_max_idle_per_host(256)
-            // The Management API never redirects; following one would carry the token
-            // elsewhere. A 3xx is answered as an error instead. Retries are ours alone.
-            .redirect(reqwest::redirect::Policy::none())
-            .retry(reqwest::retry::never())
-            .build()
-            .expect("a default reqwest client builds");
         let base = base.trim_end_matches('/');
         let authorization = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
             .ok()
@@ -229,10 +294,9 @@ impl SequinClient {
                 value
             });
         SequinClient {
-            http,
+            http: http_client(timeout.min(Duration::from_secs(5))),
             base: base.into(),
-            base_url: url::Url::parse(base).ok().filter(|u| !u.cannot_be_a_base()),
-            token,
+            base_error: check_base(base).err().map(Arc::from),
             authorization,
             metrics,
             timeout,
@@ -246,6 +310,65 @@ impl SequinClient {
         self
     }
 
+    fn request(
+        &self,
+        method: &Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Request<Full<Bytes>>, SequinError> {
+        if let Some(reason) = &self.base_error {
+            return Err(SequinError::Transport(reason.to_string()));
+        }
+        let uri: Uri = format!("{}{}", self.base, path)
+            .parse()
+            .map_err(|e| SequinError::Transport(format!("bad request path {path:?}: {e}")))?;
+        let authorization = match &self.authorization {
+            Some(value) => value.clone(),
+            None => {
+                return Err(SequinError::Transport(
+                    "the API token has characters an HTTP header cannot carry".to_string(),
+                ))
+            }
+        };
+        let builder = Request::builder()
+            .method(method.clone())
+            .uri(uri)
+            .header(ACCEPT, HeaderValue::from_static("application/json"))
+            .header(AUTHORIZATION, authorization);
+        let request = if method != Method::GET && method != Method::DELETE {
+            // Sequin requires the JSON content type on every write, even with an empty body.
+            let bytes = serde_json::to_vec(body.unwrap_or(&json!({}))).unwrap_or_default();
+            builder
+                .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+                .body(Full::new(Bytes::from(bytes)))
+        } else {
+            builder.body(Full::default())
+        };
+        request.map_err(|e| SequinError::Transport(format!("cannot build the request: {e}")))
+    }
+
+    /// Send one request and read the whole answer.
+    async fn exchange(
+        &self,
+        request: Request<Full<Bytes>>,
+    ) -> Result<(StatusCode, Option<Duration>, String), SequinError> {
+        let response = self
+            .http
+            .request(request)
+            .await
+            .map_err(|err| SequinError::Transport(transport_message(&err)))?;
+        let status = response.status();
+        let retry_after = parse_retry_after(response.headers());
+        let body = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
+            .collect()
+            .await
+            .map_err(|err| SequinError::Transport(transport_message(&*err)))?
+            .to_bytes();
+        let text = String::from_utf8(body.into())
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+        Ok((status, retry_after, text))
+    }
+
     /// One HTTP exchange, measured and classified.
     async fn send_once(
         &self,
@@ -254,48 +377,17 @@ impl SequinClient {
         path: &str,
         body: Option<&Value>,
     ) -> Result<String, SequinError> {
-        let request = match &self.base_url {
-            Some(base) => {
-                let mut url = base.clone();
-                url.set_path(&format!("{}{}", base.path().trim_end_matches('/'), path));
-                self.http.request(method.clone(), url)
-            }
-            // Not a URL: reqwest reports it as a transport error on send.
-            None => self
-                .http
-                .request(method.clone(), format!("{}{}", self.base, path)),
-        };
-        let request = request.header(ACCEPT, HeaderValue::from_static("application/json"));
-        let mut request = match &self.authorization {
-            Some(value) => request.header(AUTHORIZATION, value.clone()),
-            // Characters a header cannot carry: reqwest reports it on send.
-            None => request.header(AUTHORIZATION, format!("Bearer {}", self.token.expose())),
-        };
-        if method != Method::GET && method != Method::DELETE {
-            // Sequin requires the JSON content type on every write, even with an empty body.
-            request = request
-                .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
-                .body(serde_json::to_vec(body.unwrap_or(&json!({}))).unwrap_or_default());
-        }
+        let request = self.request(&method, path, body)?;
         let started = Instant::now();
-        let outcome = request.send().await;
-        let result = match outcome {
-            Err(err) if err.is_timeout() => Err(SequinError::Timeout(self.timeout)),
-            Err(err) => Err(SequinError::Transport(transport_message(&err))),
-            Ok(response) => {
-                let status = response.status();
-                let retry_after = parse_retry_after(response.headers());
-                match response.text().await {
-                    Err(err) if err.is_timeout() => Err(SequinError::Timeout(self.timeout)),
-                    Err(err) => Err(SequinError::Transport(transport_message(&err))),
-                    Ok(text) => {
-                        self.metrics
-                            .sequin_requests_total
-                            .with_label_values(&[operation, status.as_str()])
-                            .inc();
-                        classify(status, text, retry_after)
-                    }
-                }
+        let result = match tokio::time::timeout(self.timeout, self.exchange(request)).await {
+            Err(_elapsed) => Err(SequinError::Timeout(self.timeout)),
+            Ok(Err(err)) => Err(err),
+            Ok(Ok((status, retry_after, text))) => {
+                self.metrics
+                    .sequin_requests_total
+                    .with_label_values(&[operation, status.as_str()])
+                    .inc();
+                classify(status, text, retry_after)
             }
         };
         self.metrics
@@ -551,11 +643,11 @@ fn optional(result: Result<String, SequinError>) -> Result<Option<Resource>, Seq
     }
 }
 
-fn transport_message(err: &reqwest::Error) -> String {
-    // reqwest's Display includes the URL, which has no secret in it (the token is a header);
-    // the source chain says *why* (connection refused, reset...).
+/// An error and its causes on one line: hyper's own message ("client error (Connect)") says
+/// little, the causes say why (connection refused, reset, bad certificate...).
+fn transport_message(err: &(dyn std::error::Error + 'static)) -> String {
     let mut message = err.to_string();
-    let mut source = std::error::Error::source(err);
+    let mut source = err.source();
     while let Some(cause) = source {
         message.push_str(": ");
         message.push_str(&cause.to_string());
@@ -686,6 +778,25 @@ mod tests {
             Some("https://x.example/h")
         );
         assert_eq!(resource.body()["name"], "uh-e-1");
+    }
+
+    #[tokio::test]
+    async fn a_base_that_is_not_an_http_url_fails_each_call_clearly() {
+        for base in [
+            "not a url",
+            "ftp://sequin.example/api",
+            "http://sequin/api?x=1",
+        ] {
+            let client = SequinClient::new(
+                base,
+                Secret::new("t".to_string()),
+                Duration::from_secs(1),
+                Metrics::new(),
+            );
+            let err = client.list_databases().await.unwrap_err();
+            assert!(matches!(err, SequinError::Transport(_)), "{base}: {err:?}");
+            assert!(err.to_string().contains("SEQUIN_API_URL"), "{base}: {err}");
+        }
     }
 
     #[test]

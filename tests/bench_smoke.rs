@@ -37,7 +37,10 @@ fn burn_down_reports_throughput_waits_calls_memory_and_connections() {
     assert!(number(&result, "subscribes_per_second") > 0.0);
     // The rate counts first claim to last finish; the wall time also holds start-up.
     let busy = number(&result, "seconds");
-    assert!(busy > 0.0 && busy <= number(&result, "wall_seconds"), "{result}");
+    assert!(
+        busy > 0.0 && busy <= number(&result, "wall_seconds"),
+        "{result}"
+    );
     // POST endpoint + POST sink per subscribe (+ one shared config_apply).
     let calls = number(&result, "sequin_calls_per_request");
     assert!((2.0..2.1).contains(&calls), "{calls}");

@@ -246,8 +246,10 @@ fn http_client(connect_timeout: Duration) -> Http {
         .https_or_http()
         .enable_http1()
         .wrap_connector(http);
+    // No cap on idle connections: at most `concurrency` calls run at once, so the pool never
+    // holds more than that, and a cap below it closed connections that the next burst of
+    // calls had to open again (a TCP handshake each, on both sides).
     Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(256)
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_timer(TokioTimer::new())
         .build(connector)

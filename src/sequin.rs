@@ -379,9 +379,14 @@ impl SequinClient {
         path: &str,
         body: Option<&Value>,
     ) -> Result<String, SequinError> {
-        let request = self.request(&method, path, body)?;
         let started = Instant::now();
-        let result = match tokio::time::timeout(self.timeout, self.exchange(request)).await {
+        // A request that cannot be built (bad base URL) is counted as an `error` like a
+        // transport failure, not skipped by the metrics.
+        let exchanged = match self.request(&method, path, body) {
+            Ok(request) => tokio::time::timeout(self.timeout, self.exchange(request)).await,
+            Err(err) => Ok(Err(err)),
+        };
+        let result = match exchanged {
             Err(_elapsed) => Err(SequinError::Timeout(self.timeout)),
             Ok(Err(err)) => Err(err),
             Ok(Ok((status, retry_after, text))) => {

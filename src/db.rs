@@ -35,6 +35,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "request_input_limits",
         include_str!("../sql/migrations/0004_request_input_limits.sql"),
     ),
+    (
+        5,
+        "options_checks_on_write",
+        include_str!("../sql/migrations/0005_options_checks_on_write.sql"),
+    ),
 ];
 
 /// `sql/roles.sql`: the least-privilege roles `userhooks_app` and `userhooks_worker`.

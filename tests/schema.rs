@@ -79,6 +79,58 @@ async fn options_must_be_a_small_object() {
     assert!(msg.contains("options_check"), "{msg}");
 }
 
+/// The size, depth and number limits run on a write of `options` (a trigger, so that the
+/// worker's claims and write-backs, which never set `options`, do not pay for them): an
+/// UPDATE that sets `options` past a limit is refused like an INSERT, with the same SQLSTATE
+/// and constraint name.
+#[tokio::test]
+async fn updating_options_past_a_limit_is_refused_like_an_insert() {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    let id = db
+        .insert("subscribe", "u", Some("https://x.example"), json!({}))
+        .await;
+    for (options, constraint) in [
+        (
+            "jsonb_build_object('headers', jsonb_build_object('x', repeat('a', 20000)))",
+            "subscription_requests_options_check",
+        ),
+        (
+            "(repeat('{\"a\":', 40) || '1' || repeat('}', 40))::jsonb",
+            "subscription_requests_options_depth_check",
+        ),
+        (
+            "'{\"backfill\": 1e400}'::jsonb",
+            "subscription_requests_options_numbers_check",
+        ),
+    ] {
+        let err = client
+            .execute(
+                &format!(
+                    "update userhooks.subscription_requests set options = {options} where id = $1"
+                ),
+                &[&id],
+            )
+            .await
+            .expect_err("the update must be refused");
+        let db_err = err.as_db_error().expect("a database error");
+        assert_eq!(
+            db_err.code(),
+            &tokio_postgres::error::SqlState::CHECK_VIOLATION
+        );
+        assert_eq!(db_err.constraint(), Some(constraint), "{db_err}");
+    }
+    let options: serde_json::Value = client
+        .query_one(
+            "select options from userhooks.subscription_requests where id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(options, json!({}));
+}
+
 #[tokio::test]
 async fn a_valid_insert_gets_the_documented_defaults() {
     let db = TestDb::new().await;

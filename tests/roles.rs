@@ -307,14 +307,7 @@ async fn worker_role_runs_a_subscribe_end_to_end_without_ddl_rights() {
         .get(0);
     assert_eq!(status, "active");
     // The app reads the outcome; the secret was scrubbed by the worker's own write-back.
-    let options: serde_json::Value = app
-        .query_one(
-            "select options from userhooks.subscription_requests where id = $1",
-            &[&id],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let options = request_options(&app, id).await;
     assert_eq!(options["secret"]["redacted"], true, "{options}");
 
     // A failing request goes through the worker role too (an invalid option).

@@ -120,14 +120,7 @@ async fn updating_options_past_a_limit_is_refused_like_an_insert() {
         );
         assert_eq!(db_err.constraint(), Some(constraint), "{db_err}");
     }
-    let options: serde_json::Value = client
-        .query_one(
-            "select options from userhooks.subscription_requests where id = $1",
-            &[&id],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let options = request_options(&client, id).await;
     assert_eq!(options, json!({}));
 }
 

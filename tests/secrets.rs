@@ -198,14 +198,7 @@ async fn no_secret_in_logs_tables_or_metrics_after_a_run() {
         (bad_url, bad_url_secret),
         (bad_option, bad_option_secret),
     ] {
-        let options: serde_json::Value = client
-            .query_one(
-                "select options from userhooks.subscription_requests where id = $1",
-                &[&id],
-            )
-            .await
-            .unwrap()
-            .get(0);
+        let options = request_options(&client, id).await;
         assert_eq!(
             options["secret"],
             json!({ "redacted": true, "sha256": userhooks::provision::secret_hash(secret) }),

@@ -275,3 +275,15 @@ pub async fn listen(
     std::mem::forget(client);
     rx
 }
+
+/// A request's stored `options`, read through `client` (whatever role it connects as).
+pub async fn request_options(client: &tokio_postgres::Client, id: i64) -> Value {
+    client
+        .query_one(
+            "select options from userhooks.subscription_requests where id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}

@@ -256,6 +256,35 @@ async fn app_role_cannot_change_requests_touch_other_tables_or_run_ddl() {
     );
 }
 
+/// The request table's options check calls a function; hardening that takes EXECUTE away from
+/// PUBLIC must not stop the app from enqueueing, nor let bad options through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_role_enqueues_and_options_are_checked_without_public_execute() {
+    let db = db_with_roles().await;
+    db.client()
+        .await
+        .batch_execute("revoke execute on all functions in schema userhooks from public")
+        .await
+        .unwrap();
+    let role = TestRole::new(&db, Some("userhooks_app")).await;
+    let app = role.client().await;
+    allowed(
+        &app,
+        "insert into userhooks.subscription_requests (action, user_id, webhook_url, options)
+         values ('subscribe', '1', 'https://a.example/', '{\"actions\": [\"insert\"]}')",
+    )
+    .await;
+    let err = app
+        .batch_execute(
+            "insert into userhooks.subscription_requests (action, user_id, webhook_url, options)
+             values ('subscribe', '2', 'https://a.example/', '{\"backfill\": 1e400}')",
+        )
+        .await
+        .expect_err("options past a limit must be refused");
+    let db_err = err.as_db_error().expect("a database error");
+    assert_eq!(db_err.code(), &SqlState::CHECK_VIOLATION, "{db_err}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_role_in_neither_group_cannot_enqueue_or_call_the_helpers() {
     let db = db_with_roles().await;

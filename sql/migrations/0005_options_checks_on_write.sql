@@ -59,6 +59,8 @@ create trigger subscription_requests_check_options
     when (not userhooks.request_options_within_limits(new.options))
     execute function userhooks.refuse_request_options();
 
+-- NOT VALID: every stored row passed the old `options_check`, which included this test; a
+-- validating scan would hold the table's exclusive lock for as long as it reads every row.
 alter table userhooks.subscription_requests
     drop constraint subscription_requests_options_depth_check,
     drop constraint subscription_requests_options_numbers_check,

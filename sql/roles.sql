@@ -18,7 +18,8 @@
 --
 -- userhooks_app    enqueue requests and read their outcome, nothing else:
 --                  INSERT (request columns only) and SELECT on subscription_requests,
---                  SELECT on queue_summary, EXECUTE on subscribe/unsubscribe/backfill/retry.
+--                  SELECT on queue_summary, EXECUTE on subscribe/unsubscribe/backfill/retry
+--                  (and on the options check the request table's trigger calls).
 --                  No UPDATE or DELETE on requests; no access at all to webhook_subscriptions,
 --                  backfills or schema_migrations.
 -- userhooks_worker what the worker and the operator commands need: SELECT/INSERT/UPDATE/DELETE

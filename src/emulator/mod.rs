@@ -385,7 +385,8 @@ impl Resp {
             (
                 status,
                 [(header::CONTENT_TYPE, "application/json; charset=utf-8")],
-                self.body.to_string(),
+                // to_vec, not to_string: Display goes through fmt::Write, ~2x slower here.
+                serde_json::to_vec(&self.body).unwrap_or_default(),
             )
                 .into_response()
         };

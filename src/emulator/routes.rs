@@ -1116,7 +1116,7 @@ fn upsert_sink(db: &mut Db, params: &Map<String, Value>, existing: Option<usize>
             }
         }
     }
-    if s.annotations.to_string().len() > 8192 {
+    if serde_json::to_vec(&s.annotations).map_or(0, |v| v.len()) > 8192 {
         return Resp::validation(
             json!({"annotations": ["annotations size limit exceeded (8192 bytes)"]}),
         );

@@ -41,7 +41,9 @@ pub enum BenchMode {
         /// Latency the emulator adds to every Sequin call.
         #[arg(long, default_value_t = 0)]
         latency_ms: u64,
-        #[arg(long, default_value_t = 256)]
+        /// Requests the worker processes at once (its USERHOOKS_CONCURRENCY). 512 is where both
+        /// throughput targets hold on a 2-core machine within the footprint target (README).
+        #[arg(long, default_value_t = 512)]
         concurrency: usize,
         /// Use an emulator at this URL instead of an in-process one (token: --token).
         #[arg(long)]

@@ -241,16 +241,6 @@ async fn secret_stays_while_a_request_can_still_run_and_goes_when_it_finishes() 
             json!({ "secret": "keep-me", "backfill": true }),
         )
         .await;
-    async fn options_of(client: &tokio_postgres::Client, id: i64) -> serde_json::Value {
-        client
-            .query_one(
-                "select options from userhooks.subscription_requests where id = $1",
-                &[&id],
-            )
-            .await
-            .unwrap()
-            .get(0)
-    }
     // pending -> running -> pending (a durable retry): the worker still needs it.
     for status in ["running", "pending"] {
         client
@@ -261,7 +251,7 @@ async fn secret_stays_while_a_request_can_still_run_and_goes_when_it_finishes() 
             .await
             .unwrap();
         assert_eq!(
-            options_of(&client, id).await["secret"],
+            request_options(&client, id).await["secret"],
             "keep-me",
             "{status}"
         );
@@ -273,7 +263,7 @@ async fn secret_stays_while_a_request_can_still_run_and_goes_when_it_finishes() 
         )
         .await
         .unwrap();
-    let options = options_of(&client, id).await;
+    let options = request_options(&client, id).await;
     assert_eq!(options["secret"]["redacted"], true, "{options}");
     assert_eq!(options["backfill"], true, "other options are kept");
     // Updating a finished row again keeps the marker as it is.
@@ -284,7 +274,7 @@ async fn secret_stays_while_a_request_can_still_run_and_goes_when_it_finishes() 
         )
         .await
         .unwrap();
-    assert_eq!(options_of(&client, id).await, options);
+    assert_eq!(request_options(&client, id).await, options);
     // A row inserted already finished is scrubbed too.
     let done: serde_json::Value = client
         .query_one(

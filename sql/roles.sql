@@ -67,7 +67,7 @@ grant insert (action, user_id, webhook_url, subscription_id, options, max_attemp
 grant select on userhooks.subscription_requests, userhooks.queue_summary to userhooks_app;
 -- The request table's trigger calls it to check `options`; granted explicitly so that an
 -- INSERT still works where EXECUTE was revoked from PUBLIC as hardening.
-grant execute on function userhooks.request_options_within_limits(jsonb)
+grant execute on function userhooks.request_options_violation(jsonb)
     to userhooks_app, userhooks_worker;
 grant execute on function
     userhooks.subscribe(text, text, jsonb),

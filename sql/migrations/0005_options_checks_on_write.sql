@@ -11,17 +11,22 @@
 -- CHECK. Rows already stored were valid under the old constraints (or were failed by 0004),
 -- so nothing needs re-checking.
 
--- True when `options` is within the documented limits. A plain SQL expression, so Postgres
+-- The name of the limit `options` breaks, or null. A plain SQL expression, so Postgres
 -- inlines it into the trigger's WHEN: the PL/pgSQL function below runs only to report a
 -- violation. Every name is schema-qualified because an inlined function runs with the
 -- caller's search_path.
-create function userhooks.request_options_within_limits(options jsonb) returns boolean
+create function userhooks.request_options_violation(options jsonb) returns text
     language sql immutable parallel safe
 as $$
-    select pg_catalog.octet_length(options::pg_catalog.text) <= 16384
-       and not pg_catalog.jsonb_path_exists(options, 'strict $.**{33 to last}')
-       and not pg_catalog.jsonb_path_exists(
-               options, 'strict $.** ? (@.type() == "number" && (@ > 1e308 || @ < -1e308))')
+    select case
+        when pg_catalog.octet_length(options::pg_catalog.text) > 16384
+            then 'subscription_requests_options_check'
+        when pg_catalog.jsonb_path_exists(options, 'strict $.**{33 to last}')
+            then 'subscription_requests_options_depth_check'
+        when pg_catalog.jsonb_path_exists(
+                 options, 'strict $.** ? (@.type() == "number" && (@ > 1e308 || @ < -1e308))')
+            then 'subscription_requests_options_numbers_check'
+    end
 $$;
 
 create function userhooks.refuse_request_options() returns trigger
@@ -29,15 +34,8 @@ create function userhooks.refuse_request_options() returns trigger
     set search_path = pg_catalog, pg_temp
 as $$
 declare
-    broken text;
+    broken text := userhooks.request_options_violation(new.options);
 begin
-    if octet_length(new.options::text) > 16384 then
-        broken := 'subscription_requests_options_check';
-    elsif jsonb_path_exists(new.options, 'strict $.**{33 to last}') then
-        broken := 'subscription_requests_options_depth_check';
-    else
-        broken := 'subscription_requests_options_numbers_check';
-    end if;
     raise exception 'new row for relation "subscription_requests" violates check constraint "%"', broken
         using errcode = 'check_violation',
               schema = 'userhooks',
@@ -56,7 +54,7 @@ comment on function userhooks.refuse_request_options() is
 create trigger subscription_requests_check_options
     before insert or update of options on userhooks.subscription_requests
     for each row
-    when (not userhooks.request_options_within_limits(new.options))
+    when (userhooks.request_options_violation(new.options) is not null)
     execute function userhooks.refuse_request_options();
 
 -- NOT VALID: every stored row passed the old `options_check`, which included this test; a

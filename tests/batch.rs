@@ -1,5 +1,5 @@
-//! The batcher: operations from concurrent tasks share transactions, and one bad item cannot
-//! fail the others.
+//! The batcher: an item that makes its shared transaction fail is retried alone, so it
+//! cannot fail the others.
 
 mod common;
 

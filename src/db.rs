@@ -40,6 +40,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "options_checks_on_write",
         include_str!("../sql/migrations/0005_options_checks_on_write.sql"),
     ),
+    (
+        6,
+        "request_done_from_write_back",
+        include_str!("../sql/migrations/0006_request_done_from_write_back.sql"),
+    ),
 ];
 
 /// `sql/roles.sql`: the least-privilege roles `userhooks_app` and `userhooks_worker`.

@@ -225,6 +225,46 @@ async fn terminal_status_sends_request_done_with_id_and_status() {
 }
 
 #[tokio::test]
+async fn trigger_leaves_request_done_to_a_transaction_that_sends_its_own() {
+    let db = TestDb::new().await;
+    let mut rx = listen(&db, "userhooks_request_done").await;
+    let skipped = db.insert("unsubscribe", "u1", None, json!({})).await;
+    let notified = db.insert("unsubscribe", "u2", None, json!({})).await;
+    let mut client = db.client().await;
+    // What the worker's write-back does: mark the transaction, send its own notification.
+    let tx = client.transaction().await.unwrap();
+    tx.execute(userhooks::queue::NOTIFIES_DONE_SQL, &[])
+        .await
+        .unwrap();
+    tx.execute(
+        "update userhooks.subscription_requests set status = 'failed' where id = $1",
+        &[&skipped],
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    // The mark ends with its transaction: the next update notifies through the trigger.
+    client
+        .execute(
+            "update userhooks.subscription_requests set status = 'failed' where id = $1",
+            &[&notified],
+        )
+        .await
+        .unwrap();
+    let (_, payload) = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let payload: serde_json::Value = serde_json::from_str(&payload).unwrap();
+    assert_eq!(payload, json!({"id": notified, "status": "failed"}));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        rx.try_recv().is_err(),
+        "the marked transaction sent nothing"
+    );
+}
+
+#[tokio::test]
 async fn claim_uses_the_partial_index_even_on_an_analysed_empty_table() {
     let db = TestDb::new().await;
     let client = db.client().await;

@@ -101,6 +101,50 @@ async fn notify_wakes_the_worker_long_before_the_poll_interval() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_finished_request_sends_exactly_one_request_done_notification() {
+    let db = TestDb::new().await;
+    let emulator = start_emulator().await;
+    let mut done = listen(&db, "userhooks_request_done").await;
+    let worker = start_worker(config(&db, &emulator)).await;
+
+    // Written back together or apart, succeeded or failed: one notification each.
+    let mut expected = Vec::new();
+    for i in 0..20 {
+        let url = format!("https://hooks.example.com/n{i}");
+        let id = db
+            .insert("subscribe", &format!("n{i}"), Some(&url), json!({}))
+            .await;
+        expected.push(json!({"id": id, "status": "succeeded"}));
+    }
+    let bad = db
+        .insert("subscribe", "bad", Some("not a url"), json!({}))
+        .await;
+    expected.push(json!({"id": bad, "status": "failed"}));
+    for payload in &expected {
+        let id = payload["id"].as_i64().unwrap();
+        assert_eq!(db.finished(id, WAIT).await.status, payload["status"]);
+    }
+
+    let mut received = Vec::new();
+    while received.len() < expected.len() {
+        let (_, payload) = tokio::time::timeout(WAIT, done.recv())
+            .await
+            .expect("a request_done notification")
+            .unwrap();
+        received.push(serde_json::from_str::<serde_json::Value>(&payload).unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    while let Ok((_, payload)) = done.try_recv() {
+        received.push(serde_json::from_str(&payload).unwrap());
+    }
+    let key = |v: &serde_json::Value| v["id"].as_i64().unwrap();
+    received.sort_by_key(key);
+    expected.sort_by_key(key);
+    assert_eq!(received, expected);
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poll_claims_requests_when_no_notify_arrives() {
     let db = TestDb::new().await;
     db.client()

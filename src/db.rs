@@ -45,6 +45,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "request_done_from_write_back",
         include_str!("../sql/migrations/0006_request_done_from_write_back.sql"),
     ),
+    (
+        7,
+        "subscriptions_update_in_place",
+        include_str!("../sql/migrations/0007_subscriptions_update_in_place.sql"),
+    ),
 ];
 
 /// `sql/roles.sql`: the least-privilege roles `userhooks_app` and `userhooks_worker`.

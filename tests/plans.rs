@@ -147,3 +147,49 @@ async fn worker_pool_connections_carry_the_planner_settings() {
     assert_eq!(row.get::<_, String>(0), "1.1");
     assert_eq!(row.get::<_, String>(1), "force_generic_plan");
 }
+
+/// Activation changes `status` but no indexed column, so most activated rows get a new
+/// version on their own page and no new index entries (a HOT update; migration 0007). Those
+/// that do not fit are the ones whose page filled up within the same batch.
+#[tokio::test]
+async fn activation_updates_most_subscriptions_in_place() {
+    let db = TestDb::new().await;
+    let mut client = db.client().await;
+    // As the open batch writes them: 200 new `provisioning` rows in one statement.
+    let ids: Vec<i64> = client
+        .query(
+            "insert into userhooks.webhook_subscriptions (user_id, endpoint, source_table)
+             select 'user-' || g, 'https://hooks.example.com/users/' || g, 'public.orders'
+               from generate_series(1, 200) g
+             returning id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let uuid = "7f0c2a4e-5b1d-4c3e-9a8f-0123456789ab";
+    let uuids = vec![uuid; ids.len()];
+    let endpoint_names: Vec<String> = ids.iter().map(|i| format!("uh-{i}-endpoint")).collect();
+    let sink_names: Vec<String> = ids.iter().map(|i| format!("uh-{i}-sink")).collect();
+    let tx = client.transaction().await.unwrap();
+    let activated = tx
+        .execute(
+            ACTIVATE_SQL,
+            &[&ids, &uuids, &uuids, &endpoint_names, &sink_names],
+        )
+        .await
+        .unwrap();
+    assert_eq!(activated, 200);
+    let in_place: i64 = tx
+        .query_one(
+            "select pg_stat_get_xact_tuples_hot_updated('userhooks.webhook_subscriptions'::regclass)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    tx.commit().await.unwrap();
+    assert!(in_place >= 150, "{in_place} of 200 activations in place");
+}

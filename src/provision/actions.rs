@@ -289,8 +289,7 @@ impl Provisioner {
                 let taken: i64 = client
                     .query_one(
                         "select count(*) from userhooks.webhook_subscriptions
-                          where user_id = $1 and endpoint = $2 and id <> $3
-                            and status in ('provisioning', 'active', 'paused')",
+                          where user_id = $1 and endpoint = $2 and id <> $3 and live",
                         &[&request.user_id, &url.as_str(), &target.id],
                     )
                     .await?

@@ -13,7 +13,7 @@ with inserted as (
     insert into userhooks.webhook_subscriptions
            (user_id, endpoint, source_table, transform, actions, secret_hash)
     values ($1, $2, $3, $4, $5, $6)
-    on conflict (user_id, endpoint) where status in ('provisioning', 'active', 'paused')
+    on conflict (user_id, endpoint) where live
     do nothing
     returning id, status, sequin_endpoint_id::text, sequin_sink_id::text
 )
@@ -22,7 +22,7 @@ union all
 select id, status, sequin_endpoint_id::text, sequin_sink_id::text
   from userhooks.webhook_subscriptions
  where user_id = $1 and endpoint = $2
-   and status in ('provisioning', 'active', 'paused')
+   and live
    and not exists (select 1 from inserted)";
 
 pub struct OpenRequest {
@@ -135,7 +135,7 @@ with input as (
            (user_id, endpoint, source_table, transform, actions, secret_hash)
     select user_id, endpoint, source_table, transform, string_to_array(actions, ','), secret_hash
       from input
-    on conflict (user_id, endpoint) where status in ('provisioning', 'active', 'paused')
+    on conflict (user_id, endpoint) where live
     do nothing
     returning id, user_id, endpoint, status, sequin_endpoint_id::text, sequin_sink_id::text
 )
@@ -144,7 +144,7 @@ union all
 select w.id, w.user_id, w.endpoint, w.status, w.sequin_endpoint_id::text, w.sequin_sink_id::text
   from userhooks.webhook_subscriptions w
   join input i on w.user_id = i.user_id and w.endpoint = i.endpoint
- where w.status in ('provisioning', 'active', 'paused')
+ where w.live
    and not exists (select 1 from inserted x
                     where x.user_id = i.user_id and x.endpoint = i.endpoint)";
 

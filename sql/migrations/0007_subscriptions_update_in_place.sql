@@ -1,0 +1,33 @@
+-- Activating a subscription (provisioning → active) updates its row in place.
+--
+-- An UPDATE that changes no indexed column, and finds room on the row's page, is a HOT update:
+-- a new row version on the same page and no new index entries. `status` was in the predicate
+-- of webhook_subscriptions_live_uidx, so every status change wrote one entry into each of the
+-- three indexes: ~23 µs per activated row, against ~5 µs in place (measured on 2,000-row
+-- updates; a subscribe's insert plus activation went from 60 to 49 µs).
+--
+-- The unique index now keys off `live`, a generated column that changes only when a
+-- subscription stops being live (deleting, deleted, failed), and each page keeps half of its
+-- space for the updated versions (fillfactor 50; at 70 only 40 % of activations stayed in
+-- place). The table takes about twice the disk space it took.
+--
+-- Adding a stored column rewrites the table under an exclusive lock: with many subscriptions,
+-- run `userhooks migrate` when a short pause of subscription changes is acceptable.
+alter table userhooks.webhook_subscriptions
+    add column live boolean not null
+        generated always as (status in ('provisioning', 'active', 'paused')) stored;
+
+comment on column userhooks.webhook_subscriptions.live is
+    'Whether the subscription is live (provisioning, active or paused): at most one live subscription per (user_id, endpoint).';
+
+create unique index webhook_subscriptions_live_user_endpoint_uidx
+    on userhooks.webhook_subscriptions (user_id, endpoint)
+    where live;
+
+drop index userhooks.webhook_subscriptions_live_uidx;
+
+alter index userhooks.webhook_subscriptions_live_user_endpoint_uidx
+    rename to webhook_subscriptions_live_uidx;
+
+-- Applies to pages written from now on; existing rows move as they are updated.
+alter table userhooks.webhook_subscriptions set (fillfactor = 50);

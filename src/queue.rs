@@ -371,19 +371,15 @@ pub async fn write_back_many(
         uncounts.push(uncount);
     }
     let notifies = tx.prepare_cached(NOTIFIES_DONE_SQL).await?;
-    tx.execute(&notifies, &[]).await?;
     let statement = tx.prepare_cached(WRITE_BACK_SQL).await?;
-    let applied: std::collections::HashSet<i64> = tx
-        .query(
-            &statement,
-            &[
-                &ids, &attempts, &statuses, &results, &errors, &delays, &uncounts, &worker_id,
-            ],
-        )
-        .await?
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
+    // Pipelined: tokio-postgres sends requests in the order they are first polled, so the
+    // mark reaches Postgres before the write-back without a round trip of its own.
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 8] = [
+        &ids, &attempts, &statuses, &results, &errors, &delays, &uncounts, &worker_id,
+    ];
+    let (_, rows) =
+        futures_util::try_join!(tx.execute(&notifies, &[]), tx.query(&statement, &params))?;
+    let applied: std::collections::HashSet<i64> = rows.iter().map(|row| row.get(0)).collect();
 
     let mut activate = ActivateColumns::default();
     let mut set_status: (Vec<i64>, Vec<&str>) = Default::default();

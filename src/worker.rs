@@ -63,10 +63,22 @@ pub async fn build(config: Config) -> Result<App, BuildError> {
     let pool = db::pool(&config.database_url, (config.concurrency + 2).min(POOL_MAX))?;
     {
         let client = pool.get().await.map_err(DbError::from)?;
-        client
-            .query("select 1 from userhooks.subscription_requests limit 0", &[])
+        // The statements are written for the latest schema: on an older one every subscribe
+        // would fail and be retried until exhausted, so refuse to start instead.
+        let version: i32 = client
+            .query_one(
+                "select coalesce(max(version), 0) from userhooks.schema_migrations",
+                &[],
+            )
             .await
-            .map_err(|e| BuildError::NotMigrated(e.to_string()))?;
+            .map_err(|e| BuildError::NotMigrated(e.to_string()))?
+            .get(0);
+        let expected = db::MIGRATIONS.last().map_or(0, |(version, _, _)| *version);
+        if version < expected {
+            return Err(BuildError::NotMigrated(format!(
+                "schema version {version}, this worker needs {expected}"
+            )));
+        }
     }
     let metrics = Metrics::new();
     let sequin = SequinClient::new(

@@ -295,3 +295,40 @@ async fn claim_uses_the_partial_index_even_on_an_analysed_empty_table() {
         "{plan}"
     );
 }
+
+#[tokio::test]
+async fn worker_refuses_to_start_on_a_schema_older_than_it_needs() {
+    let db = TestDb::new().await;
+    let emulator = start_emulator().await;
+    let latest = userhooks::db::MIGRATIONS.last().unwrap().0;
+    // As if the last migration had not been applied yet (its record is what the worker reads).
+    db.client()
+        .await
+        .execute(
+            "delete from userhooks.schema_migrations where version = $1",
+            &[&latest],
+        )
+        .await
+        .unwrap();
+    let err = match userhooks::build(config(&db, &emulator)).await {
+        Ok(_) => panic!("a worker started on an outdated schema"),
+        Err(err) => err.to_string(),
+    };
+    assert!(err.contains("run `userhooks migrate` first"), "{err}");
+    assert!(
+        err.contains(&format!("this worker needs {latest}")),
+        "{err}"
+    );
+
+    // With the record back (the migration's DDL never left), the worker starts.
+    db.client()
+        .await
+        .execute(
+            "insert into userhooks.schema_migrations (version, name) values ($1, 'again')",
+            &[&latest],
+        )
+        .await
+        .unwrap();
+    let worker = start_worker(config(&db, &emulator)).await;
+    worker.stop().await;
+}

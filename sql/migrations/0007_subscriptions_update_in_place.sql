@@ -12,7 +12,9 @@
 -- place). The table takes about twice the disk space it took.
 --
 -- Adding a stored column rewrites the table under an exclusive lock: with many subscriptions,
--- run `userhooks migrate` when a short pause of subscription changes is acceptable.
+-- run `userhooks migrate` when a short pause of subscription changes is acceptable. Workers
+-- from before this migration name the old index predicate in their ON CONFLICT and cannot
+-- open subscriptions after it: replace them together with the migration (README, Upgrading).
 alter table userhooks.webhook_subscriptions
     add column live boolean not null
         generated always as (status in ('provisioning', 'active', 'paused')) stored;

@@ -203,6 +203,21 @@ async fn bulk_insert_sends_one_requests_notification() {
     assert!(rx.try_recv().is_err(), "one statement, one notification");
 }
 
+/// A DBA's way of finishing a request by hand.
+const FAIL_REQUEST: &str =
+    "update userhooks.subscription_requests set status = 'failed' where id = $1";
+
+/// The next `userhooks_request_done` payload, parsed.
+async fn next_done(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<(String, String)>,
+) -> serde_json::Value {
+    let (_, payload) = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .expect("a request_done notification")
+        .unwrap();
+    serde_json::from_str(&payload).unwrap()
+}
+
 #[tokio::test]
 async fn terminal_status_sends_request_done_with_id_and_status() {
     let db = TestDb::new().await;
@@ -210,18 +225,13 @@ async fn terminal_status_sends_request_done_with_id_and_status() {
     let id = db.insert("unsubscribe", "u", None, json!({})).await;
     db.client()
         .await
-        .execute(
-            "update userhooks.subscription_requests set status = 'failed' where id = $1",
-            &[&id],
-        )
+        .execute(FAIL_REQUEST, &[&id])
         .await
         .unwrap();
-    let (_, payload) = tokio::time::timeout(Duration::from_secs(5), rx.recv())
-        .await
-        .unwrap()
-        .unwrap();
-    let payload: serde_json::Value = serde_json::from_str(&payload).unwrap();
-    assert_eq!(payload, json!({"id": id, "status": "failed"}));
+    assert_eq!(
+        next_done(&mut rx).await,
+        json!({"id": id, "status": "failed"})
+    );
 }
 
 #[tokio::test]
@@ -231,32 +241,19 @@ async fn trigger_leaves_request_done_to_a_transaction_that_sends_its_own() {
     let skipped = db.insert("unsubscribe", "u1", None, json!({})).await;
     let notified = db.insert("unsubscribe", "u2", None, json!({})).await;
     let mut client = db.client().await;
-    // What the worker's write-back does: mark the transaction, send its own notification.
+    // The mark the worker's write-back sets, without the write-back's own pg_notify.
     let tx = client.transaction().await.unwrap();
     tx.execute(userhooks::queue::NOTIFIES_DONE_SQL, &[])
         .await
         .unwrap();
-    tx.execute(
-        "update userhooks.subscription_requests set status = 'failed' where id = $1",
-        &[&skipped],
-    )
-    .await
-    .unwrap();
+    tx.execute(FAIL_REQUEST, &[&skipped]).await.unwrap();
     tx.commit().await.unwrap();
     // The mark ends with its transaction: the next update notifies through the trigger.
-    client
-        .execute(
-            "update userhooks.subscription_requests set status = 'failed' where id = $1",
-            &[&notified],
-        )
-        .await
-        .unwrap();
-    let (_, payload) = tokio::time::timeout(Duration::from_secs(5), rx.recv())
-        .await
-        .unwrap()
-        .unwrap();
-    let payload: serde_json::Value = serde_json::from_str(&payload).unwrap();
-    assert_eq!(payload, json!({"id": notified, "status": "failed"}));
+    client.execute(FAIL_REQUEST, &[&notified]).await.unwrap();
+    assert_eq!(
+        next_done(&mut rx).await,
+        json!({"id": notified, "status": "failed"})
+    );
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(
         rx.try_recv().is_err(),

@@ -474,7 +474,7 @@ async fn backfill_inner(state: &AppState, body: Bytes) -> Result<Reply> {
             "Missing sinkName parameter",
         ));
     };
-    const LIVE: &str = "status in ('provisioning', 'active', 'paused')";
+    const LIVE: &str = "live";
     let (sub_id, user) = {
         let client = state.pool.get().await?;
         let mut rows = client

@@ -63,6 +63,10 @@ pub async fn build(config: Config) -> Result<App, BuildError> {
     let pool = db::pool(&config.database_url, (config.concurrency + 2).min(POOL_MAX))?;
     {
         let client = pool.get().await.map_err(DbError::from)?;
+        client
+            .query("select 1 from userhooks.subscription_requests limit 0", &[])
+            .await
+            .map_err(|e| BuildError::NotMigrated(e.to_string()))?;
         // The statements are written for the latest schema: on an older one every subscribe
         // would fail and be retried until exhausted, so refuse to start instead.
         let version: i32 = client

@@ -148,20 +148,51 @@ async fn worker_pool_connections_carry_the_planner_settings() {
     assert_eq!(row.get::<_, String>(1), "force_generic_plan");
 }
 
-/// Activation changes `status` but no indexed column, so most activated rows get a new
-/// version on their own page and no new index entries (a HOT update; migration 0007). Those
-/// that do not fit are the ones whose page filled up within the same batch.
+/// Subscriptions that exist when migration 0007 runs also activate in place: the rewrite that
+/// adds `live` already leaves half of each page free.
 #[tokio::test]
-async fn activation_updates_most_subscriptions_in_place() {
-    let db = TestDb::new().await;
-    let mut client = db.client().await;
-    // As the open batch writes them: 200 new `provisioning` rows in one statement.
-    let ids: Vec<i64> = client
-        .query(
+async fn subscriptions_from_before_migration_0007_activate_in_place() {
+    let name = format!("uh_test_{}", uuid::Uuid::new_v4().simple());
+    let admin = userhooks::db::connect(&server_url(), "userhooks-tests")
+        .await
+        .unwrap();
+    admin
+        .batch_execute(&format!("create database {name}"))
+        .await
+        .unwrap();
+    let mut client =
+        userhooks::db::connect(&with_database(&server_url(), &name), "userhooks-tests")
+            .await
+            .unwrap();
+    let (before, from_0007) = userhooks::db::MIGRATIONS.split_at(6);
+    assert_eq!(from_0007[0].0, 7);
+    for (_, _, sql) in before {
+        client.batch_execute(sql).await.unwrap();
+    }
+    client
+        .batch_execute(
             "insert into userhooks.webhook_subscriptions (user_id, endpoint, source_table)
              select 'user-' || g, 'https://hooks.example.com/users/' || g, 'public.orders'
-               from generate_series(1, 200) g
-             returning id",
+               from generate_series(1, 200) g",
+        )
+        .await
+        .unwrap();
+    client.batch_execute(from_0007[0].2).await.unwrap();
+    let in_place = activate_all(&mut client).await;
+    drop(client);
+    admin
+        .batch_execute(&format!("drop database {name} with (force)"))
+        .await
+        .unwrap();
+    assert!(in_place >= 150, "{in_place} of 200 activations in place");
+}
+
+/// Activate every `provisioning` subscription with [`ACTIVATE_SQL`] in one transaction, as
+/// a write-back batch does; returns how many rows were updated in place (HOT).
+async fn activate_all(client: &mut tokio_postgres::Client) -> i64 {
+    let ids: Vec<i64> = client
+        .query(
+            "select id from userhooks.webhook_subscriptions where status = 'provisioning' order by id",
             &[],
         )
         .await
@@ -181,7 +212,7 @@ async fn activation_updates_most_subscriptions_in_place() {
         )
         .await
         .unwrap();
-    assert_eq!(activated, 200);
+    assert_eq!(activated as usize, ids.len());
     let in_place: i64 = tx
         .query_one(
             "select pg_stat_get_xact_tuples_hot_updated('userhooks.webhook_subscriptions'::regclass)",
@@ -191,5 +222,25 @@ async fn activation_updates_most_subscriptions_in_place() {
         .unwrap()
         .get(0);
     tx.commit().await.unwrap();
+    in_place
+}
+
+/// Activation changes `status` but no indexed column, so most activated rows get a new
+/// version on their own page and no new index entries (a HOT update; migration 0007). Those
+/// that do not fit are the ones whose page filled up within the same batch.
+#[tokio::test]
+async fn activation_updates_most_subscriptions_in_place() {
+    let db = TestDb::new().await;
+    let mut client = db.client().await;
+    // As the open batch writes them: 200 new `provisioning` rows in one statement.
+    client
+        .batch_execute(
+            "insert into userhooks.webhook_subscriptions (user_id, endpoint, source_table)
+             select 'user-' || g, 'https://hooks.example.com/users/' || g, 'public.orders'
+               from generate_series(1, 200) g",
+        )
+        .await
+        .unwrap();
+    let in_place = activate_all(&mut client).await;
     assert!(in_place >= 150, "{in_place} of 200 activations in place");
 }

@@ -11,10 +11,15 @@
 -- space for the updated versions (fillfactor 50; at 70 only 40 % of activations stayed in
 -- place). The table takes about twice the disk space it took.
 --
--- Adding a stored column rewrites the table under an exclusive lock: with many subscriptions,
--- run `userhooks migrate` when a short pause of subscription changes is acceptable. Workers
+-- Adding a stored column rewrites the table under an exclusive lock, held (with 0006's lock on
+-- the request table) until `userhooks migrate` commits: with many subscriptions, migrate when
+-- a short pause of enqueuing and of the worker is acceptable. Workers
 -- from before this migration name the old index predicate in their ON CONFLICT and cannot
 -- open subscriptions after it: replace them together with the migration (README, Upgrading).
+-- Before the column, so the rewrite that adds it already leaves the room (set after it, the
+-- rewritten pages stay full and existing subscriptions would not update in place).
+alter table userhooks.webhook_subscriptions set (fillfactor = 50);
+
 alter table userhooks.webhook_subscriptions
     add column live boolean not null
         generated always as (status in ('provisioning', 'active', 'paused')) stored;
@@ -30,6 +35,3 @@ drop index userhooks.webhook_subscriptions_live_uidx;
 
 alter index userhooks.webhook_subscriptions_live_user_endpoint_uidx
     rename to webhook_subscriptions_live_uidx;
-
--- Applies to pages written from now on; existing rows move as they are updated.
-alter table userhooks.webhook_subscriptions set (fillfactor = 50);

@@ -7,9 +7,9 @@
 -- RETURNING list, with the same payload, and first sets `userhooks.notifies_request_done` for
 -- its transaction so that the trigger does not send them twice.
 --
--- Every other update (a DBA's `update ... set status = 'cancelled'`, an older worker) leaves the setting
--- unset and still notifies through the trigger. Postgres folds identical notifications of one
--- transaction into one, so a client never sees a request twice either way.
+-- Every other update (a DBA's `update ... set status = 'cancelled'`, an older worker) leaves
+-- the setting unset and still notifies through the trigger. Postgres folds identical
+-- notifications of one transaction into one, so a client never sees a request twice either way.
 drop trigger subscription_requests_done on userhooks.subscription_requests;
 
 create trigger subscription_requests_done

@@ -13,9 +13,10 @@
 --
 -- Adding a stored column rewrites the table under an exclusive lock, held (with 0006's lock on
 -- the request table) until `userhooks migrate` commits: with many subscriptions, migrate when
--- a short pause of enqueuing and of the worker is acceptable. Workers
--- from before this migration name the old index predicate in their ON CONFLICT and cannot
--- open subscriptions after it: replace them together with the migration (README, Upgrading).
+-- a short pause of enqueuing and of the worker is acceptable. Workers from before this
+-- migration name the old index predicate in their ON CONFLICT and cannot open subscriptions
+-- after it: replace them together with the migration (README, Upgrading).
+
 -- Before the column, so the rewrite that adds it already leaves the room (set after it, the
 -- rewritten pages stay full and existing subscriptions would not update in place).
 alter table userhooks.webhook_subscriptions set (fillfactor = 50);

@@ -148,42 +148,29 @@ async fn worker_pool_connections_carry_the_planner_settings() {
     assert_eq!(row.get::<_, String>(1), "force_generic_plan");
 }
 
+/// As the open batch writes them: 200 new `provisioning` subscriptions in one statement.
+const INSERT_200_SUBSCRIPTIONS: &str = "
+    insert into userhooks.webhook_subscriptions (user_id, endpoint, source_table)
+    select 'user-' || g, 'https://hooks.example.com/users/' || g, 'public.orders'
+      from generate_series(1, 200) g";
+
 /// Subscriptions that exist when migration 0007 runs also activate in place: the rewrite that
 /// adds `live` already leaves half of each page free.
 #[tokio::test]
 async fn subscriptions_from_before_migration_0007_activate_in_place() {
-    let name = format!("uh_test_{}", uuid::Uuid::new_v4().simple());
-    let admin = userhooks::db::connect(&server_url(), "userhooks-tests")
-        .await
-        .unwrap();
-    admin
-        .batch_execute(&format!("create database {name}"))
-        .await
-        .unwrap();
-    let mut client =
-        userhooks::db::connect(&with_database(&server_url(), &name), "userhooks-tests")
-            .await
-            .unwrap();
+    let db = TestDb::unmigrated().await;
+    let mut client = db.client().await;
     let (before, from_0007) = userhooks::db::MIGRATIONS.split_at(6);
     assert_eq!(from_0007[0].0, 7);
     for (_, _, sql) in before {
         client.batch_execute(sql).await.unwrap();
     }
     client
-        .batch_execute(
-            "insert into userhooks.webhook_subscriptions (user_id, endpoint, source_table)
-             select 'user-' || g, 'https://hooks.example.com/users/' || g, 'public.orders'
-               from generate_series(1, 200) g",
-        )
+        .batch_execute(INSERT_200_SUBSCRIPTIONS)
         .await
         .unwrap();
     client.batch_execute(from_0007[0].2).await.unwrap();
     let in_place = activate_all(&mut client).await;
-    drop(client);
-    admin
-        .batch_execute(&format!("drop database {name} with (force)"))
-        .await
-        .unwrap();
     assert!(in_place >= 150, "{in_place} of 200 activations in place");
 }
 
@@ -232,13 +219,8 @@ async fn activate_all(client: &mut tokio_postgres::Client) -> i64 {
 async fn activation_updates_most_subscriptions_in_place() {
     let db = TestDb::new().await;
     let mut client = db.client().await;
-    // As the open batch writes them: 200 new `provisioning` rows in one statement.
     client
-        .batch_execute(
-            "insert into userhooks.webhook_subscriptions (user_id, endpoint, source_table)
-             select 'user-' || g, 'https://hooks.example.com/users/' || g, 'public.orders'
-               from generate_series(1, 200) g",
-        )
+        .batch_execute(INSERT_200_SUBSCRIPTIONS)
         .await
         .unwrap();
     let in_place = activate_all(&mut client).await;

@@ -164,23 +164,14 @@ async fn migrate_twice_and_concurrently_is_safe() {
 
 #[tokio::test]
 async fn fresh_database_migrates_concurrently() {
-    let name = format!("uh_test_{}", uuid::Uuid::new_v4().simple());
-    let admin = userhooks::db::connect(&server_url(), "userhooks-tests")
-        .await
-        .unwrap();
-    admin
-        .batch_execute(&format!("create database {name}"))
-        .await
-        .unwrap();
-    let url = format!("{}/{name}", server_url().rsplit_once('/').unwrap().0);
-    let (a, b) = tokio::join!(userhooks::db::migrate(&url), userhooks::db::migrate(&url));
+    let db = TestDb::unmigrated().await;
+    let (a, b) = tokio::join!(
+        userhooks::db::migrate(&db.url),
+        userhooks::db::migrate(&db.url)
+    );
     let (a, b) = (a.unwrap(), b.unwrap());
     // Exactly one of the two applied everything.
     assert_eq!(a.len() + b.len(), userhooks::db::MIGRATIONS.len());
-    admin
-        .batch_execute(&format!("drop database {name} with (force)"))
-        .await
-        .unwrap();
 }
 
 #[tokio::test]

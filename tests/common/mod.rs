@@ -18,7 +18,7 @@ pub fn server_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string())
 }
 
-pub fn with_database(url: &str, name: &str) -> String {
+fn with_database(url: &str, name: &str) -> String {
     let base = url.rsplit_once('/').map(|(b, _)| b).unwrap_or(url);
     format!("{base}/{name}")
 }
@@ -31,6 +31,13 @@ pub struct TestDb {
 
 impl TestDb {
     pub async fn new() -> TestDb {
+        let db = TestDb::unmigrated().await;
+        userhooks::db::migrate(&db.url).await.expect("migrate");
+        db
+    }
+
+    /// An empty database of the test's own (no schema), dropped like any other.
+    pub async fn unmigrated() -> TestDb {
         let name = format!("uh_test_{}", uuid::Uuid::new_v4().simple());
         let admin = userhooks::db::connect(&server_url(), "userhooks-tests")
             .await
@@ -40,7 +47,6 @@ impl TestDb {
             .await
             .expect("create test database");
         let url = with_database(&server_url(), &name);
-        userhooks::db::migrate(&url).await.expect("migrate");
         TestDb { name, url }
     }
 

@@ -474,12 +474,11 @@ async fn backfill_inner(state: &AppState, body: Bytes) -> Result<Reply> {
             "Missing sinkName parameter",
         ));
     };
-    const LIVE: &str = "live";
     let (sub_id, user) = {
         let client = state.pool.get().await?;
         let mut rows = client
             .query(
-                &format!("select id, user_id, sink_name from userhooks.webhook_subscriptions where sink_name = $1 and {LIVE}"),
+                "select id, user_id, sink_name from userhooks.webhook_subscriptions where sink_name = $1 and live",
                 &[&sink],
             )
             .await?;
@@ -487,7 +486,7 @@ async fn backfill_inner(state: &AppState, body: Bytes) -> Result<Reply> {
             if let Some(user) = seed_sink_user(&sink) {
                 rows = client
                     .query(
-                        &format!("select id, user_id, sink_name from userhooks.webhook_subscriptions where user_id = $1 and {LIVE} order by id"),
+                        "select id, user_id, sink_name from userhooks.webhook_subscriptions where user_id = $1 and live order by id",
                         &[&user],
                     )
                     .await?;

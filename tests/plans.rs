@@ -118,13 +118,11 @@ async fn activation_finds_subscriptions_by_primary_key_on_a_large_unanalysed_tab
     let db = TestDb::new().await;
     let client = large_unanalysed_queue(&db, 0).await;
     let ids: Vec<i64> = (1..=200).collect();
-    let uuid = "7f0c2a4e-5b1d-4c3e-9a8f-0123456789ab";
-    let uuids = vec![uuid; 200];
-    let names: Vec<String> = (1..=200).map(|i| format!("n{i}")).collect();
+    let (uuids, endpoint_names, sink_names) = activation_columns(&ids);
     let plan = plan(
         &client,
         ACTIVATE_SQL,
-        &[&ids, &uuids, &uuids, &names, &names],
+        &[&ids, &uuids, &uuids, &endpoint_names, &sink_names],
     )
     .await;
     assert!(plan.contains("webhook_subscriptions_pkey"), "{plan}");
@@ -174,6 +172,14 @@ async fn subscriptions_from_before_migration_0007_activate_in_place() {
     assert!(in_place >= 150, "{in_place} of 200 activations in place");
 }
 
+/// The Sequin columns [`ACTIVATE_SQL`] sets for `ids`: one UUID for both ids, and the names.
+fn activation_columns(ids: &[i64]) -> (Vec<&'static str>, Vec<String>, Vec<String>) {
+    let uuids = vec!["7f0c2a4e-5b1d-4c3e-9a8f-0123456789ab"; ids.len()];
+    let endpoint_names = ids.iter().map(|i| format!("uh-{i}-endpoint")).collect();
+    let sink_names = ids.iter().map(|i| format!("uh-{i}-sink")).collect();
+    (uuids, endpoint_names, sink_names)
+}
+
 /// Activate every `provisioning` subscription with [`ACTIVATE_SQL`] in one transaction, as
 /// a write-back batch does; returns how many rows were updated in place (HOT).
 async fn activate_all(client: &mut tokio_postgres::Client) -> i64 {
@@ -187,10 +193,7 @@ async fn activate_all(client: &mut tokio_postgres::Client) -> i64 {
         .iter()
         .map(|row| row.get(0))
         .collect();
-    let uuid = "7f0c2a4e-5b1d-4c3e-9a8f-0123456789ab";
-    let uuids = vec![uuid; ids.len()];
-    let endpoint_names: Vec<String> = ids.iter().map(|i| format!("uh-{i}-endpoint")).collect();
-    let sink_names: Vec<String> = ids.iter().map(|i| format!("uh-{i}-sink")).collect();
+    let (uuids, endpoint_names, sink_names) = activation_columns(&ids);
     let tx = client.transaction().await.unwrap();
     let activated = tx
         .execute(

@@ -130,3 +130,252 @@ async fn an_https_base_is_spoken_to_in_tls() {
     assert_eq!(head[1], 0x03, "TLS major version, got {head:?}");
     assert_eq!(err.class(), ErrorClass::Retryable, "{err}");
 }
+
+// --- The client's own HTTP/1.1 connections, against a server that writes raw bytes ---------
+
+/// What the scripted server does after writing an answer.
+#[derive(Clone, Copy)]
+enum Then {
+    /// Wait for the next request on the same connection.
+    KeepOpen,
+    /// Close the connection.
+    Close,
+}
+
+/// A server that answers the n-th request it reads (counted over all connections) with
+/// `script(n)`, written in the given pieces. Returns the base URL, the number of
+/// connections accepted, and the raw requests read.
+async fn scripted(
+    script: impl Fn(usize) -> (Vec<&'static [u8]>, Then) + Send + Sync + 'static,
+) -> (String, Arc<AtomicUsize>, Arc<std::sync::Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let requests = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let script = Arc::new(script);
+    let (accepted, seen) = (connections.clone(), requests.clone());
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            accepted.fetch_add(1, Ordering::SeqCst);
+            let (script, seen) = (script.clone(), seen.clone());
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    // One request: a head, then as many body bytes as it announces.
+                    let request_len = loop {
+                        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+                            let body = head
+                                .lines()
+                                .find_map(|l| l.strip_prefix("content-length: "))
+                                .map_or(0, |n| n.trim().parse::<usize>().unwrap());
+                            if buf.len() >= end + 4 + body {
+                                break end + 4 + body;
+                            }
+                        }
+                        let mut chunk = [0u8; 4096];
+                        match socket.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let request: Vec<u8> = buf.drain(..request_len).collect();
+                    let n = {
+                        let mut seen = seen.lock().unwrap();
+                        seen.push(String::from_utf8_lossy(&request).into_owned());
+                        seen.len() - 1
+                    };
+                    let (pieces, then) = script(n);
+                    for piece in pieces {
+                        if socket.write_all(piece).await.is_err() {
+                            return;
+                        }
+                        // Separate writes arrive as separate reads more often than not.
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    if let Then::Close = then {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (format!("http://{addr}/api"), connections, requests)
+}
+
+const DATABASES: &[u8] =
+    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 26\r\n\r\n{\"data\":[{\"name\":\"app\"}]}\n";
+
+#[tokio::test]
+async fn a_kept_alive_connection_carries_the_next_call() {
+    let (base, connections, _) = scripted(|_| (vec![DATABASES], Then::KeepOpen)).await;
+    let client = client(&base);
+
+    for _ in 0..3 {
+        assert_eq!(client.list_databases().await.unwrap(), vec!["app"]);
+    }
+
+    assert_eq!(connections.load(Ordering::SeqCst), 1);
+}
+
+/// Servers close keep-alive connections that sit idle; the next call must not fail on one.
+#[tokio::test]
+async fn a_connection_the_server_closed_while_idle_is_not_reused() {
+    let (base, connections, _) = scripted(|_| (vec![DATABASES], Then::Close)).await;
+    let client = client(&base);
+
+    assert_eq!(client.list_databases().await.unwrap(), vec!["app"]);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(client.list_databases().await.unwrap(), vec!["app"]);
+
+    assert_eq!(connections.load(Ordering::SeqCst), 2);
+}
+
+/// `Connection: close` on an answer retires the connection even if the server leaves it
+/// open: a request written into it would never be answered.
+#[tokio::test]
+async fn connection_close_on_an_answer_retires_the_connection() {
+    const CLOSING: &[u8] = b"HTTP/1.1 200 OK\r\nConnection: close\r\ncontent-length: 26\r\n\r\n{\"data\":[{\"name\":\"app\"}]}\n";
+    let (base, connections, _) = scripted(|n| match n {
+        0 => (vec![CLOSING], Then::KeepOpen),
+        _ => (vec![DATABASES], Then::KeepOpen),
+    })
+    .await;
+    let client = client(&base);
+
+    for _ in 0..2 {
+        assert_eq!(client.list_databases().await.unwrap(), vec!["app"]);
+    }
+
+    assert_eq!(connections.load(Ordering::SeqCst), 2);
+}
+
+/// Proxies in front of Sequin may re-frame answers as chunks; the body is the chunks
+/// joined, and the connection stays usable.
+#[tokio::test]
+async fn a_chunked_answer_is_read_whole_across_reads() {
+    let (base, connections, _) = scripted(|_| {
+        (
+            vec![
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+                b"9;ext=1\r\n{\"data\":[\r\n",
+                b"10\r\n{\"name\":\"app\"}]}\r",
+                b"\n0\r\nx-trailer: y\r\n\r\n",
+            ],
+            Then::KeepOpen,
+        )
+    })
+    .await;
+    let client = client(&base);
+
+    for _ in 0..2 {
+        assert_eq!(client.list_databases().await.unwrap(), vec!["app"]);
+    }
+
+    assert_eq!(connections.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn an_answer_without_length_is_read_until_the_server_closes() {
+    let (base, _, _) = scripted(|_| {
+        (
+            vec![
+                b"HTTP/1.1 200 OK\r\n\r\n{\"data\":",
+                b"[{\"name\":\"app\"}]}",
+            ],
+            Then::Close,
+        )
+    })
+    .await;
+
+    assert_eq!(client(&base).list_databases().await.unwrap(), vec!["app"]);
+}
+
+#[tokio::test]
+async fn interim_answers_before_the_real_one_are_skipped() {
+    let (base, _, _) = scripted(|_| {
+        (
+            vec![b"HTTP/1.1 100 Continue\r\n\r\n", DATABASES],
+            Then::KeepOpen,
+        )
+    })
+    .await;
+
+    assert_eq!(client(&base).list_databases().await.unwrap(), vec!["app"]);
+}
+
+/// A server that dies mid-answer leaves the request's outcome unknown: a transport error,
+/// retried later like any other, never a half-read body taken as the answer.
+#[tokio::test]
+async fn an_answer_cut_short_is_a_retryable_transport_error() {
+    let (base, _, _) = scripted(|_| {
+        (
+            vec![b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n{\"data\":[]"],
+            Then::Close,
+        )
+    })
+    .await;
+
+    let err = client(&base).list_databases().await.unwrap_err();
+
+    assert_eq!(err.class(), ErrorClass::Retryable, "{err}");
+    assert!(
+        err.to_string().contains(
+            "could not reach Sequin: the connection closed before the whole answer arrived"
+        ),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_garbled_answer_is_a_transport_error_that_says_so() {
+    let (base, _, _) = scripted(|_| (vec![b"SSH-2.0-OpenSSH_9.2\r\n\r\n"], Then::Close)).await;
+
+    let err = client(&base).list_databases().await.unwrap_err();
+
+    assert_eq!(err.class(), ErrorClass::Retryable, "{err}");
+    assert!(err.to_string().contains("malformed HTTP answer"), "{err}");
+}
+
+/// The request on the wire: origin-form target under the base path, `Host` with the port,
+/// the token, and a JSON body whose length is announced.
+#[tokio::test]
+async fn a_write_is_one_http_1_1_message_with_host_token_and_json_body() {
+    const CREATED: &[u8] =
+        b"HTTP/1.1 201 Created\r\ncontent-length: 24\r\n\r\n{\"id\":\"s-1\",\"name\":\"u1\"}";
+    let (base, _, requests) = scripted(|_| (vec![CREATED], Then::KeepOpen)).await;
+    let port = base.rsplit(':').next().unwrap().trim_end_matches("/api");
+
+    let sink = client(&base)
+        .create_sink(&json!({"name": "u1"}))
+        .await
+        .unwrap();
+
+    assert_eq!(sink.id, "s-1");
+    let request = requests.lock().unwrap()[0].clone();
+    let (head, body) = request.split_once("\r\n\r\n").unwrap();
+    let mut lines = head.lines();
+    assert_eq!(lines.next(), Some("POST /api/sinks HTTP/1.1"));
+    let headers: Vec<&str> = lines.collect();
+    assert!(
+        headers.contains(&format!("Host: 127.0.0.1:{port}").as_str()),
+        "{headers:?}"
+    );
+    assert!(
+        headers.contains(&"Authorization: Bearer tok-123"),
+        "{headers:?}"
+    );
+    assert!(
+        headers.contains(&"Content-Type: application/json"),
+        "{headers:?}"
+    );
+    assert!(
+        headers.contains(&format!("Content-Length: {}", body.len()).as_str()),
+        "{headers:?}"
+    );
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(body).unwrap(),
+        json!({"name": "u1"})
+    );
+}

@@ -7,19 +7,16 @@
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
-use hyper::{Method, Request, StatusCode, Uri};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use http::{HeaderValue, Method, StatusCode};
 use serde_json::{json, Value};
 
 use crate::config::Secret;
 use crate::metrics::Metrics;
 use crate::retry::RetryPolicy;
+
+mod connections;
+
+use self::connections::Connections;
 
 /// How an error should be handled: decided here, once.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -158,11 +155,6 @@ fn parse_error_body(body: &str) -> (String, Option<Value>) {
     )
 }
 
-fn parse_retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let text = headers.get(RETRY_AFTER)?.to_str().ok()?;
-    text.trim().parse::<u64>().ok().map(Duration::from_secs)
-}
-
 /// A created or fetched Sequin resource: its id, and the response it came in.
 ///
 /// The subscribe path needs only the id, so only the id is decoded eagerly; building a full
@@ -200,14 +192,6 @@ impl Resource {
     }
 }
 
-/// The HTTP/1.1 client the Sequin calls go through: hyper's pooled client with rustls.
-///
-/// Not reqwest: its per-call layers (a URL re-parse in the redirect policy, the retry and
-/// redirect wrappers) were ~12 % of the worker's CPU at full load, and we need none of
-/// them: redirects are refused anyway (one would carry the token elsewhere) and retries
-/// are ours.
-type Http = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
-
 /// Largest response body read; anything bigger is a broken or hostile server, not Sequin.
 const MAX_RESPONSE_BYTES: usize = 64 << 20;
 
@@ -236,69 +220,68 @@ fn tls_config() -> Arc<rustls::ClientConfig> {
         .clone()
 }
 
-fn http_client(connect_timeout: Duration) -> Http {
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_connect_timeout(Some(connect_timeout));
-    http.set_nodelay(true);
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config((*tls_config()).clone())
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http);
-    // No cap on idle connections: at most `concurrency` calls run at once, so the pool never
-    // holds more than that, and a cap below it closed connections that the next burst of
-    // calls had to open again (a TCP handshake each, on both sides).
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_timer(TokioTimer::new())
-        .build(connector)
-}
-
 #[derive(Clone)]
 pub struct SequinClient {
-    http: Http,
-    /// `scheme://authority/base-path` without the trailing slash; a call appends its path.
-    base: Arc<str>,
-    /// Why the configured base cannot be used, if it cannot (reported on each call).
-    base_error: Option<Arc<str>>,
-    /// `Bearer <token>`, built once and marked sensitive (never shown in Debug output).
-    authorization: Option<HeaderValue>,
+    /// Where calls go, or why the configured base URL cannot be used (reported on each call).
+    origin: Result<Arc<Origin>, Arc<str>>,
+    /// `Bearer <token>`, built once; `None` if the token cannot be sent in a header.
+    authorization: Option<Arc<[u8]>>,
     metrics: Arc<Metrics>,
     timeout: Duration,
     /// In-process retries of one call before giving up to the caller.
     in_process_retries: u32,
 }
 
-/// Check a base URL once, so each call only appends a path to it.
-fn check_base(base: &str) -> Result<(), String> {
-    let url = url::Url::parse(base).map_err(|e| format!("SEQUIN_API_URL {base:?}: {e}"))?;
-    if !matches!(url.scheme(), "http" | "https") || url.cannot_be_a_base() {
-        return Err(format!("SEQUIN_API_URL {base:?} is not an http(s) URL"));
+/// The configured base URL, checked and taken apart once, so a call only appends its path.
+///
+/// Not reqwest, nor hyper's pooled client: see `connections.rs` for why the connections are ours.
+struct Origin {
+    connections: Connections,
+    /// The `Host` header: the URL's host, and its port unless it is the scheme's default.
+    host: String,
+    /// The base URL's path without the trailing slash (`/api`); a call appends its own.
+    path: String,
+}
+
+impl Origin {
+    fn new(base: &str, connect_timeout: Duration) -> Result<Self, String> {
+        let url = url::Url::parse(base).map_err(|e| format!("SEQUIN_API_URL {base:?}: {e}"))?;
+        let tls = match url.scheme() {
+            "http" => None,
+            "https" => Some(tls_config()),
+            _ => return Err(format!("SEQUIN_API_URL {base:?} is not an http(s) URL")),
+        };
+        let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) else {
+            return Err(format!("SEQUIN_API_URL {base:?} is not an http(s) URL"));
+        };
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err(format!(
+                "SEQUIN_API_URL {base:?} must not have a query or fragment"
+            ));
+        }
+        let connections = Connections::new(host, port, tls, connect_timeout, MAX_RESPONSE_BYTES)
+            .map_err(|e| format!("SEQUIN_API_URL: {e}"))?;
+        Ok(Origin {
+            connections,
+            host: match url.port() {
+                Some(port) => format!("{host}:{port}"),
+                None => host.to_string(),
+            },
+            path: url.path().trim_end_matches('/').to_string(),
+        })
     }
-    if url.query().is_some() || url.fragment().is_some() {
-        return Err(format!(
-            "SEQUIN_API_URL {base:?} must not have a query or fragment"
-        ));
-    }
-    base.parse::<Uri>()
-        .map(drop)
-        .map_err(|e| format!("SEQUIN_API_URL {base:?}: {e}"))
 }
 
 impl SequinClient {
     pub fn new(base: &str, token: Secret, timeout: Duration, metrics: Arc<Metrics>) -> Self {
-        let base = base.trim_end_matches('/');
+        // The same rule as any HTTP library: visible ASCII, spaces and tabs only.
         let authorization = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
             .ok()
-            .map(|mut value| {
-                value.set_sensitive(true);
-                value
-            });
+            .map(|value| Arc::from(value.as_bytes()));
         SequinClient {
-            http: http_client(timeout.min(Duration::from_secs(5))),
-            base: base.into(),
-            base_error: check_base(base).err().map(Arc::from),
+            origin: Origin::new(base, timeout.min(Duration::from_secs(5)))
+                .map(Arc::new)
+                .map_err(Arc::from),
             authorization,
             metrics,
             timeout,
@@ -312,63 +295,73 @@ impl SequinClient {
         self
     }
 
+    /// The whole HTTP/1.1 request, head and body, ready to write.
     fn request(
         &self,
+        origin: &Origin,
         method: &Method,
         path: &str,
         body: Option<&Value>,
-    ) -> Result<Request<Full<Bytes>>, SequinError> {
-        if let Some(reason) = &self.base_error {
-            return Err(SequinError::Transport(reason.to_string()));
+    ) -> Result<Vec<u8>, SequinError> {
+        // Our paths are fixed text and percent-encoded names; anything that could break
+        // the request line is refused, not sent.
+        if path.bytes().any(|b| b <= b' ' || b == 0x7f) {
+            return Err(SequinError::Transport(format!("bad request path {path:?}")));
         }
-        let uri: Uri = format!("{}{}", self.base, path)
-            .parse()
-            .map_err(|e| SequinError::Transport(format!("bad request path {path:?}: {e}")))?;
-        let authorization = match &self.authorization {
-            Some(value) => value.clone(),
-            None => {
-                return Err(SequinError::Transport(
-                    "the API token has characters an HTTP header cannot carry".to_string(),
-                ))
+        let Some(authorization) = &self.authorization else {
+            return Err(SequinError::Transport(
+                "the API token has characters an HTTP header cannot carry".to_string(),
+            ));
+        };
+        // Sequin requires the JSON content type on every write, even with an empty body.
+        let body = (method != Method::GET && method != Method::DELETE)
+            .then(|| serde_json::to_vec(body.unwrap_or(&json!({}))).unwrap_or_default());
+        let mut request = Vec::with_capacity(256 + body.as_ref().map_or(0, Vec::len));
+        for part in [
+            method.as_str(),
+            " ",
+            &origin.path,
+            path,
+            " HTTP/1.1\r\nHost: ",
+            &origin.host,
+            "\r\nAccept: application/json\r\nAuthorization: ",
+        ] {
+            request.extend_from_slice(part.as_bytes());
+        }
+        request.extend_from_slice(authorization);
+        match body {
+            Some(body) => {
+                request.extend_from_slice(
+                    format!(
+                        "\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                        body.len()
+                    )
+                    .as_bytes(),
+                );
+                request.extend_from_slice(&body);
             }
-        };
-        let builder = Request::builder()
-            .method(method.clone())
-            .uri(uri)
-            .header(ACCEPT, HeaderValue::from_static("application/json"))
-            .header(AUTHORIZATION, authorization);
-        let request = if method != Method::GET && method != Method::DELETE {
-            // Sequin requires the JSON content type on every write, even with an empty body.
-            let bytes = serde_json::to_vec(body.unwrap_or(&json!({}))).unwrap_or_default();
-            builder
-                .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
-                .body(Full::new(Bytes::from(bytes)))
-        } else {
-            builder.body(Full::default())
-        };
-        request.map_err(|e| SequinError::Transport(format!("cannot build the request: {e}")))
+            None => request.extend_from_slice(b"\r\n\r\n"),
+        }
+        Ok(request)
     }
 
     /// Send one request and read the whole answer.
     async fn exchange(
         &self,
-        request: Request<Full<Bytes>>,
+        origin: &Origin,
+        request: Vec<u8>,
     ) -> Result<(StatusCode, Option<Duration>, String), SequinError> {
-        let response = self
-            .http
-            .request(request)
+        let answer = origin
+            .connections
+            .exchange(&request)
             .await
-            .map_err(|err| SequinError::Transport(transport_message(&err)))?;
-        let status = response.status();
-        let retry_after = parse_retry_after(response.headers());
-        let body = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
-            .collect()
-            .await
-            .map_err(|err| SequinError::Transport(transport_message(&*err)))?
-            .to_bytes();
-        let text = String::from_utf8(body.into())
+            .map_err(|err| SequinError::Transport(err.to_string()))?;
+        let status = StatusCode::from_u16(answer.status).map_err(|_| {
+            SequinError::Protocol(format!("HTTP status {} is not valid", answer.status))
+        })?;
+        let text = String::from_utf8(answer.body)
             .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
-        Ok((status, retry_after, text))
+        Ok((status, answer.retry_after, text))
     }
 
     /// One HTTP exchange, measured and classified.
@@ -382,8 +375,16 @@ impl SequinClient {
         let started = Instant::now();
         // A request that cannot be built (bad base URL) is counted as an `error` like a
         // transport failure, not skipped by the metrics.
-        let exchanged = match self.request(&method, path, body) {
-            Ok(request) => tokio::time::timeout(self.timeout, self.exchange(request)).await,
+        let request = match &self.origin {
+            Ok(origin) => self
+                .request(origin, &method, path, body)
+                .map(|request| (origin, request)),
+            Err(reason) => Err(SequinError::Transport(reason.to_string())),
+        };
+        let exchanged = match request {
+            Ok((origin, request)) => {
+                tokio::time::timeout(self.timeout, self.exchange(origin, request)).await
+            }
             Err(err) => Ok(Err(err)),
         };
         let result = match exchanged {
@@ -648,19 +649,6 @@ fn optional(result: Result<String, SequinError>) -> Result<Option<Resource>, Seq
         Err(err) if err.is_not_found() => Ok(None),
         Err(err) => Err(err),
     }
-}
-
-/// An error and its causes on one line: hyper's own message ("client error (Connect)") says
-/// little, the causes say why (connection refused, reset, bad certificate...).
-fn transport_message(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut message = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    message
 }
 
 fn classify(

@@ -41,9 +41,10 @@ pub enum BenchMode {
         /// Latency the emulator adds to every Sequin call.
         #[arg(long, default_value_t = 0)]
         latency_ms: u64,
-        /// Requests the worker processes at once (its USERHOOKS_CONCURRENCY). 512 is where both
-        /// throughput targets hold on a 2-core machine within the footprint target (README).
-        #[arg(long, default_value_t = 512)]
+        /// Requests the worker processes at once (its USERHOOKS_CONCURRENCY). At 1,024 both
+        /// throughput targets hold on a 2-core machine, with a 20 ms Sequin too, within the
+        /// footprint target (README).
+        #[arg(long, default_value_t = 1024)]
         concurrency: usize,
         /// Use an emulator at this URL instead of an in-process one (token: --token).
         #[arg(long)]

@@ -16,6 +16,12 @@ async fn main() -> anyhow::Result<()> {
         _ => "info,tokio_postgres=warn",
     };
     userhooks::telemetry::init(cli.log_format, default_filter);
+    // Each Sequin call in flight holds a socket (in the bench, the emulator one more): at
+    // concurrency 1,024 the common soft limit of 1,024 open files is reached. The soft limit
+    // goes up to the hard one, as Go's runtime does.
+    if let Err(err) = rlimit::increase_nofile_limit(u64::MAX) {
+        tracing::warn!(error = %err, "could not raise the open-file limit");
+    }
     match cli.command {
         Command::Migrate(args) => {
             let applied = userhooks::db::migrate(&args.db.database_url)

@@ -328,6 +328,23 @@ async fn an_answer_cut_short_is_a_retryable_transport_error() {
     );
 }
 
+/// Sizes a hostile or broken server announces are checked before anything is allocated or
+/// added up: a chunk of 2^64-1 bytes is refused, not wrapped around.
+#[tokio::test]
+async fn an_absurd_chunk_size_is_refused() {
+    let (base, _, _) = scripted(|_| {
+        (
+            vec![b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\nffffffffffffffff\r\n"],
+            Then::KeepOpen,
+        )
+    })
+    .await;
+
+    let err = client(&base).list_databases().await.unwrap_err();
+
+    assert!(err.to_string().contains("answer larger than"), "{err}");
+}
+
 #[tokio::test]
 async fn a_garbled_answer_is_a_transport_error_that_says_so() {
     let (base, _, _) = scripted(|_| (vec![b"SSH-2.0-OpenSSH_9.2\r\n\r\n"], Then::Close)).await;

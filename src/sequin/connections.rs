@@ -401,8 +401,13 @@ async fn read_chunked(
         };
         let line = std::str::from_utf8(&buf[pos..line_end]).unwrap_or("");
         let size_text = line.split(';').next().unwrap_or("").trim();
-        let size = usize::from_str_radix(size_text, 16)
-            .map_err(|_| HttpError::Malformed(format!("chunk size {size_text:?}")))?;
+        let size = Some(size_text)
+            .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_hexdigit()))
+            .and_then(|t| usize::from_str_radix(t, 16).ok())
+            .ok_or_else(|| {
+                let shown: String = size_text.chars().take(40).collect();
+                HttpError::Malformed(format!("chunk size {shown:?}"))
+            })?;
         pos = line_end + 2;
         if size == 0 {
             // Trailer fields, if any, then an empty line.
@@ -425,7 +430,8 @@ async fn read_chunked(
                 }
             }
         }
-        if body_len + size > max_body {
+        // Compared without adding: a hostile size near usize::MAX must not wrap around.
+        if size > max_body - body_len {
             return Err(HttpError::TooLarge(max_body));
         }
         while buf.len() < pos + size + 2 {

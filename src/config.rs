@@ -8,6 +8,11 @@ use std::time::Duration;
 
 use clap::Args;
 
+/// The default of `USERHOOKS_LISTENER_PING`: how often an idle LISTEN connection is checked.
+/// A connection that silently stopped delivering (a network partition, a stuck backend)
+/// fails the check and is replaced.
+pub const LISTENER_PING: Duration = Duration::from_secs(30);
+
 /// A value that must never reach a log line: `Debug` and `Display` print a placeholder.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
@@ -397,7 +402,7 @@ impl Config {
             shutdown_grace: Duration::from_secs(30),
             backfill_poll_interval: Duration::from_secs(2),
             http_timeout: Duration::from_secs(10),
-            listener_ping: crate::listener::PING_INTERVAL,
+            listener_ping: LISTENER_PING,
             max_retry_count: None,
             load_shedding: None,
             worker_id: default_worker_id(),

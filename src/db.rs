@@ -207,6 +207,16 @@ pub async fn apply_roles(database_url: &str) -> Result<(), DbError> {
     Ok(())
 }
 
+/// The tutorial's application tables (`users`, `notifications`), for `migrate --example-app`.
+pub const EXAMPLE_APP_SQL: &str = include_str!("../sql/example_app.sql");
+
+/// Create the example application's tables (`users`, `notifications`).
+pub async fn create_example_app(database_url: &str) -> Result<(), DbError> {
+    let client = connect(database_url, "userhooks-migrate").await?;
+    client.batch_execute(EXAMPLE_APP_SQL).await?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -42,7 +42,7 @@ pub async fn run(
         tokio::select! {
             _ = stop.changed() => return,
             _ = gauges.tick() => {
-                let slow = tick % SLOW_GAUGE_EVERY == 0;
+                let slow = tick.is_multiple_of(SLOW_GAUGE_EVERY);
                 tick = tick.wrapping_add(1);
                 match refresh_gauges(&pool, &metrics, slow).await {
                     Ok(()) => metrics.set_database_ok(true),
@@ -58,7 +58,7 @@ pub async fn run(
                 backfill_ticks = backfill_ticks.wrapping_add(1);
                 let due = backfills_open
                     || provisioner.take_backfill_hint()
-                    || backfill_ticks % DISCOVER_EVERY == 0;
+                    || backfill_ticks.is_multiple_of(DISCOVER_EVERY);
                 if due {
                     match crate::backfills::poll_due(
                         &pool,

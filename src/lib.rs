@@ -5,13 +5,11 @@
 
 pub mod backfills;
 pub mod batch;
-pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod db;
-pub mod demo;
-pub mod emulator;
-pub mod generate;
+#[cfg(feature = "dev")]
+pub mod dev;
 pub mod housekeeping;
 pub mod listener;
 pub mod metrics;

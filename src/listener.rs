@@ -15,10 +15,6 @@ use crate::retry::RetryPolicy;
 
 pub const REQUESTS_CHANNEL: &str = "userhooks_requests";
 
-/// The default of `USERHOOKS_LISTENER_PING`: how often an idle LISTEN connection is checked.
-/// A connection that silently stopped delivering (a network partition, a stuck backend)
-/// fails the check and is replaced.
-pub const PING_INTERVAL: Duration = Duration::from_secs(30);
 const PING_TIMEOUT: Duration = Duration::from_secs(5);
 
 const RECONNECT: RetryPolicy = RetryPolicy {
@@ -48,7 +44,7 @@ pub async fn run(
                     failures = 0; // it was up: this is a fresh loss, not a streak
                 }
                 metrics.listener_connected.set(0);
-                if failures == 0 || failures % 20 == 0 {
+                if failures == 0 || failures.is_multiple_of(20) {
                     tracing::warn!(error = %crate::telemetry::error_chain(&err), failures, "LISTEN connection lost; reconnecting (polling meanwhile)");
                 }
                 // Claim now: whatever was notified while we were down is in the table.

@@ -11,8 +11,9 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // The demo prints its own story; only warnings from the parts interleave with it.
-    let default_filter = match cli.command {
-        Command::Demo(_) | Command::Bench(_) => "warn",
+    let default_filter = match &cli.command {
+        #[cfg(feature = "dev")]
+        Command::Dev(dev) if dev.prints_its_own_story() => "warn",
         _ => "info,tokio_postgres=warn",
     };
     userhooks::telemetry::init(cli.log_format, default_filter);
@@ -28,7 +29,7 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .context("migration failed")?;
             if args.example_app {
-                userhooks::demo::create_example_app(&args.db.database_url)
+                userhooks::db::create_example_app(&args.db.database_url)
                     .await
                     .context("could not create the example application tables")?;
             }
@@ -50,13 +51,6 @@ async fn main() -> anyhow::Result<()> {
             let app = userhooks::build(config).await?;
             app.run(shutdown).await?;
         }
-        Command::Emulator(args) => {
-            let shutdown = userhooks::shutdown::on_signal()?;
-            userhooks::cli::run_emulator(args, shutdown).await?;
-        }
-        Command::Demo(args) => {
-            userhooks::demo::run(args).await?;
-        }
         Command::Reconcile(args) => {
             userhooks::cli::run_reconcile(args).await?;
         }
@@ -64,12 +58,8 @@ async fn main() -> anyhow::Result<()> {
             let shutdown = userhooks::shutdown::on_signal()?;
             userhooks::cli::run_serve(args, shutdown).await?;
         }
-        Command::GenerateNotifications(args) => {
-            userhooks::cli::run_generate(args).await?;
-        }
-        Command::Bench(args) => {
-            userhooks::bench::run(args).await?;
-        }
+        #[cfg(feature = "dev")]
+        Command::Dev(dev) => dev.run().await?,
         Command::Status(args) => {
             print!("{}", userhooks::ops::status(&args.database_url).await?);
         }

@@ -261,7 +261,7 @@ impl Loop {
                     // poll (for expired leases and lost notifications) runs every other
                     // tick then: an idle worker stays under one query per second.
                     polls = polls.wrapping_add(1);
-                    claim_now = self.metrics.listener_connected.get() == 0 || polls % 2 == 0;
+                    claim_now = self.metrics.listener_connected.get() == 0 || polls.is_multiple_of(2);
                 }
                 _ = due => { next_due = None; claim_now = true; }
                 Some(joined) = self.tasks.join_next(), if !self.tasks.is_empty() => {

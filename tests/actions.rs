@@ -6,8 +6,8 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use sequin_emulator::{EmulatorConfig, Faults, RouteFaults};
 use serde_json::{json, Value};
-use userhooks::emulator::{EmulatorConfig, Faults, RouteFaults};
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -29,7 +29,7 @@ async fn run(
     db.finished(id, WAIT).await
 }
 
-async fn apply_transform(emulator: &userhooks::emulator::EmulatorHandle, name: &str) {
+async fn apply_transform(emulator: &sequin_emulator::EmulatorHandle, name: &str) {
     let yaml = format!(
         "functions:\n  - name: \"{name}\"\n    type: \"transform\"\n    code: |-\n      def transform(action, record, changes, metadata) do\n        %{{message: record[\"message\"]}}\n      end\n"
     );
@@ -175,7 +175,7 @@ async fn unsubscribe_by_subscription_id_of_another_user_is_not_found() {
     worker.stop().await;
 }
 
-async fn slow_backfill_emulator(rows: u64, per_sec: u64) -> userhooks::emulator::EmulatorHandle {
+async fn slow_backfill_emulator(rows: u64, per_sec: u64) -> sequin_emulator::EmulatorHandle {
     start_emulator_with(EmulatorConfig {
         token: TOKEN.to_string(),
         database: SEQUIN_DB.to_string(),

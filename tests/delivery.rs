@@ -12,8 +12,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::{Json, Router};
 use common::{eventually, start_emulator_with, TestDb, SEQUIN_DB, TOKEN};
+use sequin_emulator::{DeliveryConfig, EmulatorConfig, EmulatorHandle};
 use serde_json::{json, Value};
-use userhooks::emulator::{DeliveryConfig, EmulatorConfig, EmulatorHandle};
 
 const FILTER_YAML: &str = r#"functions:
   - name: "userhooks-user-filter"
@@ -91,7 +91,7 @@ impl Setup {
 
     async fn with_tables(tables: &[&str]) -> Setup {
         let db = TestDb::new().await;
-        userhooks::demo::create_example_app(&db.url)
+        userhooks::db::create_example_app(&db.url)
             .await
             .expect("example app tables");
         db.client()

@@ -1,11 +1,11 @@
 //! Real-HTTP tests of the Sequin API emulator: one test per rule of `sequin-api.md`.
 
 use reqwest::{Client, Method, StatusCode};
-use serde_json::{json, Value};
-use std::time::Duration;
-use userhooks::emulator::{
+use sequin_emulator::{
     start, EmulatorConfig, EmulatorHandle, Faults, InjectedResponse, RouteFaults,
 };
+use serde_json::{json, Value};
+use std::time::Duration;
 
 const TOKEN: &str = "test-token";
 

@@ -5,12 +5,12 @@ mod common;
 use std::time::Duration;
 
 use common::TestDb;
-use userhooks::generate::{self, GenerateError};
+use userhooks::dev::generate::{self, GenerateError};
 
 #[tokio::test]
 async fn generator_inserts_at_the_rate_for_existing_users_only() {
     let db = TestDb::new().await;
-    userhooks::demo::create_example_app(&db.url).await.unwrap();
+    userhooks::db::create_example_app(&db.url).await.unwrap();
     let client = db.client().await;
     let err = generate::run(
         &client,

@@ -8,9 +8,9 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
+use sequin_emulator::Faults;
 use serde_json::{json, Value};
 use tokio::io::AsyncReadExt;
-use userhooks::emulator::Faults;
 
 /// Every metric of DESIGN.md §6, as sample names (histograms by their `_count`).
 const DESIGN_METRICS: &[&str] = &[
@@ -31,7 +31,7 @@ const DESIGN_METRICS: &[&str] = &[
 
 async fn worker_with_metrics(
     db: &TestDb,
-    emulator: &userhooks::emulator::EmulatorHandle,
+    emulator: &sequin_emulator::EmulatorHandle,
 ) -> RunningWorker {
     let mut config = config(db, emulator);
     config.allow_private_urls = true;

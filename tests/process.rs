@@ -6,7 +6,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::*;
-use userhooks::emulator::{Faults, RouteFaults};
+use sequin_emulator::{Faults, RouteFaults};
 
 fn worker_command(db: &TestDb, api_url: &str) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_userhooks"));

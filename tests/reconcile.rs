@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use common::{config, start_emulator_with, start_worker, TestDb, SEQUIN_DB, TOKEN};
+use sequin_emulator::{EmulatorConfig, EmulatorHandle};
 use serde_json::{json, Value};
-use userhooks::emulator::{EmulatorConfig, EmulatorHandle};
 use userhooks::reconcile::{reconcile, Options, Report};
 
 async fn api(emulator: &EmulatorHandle, method: &str, path: &str, body: Option<Value>) -> u16 {

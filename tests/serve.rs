@@ -6,9 +6,9 @@ mod common;
 use std::time::Duration;
 
 use common::{config, start_emulator, start_worker, RunningWorker, TestDb};
+use sequin_emulator::{EmulatorHandle, Faults};
 use serde_json::{json, Value};
 use userhooks::config::Secret;
-use userhooks::emulator::{EmulatorHandle, Faults};
 use userhooks::metrics::Metrics;
 use userhooks::sequin::SequinClient;
 use userhooks::serve::{serve, ServeConfig};
@@ -32,7 +32,7 @@ async fn setup_with(
     serve_knows_sequin: bool,
 ) -> Setup {
     let db = TestDb::new().await;
-    userhooks::demo::create_example_app(&db.url).await.unwrap();
+    userhooks::db::create_example_app(&db.url).await.unwrap();
     db.client()
         .await
         .batch_execute("insert into users (name) values ('User 1'), ('User 2'), ('User 3')")

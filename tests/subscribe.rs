@@ -5,8 +5,8 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use sequin_emulator::{Faults, InjectedResponse, RouteFaults};
 use serde_json::json;
-use userhooks::emulator::{Faults, InjectedResponse, RouteFaults};
 
 const WAIT: Duration = Duration::from_secs(15);
 

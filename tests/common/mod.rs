@@ -5,9 +5,9 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+use sequin_emulator::{self as emulator, EmulatorConfig, EmulatorHandle};
 use serde_json::Value;
 use tokio::sync::oneshot;
-use userhooks::emulator::{self, EmulatorConfig, EmulatorHandle};
 use userhooks::Config;
 
 pub const TOKEN: &str = "test-token-7f3a";

@@ -211,7 +211,7 @@ struct Engine {
 
 /// Connect to the source database with a UTC session (timestamps render like Sequin's).
 pub(crate) async fn connect(url: &str) -> Option<tokio_postgres::Client> {
-    match crate::db::connect(url, "userhooks-emulator-delivery").await {
+    match crate::pg::connect(url).await {
         Ok(c) => match c.batch_execute("set timezone = 'UTC'").await {
             Ok(()) => Some(c),
             Err(err) => {
@@ -273,7 +273,7 @@ pub(crate) async fn table_max_ids(shared: &Shared) -> Option<BTreeMap<String, i6
 /// Run the delivery engine until the emulator stops.
 pub(crate) async fn run(shared: Arc<Shared>, config: DeliveryConfig) {
     let stop = shared.stop.subscribe();
-    let pg = crate::db::pg_config(&config.database_url, "userhooks-emulator-delivery").ok();
+    let pg = crate::pg::config(&config.database_url).ok();
     let info = DbInfo {
         database: pg
             .as_ref()

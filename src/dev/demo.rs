@@ -15,12 +15,10 @@ use axum::{Json, Router};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
 
-use crate::cli::DemoArgs;
+use super::DemoArgs;
 use crate::config::Config;
 use crate::db::{self, DbError};
-use crate::emulator::{self, DeliveryConfig, EmulatorConfig};
-
-pub const EXAMPLE_APP_SQL: &str = include_str!("../sql/example_app.sql");
+use sequin_emulator::{self as emulator, DeliveryConfig, EmulatorConfig};
 
 /// The demo's users; the last one never subscribes.
 const USERS: [&str; 4] = ["Paul", "Ada", "Linus", "Grace"];
@@ -38,18 +36,11 @@ pub enum DemoError {
     #[error("could not start the worker: {0}")]
     Build(#[from] crate::worker::BuildError),
     #[error(transparent)]
-    Generate(#[from] crate::generate::GenerateError),
+    Generate(#[from] super::generate::GenerateError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
     #[error("demo check failed: {0}")]
     Check(String),
-}
-
-/// Create the example application's tables (`users`, `notifications`).
-pub async fn create_example_app(database_url: &str) -> Result<(), DbError> {
-    let client = db::connect(database_url, "userhooks-migrate").await?;
-    client.batch_execute(EXAMPLE_APP_SQL).await?;
-    Ok(())
 }
 
 pub fn database_url_for(server_url: &str, name: &str) -> String {
@@ -376,7 +367,7 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
         .await?;
     let url = database_url_for(&args.database_url, name);
     db::migrate(&url).await?;
-    create_example_app(&url).await?;
+    db::create_example_app(&url).await?;
     let client = db::connect(&url, "userhooks-demo").await?;
     for n in USERS {
         client
@@ -392,7 +383,7 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
     let ids: Vec<i32> = users.iter().map(|u| u.0).collect();
     let mut counter = 0;
     for id in &ids {
-        crate::generate::insert_batch(&client, &[*id], HISTORY_PER_USER, &mut counter).await?;
+        super::generate::insert_batch(&client, &[*id], HISTORY_PER_USER, &mut counter).await?;
     }
     println!(
         "[1/7] database `{name}`: userhooks schema migrated, tables users and notifications, \
@@ -555,7 +546,7 @@ async fn story(
         total,
         "      [{bar:40}] {pos}/{len} notifications ({per_sec})",
     );
-    let generated = crate::generate::run(
+    let generated = super::generate::run(
         client,
         args.rate,
         Some(args.generate_for),
@@ -640,7 +631,7 @@ async fn story(
     let all_ids: Vec<i32> = users.iter().map(|u| u.0).collect();
     let mut counter = 1_000_000;
     for id in &all_ids {
-        crate::generate::insert_batch(client, &[*id], AFTER_UNSUBSCRIBE, &mut counter).await?;
+        super::generate::insert_batch(client, &[*id], AFTER_UNSUBSCRIBE, &mut counter).await?;
     }
     let end_mark = max_id(client).await?;
     let after = written(client, un_mark, end_mark).await?;

@@ -7,8 +7,10 @@
 //! `accepts ["json"]` (406) → `VerifyApiToken` (401) → `VerifyContentType` (400) → controller.
 //! Injected faults run before all of that. Control routes live under `/_emulator/`.
 
+pub mod cli;
 mod delivery;
 mod faults;
+mod pg;
 mod routes;
 mod state;
 

@@ -12,7 +12,7 @@ use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 
 use crate::db::{self, DbError};
-use crate::emulator::{self, EmulatorConfig, EmulatorHandle, Faults, RouteFaults};
+use sequin_emulator::{self as emulator, EmulatorConfig, EmulatorHandle, Faults, RouteFaults};
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -104,7 +104,7 @@ impl BenchDb {
         admin
             .batch_execute(&format!("create database {name}"))
             .await?;
-        let url = crate::demo::database_url_for(admin_url, &name);
+        let url = super::demo::database_url_for(admin_url, &name);
         db::migrate(&url).await?;
         Ok(BenchDb {
             admin_url: admin_url.to_string(),

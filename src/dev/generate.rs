@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use rand::Rng;
+use rand::RngExt;
 
 /// How often a batch is inserted.
 const TICK: Duration = Duration::from_millis(100);

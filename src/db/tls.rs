@@ -218,8 +218,8 @@ pub enum TlsError {
         roots: String,
         mode: SslMode,
     },
-    #[error("TLS: the server certificate is not valid for the host name {host}{names} (sslmode=verify-full); connect by a name the certificate lists, or use sslmode=verify-ca")]
-    WrongHost { host: String, names: String },
+    #[error("TLS: the server certificate is not valid for the host name {0} (sslmode=verify-full); connect by a name the certificate lists, or use sslmode=verify-ca")]
+    WrongHost(String),
     #[error("TLS: the server certificate for {host} has expired or is not valid yet (sslmode={mode}); renew the server certificate or fix this machine's clock")]
     OutOfDate { host: String, mode: SslMode },
     #[error("TLS: the server certificate for {host} was refused: {detail} (sslmode={mode}); fix the server certificate")]
@@ -362,14 +362,9 @@ impl Context {
                     mode,
                 }
             }
-            CertificateError::NotValidForName => TlsError::WrongHost {
-                host,
-                names: String::new(),
-            },
-            CertificateError::NotValidForNameContext { presented, .. } => TlsError::WrongHost {
-                host,
-                names: format!(" (it lists {})", presented.join(", ")),
-            },
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
+                TlsError::WrongHost(host)
+            }
             CertificateError::Expired
             | CertificateError::ExpiredContext { .. }
             | CertificateError::NotValidYet

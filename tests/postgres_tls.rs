@@ -66,19 +66,18 @@ impl Drop for TempDir {
     }
 }
 
-async fn cluster(tls: Option<(&Pem, &'static [&'static str])>) -> TempCluster {
-    let (cert, key) = match tls {
-        Some((pem, _)) => (Some(pem.cert.clone()), Some(pem.key.clone())),
-        None => (None, None),
-    };
-    let settings = tls.map(|(_, settings)| settings);
-    tokio::task::spawn_blocking(move || match (cert, key, settings) {
-        (Some(cert), Some(key), Some(settings)) => TempCluster::start_with_tls(ServerTls {
+async fn cluster(tls: Option<(&Pem, &[&str])>) -> TempCluster {
+    let tls = tls.map(|(pem, settings)| {
+        let settings: Vec<String> = settings.iter().map(|s| s.to_string()).collect();
+        (pem.cert.clone(), pem.key.clone(), settings)
+    });
+    tokio::task::spawn_blocking(move || match tls {
+        Some((cert, key, settings)) => TempCluster::start_with_tls(ServerTls {
             cert: &cert,
             key: &key,
-            settings,
+            settings: &settings.iter().map(String::as_str).collect::<Vec<_>>(),
         }),
-        _ => TempCluster::start(),
+        None => TempCluster::start(),
     })
     .await
     .unwrap()
@@ -260,7 +259,16 @@ async fn a_private_ca_is_checked_as_libpq_does() {
     let ca = certs::ca(dir.path(), "userhooks test CA");
     let other = certs::ca(dir.path(), "another CA");
     let server = certs::issued(dir.path(), &ca, "server", "DNS:localhost,IP:127.0.0.1");
-    let cluster = cluster(Some((&server, &[]))).await;
+    // `app` signs in with SCRAM, which over TLS binds the channel (SCRAM-SHA-256-PLUS).
+    let hba = dir.path().join("pg_hba.conf");
+    std::fs::write(
+        &hba,
+        "local all all trust\n\
+         hostssl all app 127.0.0.1/32 scram-sha-256\n\
+         hostssl all postgres 127.0.0.1/32 trust\n",
+    )
+    .unwrap();
+    let cluster = cluster(Some((&server, &[&format!("hba_file={}", hba.display())]))).await;
     let base = cluster.url();
     let port = cluster.port;
     let verify_full = with_params(&base, &format!("sslmode=verify-full&{}", rootcert(&ca)));
@@ -285,6 +293,21 @@ async fn a_private_ca_is_checked_as_libpq_does() {
     }
     let pool = db::pool(&verify_full, 1).unwrap();
     assert!(encrypted(&pool.get().await.unwrap()).await, "pool");
+
+    connect(&verify_full)
+        .await
+        .unwrap()
+        .batch_execute("create role app login password 'app-pw-81'")
+        .await
+        .unwrap();
+    let app = format!(
+        "postgres://app:app-pw-81@localhost:{port}/postgres?sslmode=verify-full&channel_binding=require&{}",
+        rootcert(&ca)
+    );
+    let client = connect(&app)
+        .await
+        .expect("SCRAM with channel binding over verify-full");
+    assert!(encrypted(&client).await);
 
     // Another CA: refused, by direct connections and by the pool alike, in one line.
     let wrong_ca = with_params(&base, &format!("sslmode=verify-full&{}", rootcert(&other)));

@@ -192,13 +192,9 @@ impl deadpool_postgres::Connect for PoolConnect {
     fn connect(
         &self,
         config: &tokio_postgres::Config,
-    ) -> std::pin::Pin<
-        Box<
-            dyn std::future::Future<
-                    Output = Result<(Client, tokio::task::JoinHandle<()>), tokio_postgres::Error>,
-                > + Send
-                + '_,
-        >,
+    ) -> futures_util::future::BoxFuture<
+        '_,
+        Result<(Client, tokio::task::JoinHandle<()>), tokio_postgres::Error>,
     > {
         let config = config.clone();
         Box::pin(async move {

@@ -22,6 +22,7 @@ pub mod sequin;
 pub mod serve;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tls;
 pub mod webhook_url;
 pub mod worker;
 pub mod writeback;

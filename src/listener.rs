@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use tokio::sync::{watch, Notify};
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 
 use crate::db;
 use crate::metrics::Metrics;
@@ -82,8 +82,7 @@ async fn listen_once(
     metrics: &Metrics,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), ListenError> {
-    let config = db::pg_config(database_url, "userhooks-listener")?;
-    let (client, mut connection) = config.connect(NoTls).await?;
+    let (client, mut connection) = db::connect_raw(database_url, "userhooks-listener").await?;
     // Drive the connection on its own task and forward notifications.
     // The driver wakes the worker itself: one task hop less between NOTIFY and the claim.
     let driver_wake = wake.clone();

@@ -22,7 +22,7 @@ use deadpool_postgres::Pool;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use tokio::sync::broadcast;
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 
 use crate::db;
 
@@ -648,8 +648,8 @@ async fn listen_once(
     database_url: &str,
     done: &broadcast::Sender<i64>,
 ) -> std::result::Result<(), db::DbError> {
-    let config = db::pg_config(database_url, "userhooks-serve-listener")?;
-    let (client, mut connection) = config.connect(NoTls).await?;
+    let (client, mut connection) =
+        db::connect_raw(database_url, "userhooks-serve-listener").await?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<i64>();
     let driver = tokio::spawn(async move {
         let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));

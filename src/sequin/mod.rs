@@ -195,25 +195,18 @@ impl Resource {
 /// Largest response body read; anything bigger is a broken or hostile server, not Sequin.
 const MAX_RESPONSE_BYTES: usize = 64 << 20;
 
-/// Trusted roots for `https://` bases: Mozilla's, plus the system store (where a private
-/// CA of a self-hosted Sequin goes; `SSL_CERT_FILE` works too). Built once per process.
+/// Trusted roots for `https://` bases: [`crate::tls::system_roots`]. Built once per process.
 fn tls_config() -> Arc<rustls::ClientConfig> {
     static CONFIG: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
     CONFIG
         .get_or_init(|| {
-            let mut roots = rustls::RootCertStore::empty();
-            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-            let native = rustls_native_certs::load_native_certs();
-            let (added, _ignored) = roots.add_parsable_certificates(native.certs);
-            tracing::debug!(
-                system_roots = added,
-                errors = native.errors.len(),
-                "TLS roots loaded"
-            );
-            let provider = Arc::new(rustls::crypto::ring::default_provider());
-            let config = rustls::ClientConfig::builder_with_provider(provider)
+            let config = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
                 .with_safe_default_protocol_versions()
-                .map(|builder| builder.with_root_certificates(roots).with_no_client_auth())
+                .map(|builder| {
+                    builder
+                        .with_root_certificates(crate::tls::system_roots())
+                        .with_no_client_auth()
+                })
                 .expect("ring supports the default TLS versions");
             Arc::new(config)
         })

@@ -193,3 +193,18 @@ pub fn metric_value(text: &str, name: &str) -> Option<f64> {
         (key == name).then(|| value.trim().parse().ok()).flatten()
     })
 }
+
+/// Run `userhooks <args>` to its end with only `env` for environment (nothing inherited, so
+/// variables such as `SSL_CERT_FILE` are the test's). Its output, or a panic after 60 s.
+pub async fn run_once(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_userhooks"));
+    cmd.args(args)
+        .env_clear()
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    tokio::time::timeout(Duration::from_secs(60), cmd.output())
+        .await
+        .unwrap_or_else(|_| panic!("userhooks {args:?} did not finish within 60s"))
+        .expect("run the userhooks binary")
+}

@@ -249,6 +249,7 @@ pub fn count_calls(emulator: &EmulatorHandle, operation: &str) -> usize {
 
 // Helpers of the fault suite (tests/faults.rs).
 pub mod binary;
+pub mod certs;
 pub mod cluster;
 pub mod invariants;
 pub mod proxy;

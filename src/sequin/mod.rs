@@ -309,12 +309,6 @@ impl SequinClient {
         self
     }
 
-    /// Timeout of the list calls (at least the per-call timeout).
-    pub fn with_list_timeout(mut self, timeout: Duration) -> Self {
-        self.list_timeout = timeout.max(self.timeout);
-        self
-    }
-
     /// Disable in-process retries (tests, probes).
     pub fn with_in_process_retries(mut self, retries: u32) -> Self {
         self.in_process_retries = retries;

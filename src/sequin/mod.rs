@@ -234,7 +234,7 @@ pub struct SequinClient {
     list_timeout: Duration,
     /// In-process retries of one call before giving up to the caller.
     in_process_retries: u32,
-    /// Shared by every clone: one write budget per process.
+    /// Shared by every clone of this client: build one per process (the worker does).
     pacer: Pacer,
 }
 

@@ -40,7 +40,7 @@ impl CallKind {
     }
 }
 
-/// Shared by every clone of a client: one budget per process.
+/// One write budget, shared by every clone.
 #[derive(Clone, Debug)]
 pub struct Pacer(Option<Arc<Limits>>);
 

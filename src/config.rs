@@ -67,6 +67,51 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(seconds))
 }
 
+/// `USERHOOKS_SEQUIN_MAX_WRITES_PER_SECOND`: a positive number, or `unlimited`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum WriteRate {
+    Unlimited,
+    PerSecond(f64),
+}
+
+impl WriteRate {
+    /// Safe for a small self-hosted Sequin: its Postgres pool defaults to 10 connections
+    /// (`PG_POOL_SIZE`), a sink create is a transaction that also creates the sink's
+    /// partition and queues a job, and that job reloads every sink of the slot to refresh
+    /// routing. At 10 writes/s a subscribe (two writes) runs 5 times a second: 10,000 users
+    /// onboard in about 35 minutes.
+    pub const DEFAULT: WriteRate = WriteRate::PerSecond(10.0);
+}
+
+impl std::str::FromStr for WriteRate {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        if text.eq_ignore_ascii_case("unlimited") {
+            return Ok(WriteRate::Unlimited);
+        }
+        match text.parse::<f64>() {
+            Ok(rate) if rate.is_finite() && (0.01..=1_000_000.0).contains(&rate) => {
+                Ok(WriteRate::PerSecond(rate))
+            }
+            _ => Err(format!(
+                "`{text}` is not a rate: write a number of writes per second between 0.01 and 1000000, or `unlimited`"
+            )),
+        }
+    }
+}
+
+/// Default minimum time between two writes that restart something in Sequin. A replication
+/// restart stops and starts the slot's processor and one message store per sink on it;
+/// spacing restarts lets one finish before the next begins.
+pub const DEFAULT_RESTART_SPACING: Duration = Duration::from_secs(5);
+
+/// For clap.
+pub fn parse_write_rate(text: &str) -> Result<WriteRate, String> {
+    text.parse()
+}
+
 /// Booleans as `true`/`false`, also `1`/`0` (and yes/no, on/off, which people type).
 pub fn parse_bool(text: &str) -> Result<bool, String> {
     match text.trim().to_ascii_lowercase().as_str() {
@@ -126,9 +171,24 @@ pub struct WorkerArgs {
     /// Prefix of every Sequin resource name userhooks creates.
     #[arg(long, env = "USERHOOKS_NAME_PREFIX", default_value = "userhooks")]
     pub name_prefix: String,
-    /// Requests processed at once.
-    #[arg(long, env = "USERHOOKS_CONCURRENCY", default_value_t = 64)]
+    /// Requests processed at once. Sequin writes are paced anyway
+    /// (--sequin-max-writes-per-second): more in flight only means more requests claimed
+    /// and waiting.
+    #[arg(long, env = "USERHOOKS_CONCURRENCY", default_value_t = 16)]
     pub concurrency: usize,
+    /// Writes per second to Sequin's Management API from this process (a number, or
+    /// `unlimited`); reads are not paced.
+    #[arg(
+        long,
+        env = "USERHOOKS_SEQUIN_MAX_WRITES_PER_SECOND",
+        default_value = "10",
+        value_parser = parse_write_rate
+    )]
+    pub sequin_max_writes_per_second: WriteRate,
+    /// Minimum time between two writes that make Sequin restart replication or pipelines
+    /// (sink and endpoint updates, filter function updates). `0s` turns it off.
+    #[arg(long, env = "USERHOOKS_SEQUIN_RESTART_SPACING", default_value = "5s", value_parser = parse_duration)]
+    pub sequin_restart_spacing: Duration,
     /// Fallback poll when no NOTIFY arrives.
     #[arg(long, env = "USERHOOKS_POLL_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub poll_interval: Duration,
@@ -162,8 +222,9 @@ pub struct WorkerArgs {
     /// Sink max_retry_count (Sequin's default: retry forever).
     #[arg(long, env = "USERHOOKS_MAX_RETRY_COUNT")]
     pub max_retry_count: Option<u32>,
-    /// Sink load_shedding_policy: pause_on_full (Sequin's default) or discard_on_full.
-    #[arg(long, env = "USERHOOKS_LOAD_SHEDDING")]
+    /// Removed: kept only to refuse it, so a deployment that sets it learns it has no effect
+    /// instead of being silently ignored.
+    #[arg(long, env = "USERHOOKS_LOAD_SHEDDING", hide = true)]
     pub load_shedding: Option<String>,
     /// Identifies this process in `locked_by` (default: hostname-pid).
     #[arg(long, env = "USERHOOKS_WORKER_ID")]
@@ -182,6 +243,8 @@ pub struct Config {
     pub filter_function: String,
     pub name_prefix: String,
     pub concurrency: usize,
+    pub sequin_max_writes_per_second: WriteRate,
+    pub sequin_restart_spacing: Duration,
     pub poll_interval: Duration,
     pub lease: Duration,
     pub retention: Duration,
@@ -193,7 +256,6 @@ pub struct Config {
     pub http_timeout: Duration,
     pub listener_ping: Duration,
     pub max_retry_count: Option<u32>,
-    pub load_shedding: Option<String>,
     pub worker_id: String,
 }
 
@@ -321,12 +383,12 @@ impl WorkerArgs {
                 "USERHOOKS_MAX_RETRY_COUNT must be greater than 0 (Sequin refuses 0)".to_string(),
             );
         }
-        if let Some(policy) = &self.load_shedding {
-            if !matches!(policy.as_str(), "pause_on_full" | "discard_on_full") {
-                problems.push(format!(
-                    "USERHOOKS_LOAD_SHEDDING `{policy}` must be pause_on_full or discard_on_full"
-                ));
-            }
+        if self.load_shedding.is_some() {
+            // Sequin v0.14.6 validates and stores load_shedding_policy, but no runtime code
+            // reads it (`git grep load_shedding v0.14.6 -- lib`): it isolates nothing.
+            problems.push(
+                "USERHOOKS_LOAD_SHEDDING is no longer supported: Sequin ignores load_shedding_policy at runtime; remove it, and set USERHOOKS_MAX_RETRY_COUNT so a failing endpoint's messages are dropped after that many attempts".to_string(),
+            );
         }
         if !problems.is_empty() {
             return Err(ConfigError(problems));
@@ -342,6 +404,8 @@ impl WorkerArgs {
             filter_function: self.filter_function,
             name_prefix: self.name_prefix,
             concurrency: self.concurrency,
+            sequin_max_writes_per_second: self.sequin_max_writes_per_second,
+            sequin_restart_spacing: self.sequin_restart_spacing,
             poll_interval: self.poll_interval,
             lease: self.lease,
             retention: self.retention,
@@ -353,7 +417,6 @@ impl WorkerArgs {
             http_timeout: self.http_timeout,
             listener_ping: self.listener_ping,
             max_retry_count: self.max_retry_count,
-            load_shedding: self.load_shedding,
             worker_id,
         })
     }
@@ -392,7 +455,9 @@ impl Config {
             user_column: "user_id".to_string(),
             filter_function: "userhooks-user-filter".to_string(),
             name_prefix: "userhooks".to_string(),
-            concurrency: 64,
+            concurrency: 16,
+            sequin_max_writes_per_second: WriteRate::DEFAULT,
+            sequin_restart_spacing: DEFAULT_RESTART_SPACING,
             poll_interval: Duration::from_secs(1),
             lease: Duration::from_secs(60),
             retention: Duration::from_secs(7 * 86400),
@@ -404,7 +469,6 @@ impl Config {
             http_timeout: Duration::from_secs(10),
             listener_ping: LISTENER_PING,
             max_retry_count: None,
-            load_shedding: None,
             worker_id: default_worker_id(),
         }
     }
@@ -440,6 +504,62 @@ mod tests {
         assert_eq!(parse_bool("FALSE"), Ok(false));
         assert_eq!(parse_bool("0"), Ok(false));
         assert!(parse_bool("maybe").is_err());
+    }
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        worker: WorkerArgs,
+    }
+
+    fn parse(extra: &[&str]) -> Result<Result<Config, ConfigError>, clap::Error> {
+        let mut argv = vec![
+            "userhooks",
+            "--sequin-api-url",
+            "http://sequin:7376/api",
+            "--sequin-api-token",
+            "t",
+            "--sequin-database",
+            "app",
+        ];
+        argv.extend(extra);
+        <Cli as clap::Parser>::try_parse_from(argv).map(|cli| cli.worker.into_config())
+    }
+
+    #[test]
+    fn pacing_defaults_match_the_documented_constants() {
+        let config = parse(&[]).unwrap().unwrap();
+        assert_eq!(config.sequin_max_writes_per_second, WriteRate::DEFAULT);
+        assert_eq!(config.sequin_restart_spacing, DEFAULT_RESTART_SPACING);
+        assert_eq!(config.concurrency, 16);
+        let local = Config::for_local("postgres://x/y", "http://s/api", "t", "app");
+        assert_eq!(local.sequin_max_writes_per_second, WriteRate::DEFAULT);
+        assert_eq!(local.concurrency, config.concurrency);
+        let config = parse(&["--sequin-max-writes-per-second", "unlimited"])
+            .unwrap()
+            .unwrap();
+        assert_eq!(config.sequin_max_writes_per_second, WriteRate::Unlimited);
+        let config = parse(&["--sequin-max-writes-per-second", "2.5"])
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            config.sequin_max_writes_per_second,
+            WriteRate::PerSecond(2.5)
+        );
+        let err = parse(&["--sequin-max-writes-per-second", "0"])
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("or `unlimited`"), "{err}");
+    }
+
+    #[test]
+    fn load_shedding_is_refused_with_what_to_use_instead() {
+        let err = parse(&["--load-shedding", "discard_on_full"])
+            .unwrap()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("USERHOOKS_LOAD_SHEDDING"), "{err}");
+        assert!(err.contains("USERHOOKS_MAX_RETRY_COUNT"), "{err}");
     }
 
     #[test]

@@ -69,6 +69,8 @@ pub struct Metrics {
     pub oldest_pending_age: Gauge,
     pub sequin_requests_total: IntCounterVec,
     pub sequin_request_duration: HistogramVec,
+    /// Time a Sequin write waited for the pacer, by kind (`write`, `restarting`).
+    pub sequin_write_wait: HistogramVec,
     pub subscriptions: GaugeVec,
     pub backfills: GaugeVec,
     pub listener_connected: IntGauge,
@@ -163,6 +165,18 @@ impl Metrics {
             )
             .expect("valid metric"),
         );
+        let sequin_write_wait = register(
+            r,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "userhooks_sequin_write_wait_seconds",
+                    "Time a Sequin write waited for USERHOOKS_SEQUIN_MAX_WRITES_PER_SECOND (and the restart spacing), by kind",
+                )
+                .buckets(WAIT_BUCKETS.to_vec()),
+                &["kind"],
+            )
+            .expect("valid metric"),
+        );
         let subscriptions = register(
             r,
             GaugeVec::new(
@@ -227,6 +241,9 @@ impl Metrics {
         for operation in OPERATIONS {
             sequin_request_duration.with_label_values(&[operation]);
         }
+        for kind in ["write", "restarting"] {
+            sequin_write_wait.with_label_values(&[kind]);
+        }
         sequin_auth_ok.set(1);
         Arc::new(Metrics {
             registry,
@@ -237,6 +254,7 @@ impl Metrics {
             oldest_pending_age,
             sequin_requests_total,
             sequin_request_duration,
+            sequin_write_wait,
             subscriptions,
             backfills,
             listener_connected,

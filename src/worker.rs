@@ -20,7 +20,7 @@ use crate::listener;
 use crate::metrics::{self, Metrics};
 use crate::provision::Provisioner;
 use crate::queue::{self, Outcome, Request, WriteBack};
-use crate::sequin::{ErrorClass, SequinClient};
+use crate::sequin::{ErrorClass, Pacer, SequinClient};
 use crate::writeback::{WriteBackOp, Writer};
 
 /// At most one "request rescheduled" warning per interval (the rest go to debug).
@@ -90,7 +90,11 @@ pub async fn build(config: Config) -> Result<App, BuildError> {
         config.sequin_token.clone(),
         config.http_timeout,
         metrics.clone(),
-    );
+    )
+    .with_pacer(Pacer::new(
+        config.sequin_max_writes_per_second,
+        config.sequin_restart_spacing,
+    ));
     let provisioner = Arc::new(Provisioner::new(config.clone(), pool.clone(), sequin));
     let metrics_listener = match config.metrics_addr {
         Some(addr) => Some(

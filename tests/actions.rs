@@ -437,37 +437,262 @@ async fn update_that_changes_nothing_makes_no_sequin_update_call() {
     worker.stop().await;
 }
 
+/// The subscription's row: status and sink id.
+async fn subscription_row(db: &TestDb, id: &Value) -> (String, Option<String>) {
+    let row = db
+        .client()
+        .await
+        .query_one(
+            "select status, sequin_sink_id::text from userhooks.webhook_subscriptions where id = $1",
+            &[&id.as_i64().unwrap()],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+/// Sinks with this name in the emulator.
+fn sinks_named(emulator: &userhooks::emulator::EmulatorHandle, name: &str) -> Vec<Value> {
+    emulator
+        .sinks()
+        .into_iter()
+        .filter(|s| s["name"] == name)
+        .collect()
+}
+
+/// No PUT or PATCH of a sink: each one (but to `disabled`) restarts Sequin's replication.
+fn assert_no_sink_update(emulator: &userhooks::emulator::EmulatorHandle) {
+    let updates: Vec<String> = emulator
+        .calls()
+        .iter()
+        .filter(|c| (c.method == "PUT" || c.method == "PATCH") && c.path.starts_with("/api/sinks"))
+        .map(|c| format!("{} {}", c.method, c.path))
+        .collect();
+    assert!(updates.is_empty(), "sink updates: {updates:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pause_then_resume_follows_the_sink_status() {
+async fn pause_deletes_the_sink_and_resume_creates_it_again_without_a_sink_update() {
     let db = TestDb::new().await;
     let emulator = start_emulator().await;
     let worker = start_worker(config(&db, &emulator)).await;
-    subscribe(&db, "u1", "https://hooks.example.com/a", json!({})).await;
-    let status = || async {
-        db.client()
-            .await
-            .query_one("select status from userhooks.webhook_subscriptions", &[])
-            .await
-            .unwrap()
-            .get::<_, String>(0)
-    };
-    assert_eq!(
-        run(&db, "pause", "u1", None, json!({})).await.status,
-        "succeeded"
+    let sub = subscribe(
+        &db,
+        "u1",
+        "https://hooks.example.com/a",
+        json!({"actions": ["insert"]}),
+    )
+    .await;
+    let name = sub["sink_name"].as_str().unwrap().to_string();
+    let endpoints = emulator.endpoints().len();
+    emulator.clear_calls();
+
+    let row = run(&db, "pause", "u1", None, json!({})).await;
+    assert_eq!(row.status, "succeeded", "{row:?}");
+    assert_eq!(row.result.unwrap()["changed"], json!(["status"]));
+    // No sink at all: not `paused` (routed and buffering), not `disabled`.
+    assert!(
+        sinks_named(&emulator, &name).is_empty(),
+        "{:?}",
+        emulator.sinks()
     );
-    assert_eq!(emulator.sinks()[0]["status"], "paused");
-    assert_eq!(status().await, "paused");
+    assert!(emulator.sinks().iter().all(|s| s["status"] != "paused"));
+    assert_eq!(emulator.endpoints().len(), endpoints, "the endpoint stays");
     assert_eq!(
-        run(&db, "resume", "u1", None, json!({})).await.status,
-        "succeeded"
+        subscription_row(&db, &sub["subscription_id"]).await,
+        ("paused".to_string(), None)
     );
-    assert_eq!(emulator.sinks()[0]["status"], "active");
-    assert_eq!(status().await, "active");
+
+    let row = run(&db, "resume", "u1", None, json!({})).await;
+    assert_eq!(row.status, "succeeded", "{row:?}");
+    let result = row.result.unwrap();
+    let sinks = sinks_named(&emulator, &name);
+    assert_eq!(sinks.len(), 1, "{sinks:?}");
+    assert_eq!(sinks[0]["status"], "active");
+    assert_eq!(sinks[0]["annotations"], json!({"user_id": "u1"}));
+    assert_eq!(
+        sinks[0]["actions"],
+        json!(["insert"]),
+        "recorded fields are kept"
+    );
+    assert_ne!(sinks[0]["id"], sub["sink_id"], "a new sink");
+    assert_eq!(result["sink_id"], sinks[0]["id"]);
+    assert_eq!(
+        subscription_row(&db, &sub["subscription_id"]).await,
+        (
+            "active".to_string(),
+            sinks[0]["id"].as_str().map(String::from)
+        )
+    );
+    assert!(result.get("backfill_id").is_none(), "{result}");
+    assert_no_sink_update(&emulator);
+
     // Resuming what runs is a no-op without a Sequin call.
     emulator.clear_calls();
     let row = run(&db, "resume", "u1", None, json!({})).await;
     assert_eq!(row.result.unwrap()["changed"], json!([]));
+    assert_eq!(emulator.call_count(), 0, "{:?}", emulator.calls());
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_with_replay_starts_a_backfill_of_the_new_sink() {
+    let db = TestDb::new().await;
+    let emulator = start_emulator().await;
+    let worker = start_worker(config(&db, &emulator)).await;
+    let sub = subscribe(&db, "u1", "https://hooks.example.com/a", json!({})).await;
+    let name = sub["sink_name"].as_str().unwrap().to_string();
+    assert_eq!(
+        run(&db, "pause", "u1", None, json!({})).await.status,
+        "succeeded"
+    );
+    // A paused subscription has no sink to backfill: say what to do instead.
+    let row = run(&db, "backfill", "u1", None, json!({})).await;
+    assert_eq!(row.status, "failed", "{row:?}");
+    assert!(row.last_error.unwrap().contains("\"replay\": true"));
+
+    let row = run(&db, "resume", "u1", None, json!({"replay": true})).await;
+    assert_eq!(row.status, "succeeded", "{row:?}");
+    let result = row.result.unwrap();
+    let backfills = emulator.backfills();
+    assert_eq!(backfills.len(), 1, "{backfills:?}");
+    assert_eq!(result["sequin_backfill_id"], backfills[0]["id"]);
+    let sink = &sinks_named(&emulator, &name)[0];
+    assert_eq!(backfills[0]["sink_consumer"], sink["name"], "{backfills:?}");
+    let recorded = db
+        .scalar_i64(&format!(
+            "select id from userhooks.backfills where sequin_backfill_id = '{}'",
+            backfills[0]["id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(result["backfill_id"], json!(recorded));
+    assert_no_sink_update(&emulator);
+
+    // A replay option that is not a boolean fails the request, and leaves it paused.
+    assert_eq!(
+        run(&db, "pause", "u1", None, json!({})).await.status,
+        "succeeded"
+    );
+    let row = run(&db, "resume", "u1", None, json!({"replay": "yes"})).await;
+    assert_eq!(row.status, "failed", "{row:?}");
+    assert!(sinks_named(&emulator, &name).is_empty());
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_subscription_can_be_updated_and_unsubscribed() {
+    let db = TestDb::new().await;
+    let emulator = start_emulator().await;
+    let worker = start_worker(config(&db, &emulator)).await;
+    let sub = subscribe(&db, "u1", "https://hooks.example.com/a", json!({})).await;
+    let name = sub["sink_name"].as_str().unwrap().to_string();
+    assert_eq!(
+        run(&db, "pause", "u1", None, json!({})).await.status,
+        "succeeded"
+    );
+    // Update while paused: recorded, and used when the sink is created again.
+    emulator.clear_calls();
+    let row = run(
+        &db,
+        "update",
+        "u1",
+        None,
+        json!({"actions": ["insert", "update"]}),
+    )
+    .await;
+    assert_eq!(row.status, "succeeded", "{row:?}");
     assert_eq!(count_calls(&emulator, "update_sink"), 0);
+    assert!(sinks_named(&emulator, &name).is_empty());
+    assert_eq!(
+        run(&db, "resume", "u1", None, json!({})).await.status,
+        "succeeded"
+    );
+    assert_eq!(
+        sinks_named(&emulator, &name)[0]["actions"],
+        json!(["insert", "update"])
+    );
+
+    assert_eq!(
+        run(&db, "pause", "u1", None, json!({})).await.status,
+        "succeeded"
+    );
+    emulator.clear_calls();
+    let row = run(&db, "unsubscribe", "u1", None, json!({})).await;
+    assert_eq!(row.status, "succeeded", "{row:?}");
+    assert_eq!(row.result.unwrap()["removed"], 1);
+    // The sink was already gone: its DELETE answered 404, which counts as gone.
+    let deletes: Vec<(String, u16)> = emulator
+        .calls()
+        .iter()
+        .filter(|c| c.method == "DELETE")
+        .map(|c| (c.operation.clone(), c.status))
+        .collect();
+    assert_eq!(
+        deletes,
+        [
+            ("delete_sink".to_string(), 404),
+            ("delete_endpoint".to_string(), 200)
+        ]
+    );
+    assert!(emulator.endpoints().is_empty() && emulator.sinks().is_empty());
+    assert_eq!(
+        subscription_row(&db, &sub["subscription_id"]).await.0,
+        "deleted"
+    );
+    worker.stop().await;
+}
+
+/// A subscription paused by an older userhooks has a sink in Sequin's `paused` status:
+/// pausing again removes it, and resume replaces such a sink instead of updating it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sinks_left_paused_in_sequin_are_removed_or_replaced_not_updated() {
+    let db = TestDb::new().await;
+    let emulator = start_emulator().await;
+    let worker = start_worker(config(&db, &emulator)).await;
+    let sub = subscribe(&db, "u1", "https://hooks.example.com/a", json!({})).await;
+    let name = sub["sink_name"].as_str().unwrap().to_string();
+    let legacy_pause = || async {
+        let response = reqwest::Client::new()
+            .patch(format!("{}/sinks/{name}", emulator.api_url()))
+            .bearer_auth(TOKEN)
+            .header("accept", "application/json")
+            .json(&json!({"status": "paused"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        db.client()
+            .await
+            .execute(
+                "update userhooks.webhook_subscriptions set status = 'paused'",
+                &[],
+            )
+            .await
+            .unwrap();
+    };
+    legacy_pause().await;
+    emulator.clear_calls();
+    let row = run(&db, "pause", "u1", None, json!({})).await;
+    assert_eq!(row.status, "succeeded", "{row:?}");
+    assert!(
+        sinks_named(&emulator, &name).is_empty(),
+        "{:?}",
+        emulator.sinks()
+    );
+
+    assert_eq!(
+        run(&db, "resume", "u1", None, json!({})).await.status,
+        "succeeded"
+    );
+    legacy_pause().await;
+    emulator.clear_calls();
+    let row = run(&db, "resume", "u1", None, json!({})).await;
+    assert_eq!(row.status, "succeeded", "{row:?}");
+    let sinks = sinks_named(&emulator, &name);
+    assert_eq!(sinks.len(), 1);
+    assert_eq!(sinks[0]["status"], "active");
+    assert_eq!(row.result.unwrap()["sink_id"], sinks[0]["id"]);
+    assert_no_sink_update(&emulator);
     worker.stop().await;
 }
 

@@ -195,6 +195,22 @@ async fn scrape_after_subscribes_shows_every_design_metric_with_true_values_and_
             "operation {operation}"
         );
     }
+    // Every write went through the pacer: an endpoint and a sink per subscribe, and the
+    // filter function (a write that restarts replication when it changes a function).
+    assert_eq!(
+        v(
+            "userhooks_sequin_write_wait_seconds_count",
+            &[("kind", "write")]
+        ),
+        6.0
+    );
+    assert_eq!(
+        v(
+            "userhooks_sequin_write_wait_seconds_count",
+            &[("kind", "restarting")]
+        ),
+        1.0
+    );
     // Subscriptions and backfills, zero-filled.
     assert_eq!(v("userhooks_subscriptions", &[("status", "active")]), 3.0);
     assert_eq!(v("userhooks_subscriptions", &[("status", "failed")]), 0.0);
@@ -214,7 +230,16 @@ async fn scrape_after_subscribes_shows_every_design_metric_with_true_values_and_
     for sample in &scrape.samples {
         for key in sample.labels.keys() {
             assert!(
-                ["action", "outcome", "status", "operation", "state", "le"].contains(&key.as_str()),
+                [
+                    "action",
+                    "outcome",
+                    "status",
+                    "operation",
+                    "state",
+                    "kind",
+                    "le"
+                ]
+                .contains(&key.as_str()),
                 "unexpected label {key} on {}",
                 sample.name
             );

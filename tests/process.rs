@@ -19,6 +19,7 @@ fn worker_command(db: &TestDb, api_url: &str) -> tokio::process::Command {
         .env("USERHOOKS_METRICS_ADDR", "off")
         .env("USERHOOKS_ALLOW_PRIVATE_URLS", "true")
         .env("USERHOOKS_CONCURRENCY", "16")
+        .env("USERHOOKS_SEQUIN_MAX_WRITES_PER_SECOND", "unlimited")
         .env("USERHOOKS_SHUTDOWN_GRACE", "10s")
         .env("USERHOOKS_LOG", "info")
         .stdout(Stdio::null())

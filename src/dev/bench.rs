@@ -168,6 +168,8 @@ impl WorkerProcess {
             .env("SEQUIN_API_TOKEN", token)
             .env("SEQUIN_DATABASE", "app")
             .env("USERHOOKS_CONCURRENCY", concurrency.to_string())
+            // The bench measures the worker, not the pacing that protects a real Sequin.
+            .env("USERHOOKS_SEQUIN_MAX_WRITES_PER_SECOND", "unlimited")
             .env("USERHOOKS_METRICS_ADDR", metrics_addr)
             .env("USERHOOKS_ALLOW_PRIVATE_URLS", "true")
             .env("USERHOOKS_LOG", "warn")

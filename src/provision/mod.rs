@@ -24,7 +24,7 @@ mod options;
 use open::{OpenOp, OpenRequest, OpenSubscription, Opener};
 
 pub use options::{
-    expect_no_options, secret_hash, SubscribeOptions, UpdateOptions, CHANGE_ACTIONS,
+    expect_no_options, secret_hash, ResumeOptions, SubscribeOptions, UpdateOptions, CHANGE_ACTIONS,
 };
 
 /// Why an attempt did not succeed, before it becomes an [`Outcome`].
@@ -135,7 +135,8 @@ impl Provisioner {
             Action::Unsubscribe => self.unsubscribe(request).await,
             Action::Backfill => self.backfill(request).await,
             Action::Update => self.update(request, &mut created).await,
-            Action::Pause | Action::Resume => self.set_paused(request).await,
+            Action::Pause => self.pause(request).await,
+            Action::Resume => self.resume(request).await,
         };
         match result {
             Ok((result, changes)) => Outcome::Succeeded { result, changes },
@@ -404,9 +405,6 @@ impl Provisioner {
         }
         if let Some(count) = self.config.max_retry_count {
             body["max_retry_count"] = json!(count);
-        }
-        if let Some(policy) = &self.config.load_shedding {
-            body["load_shedding_policy"] = json!(policy);
         }
         body
     }

@@ -196,7 +196,58 @@ impl UpdateOptions {
     }
 }
 
-/// Actions without options (`unsubscribe`, `backfill`, `pause`, `resume`) accept only `{}`.
+const RESUME_OPTIONS: &[&str] = &["replay"];
+
+/// Options of a `resume` request.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct ResumeOptions {
+    /// Replay the user's rows through a backfill once the sink is back: changes made while
+    /// paused are not delivered otherwise.
+    pub replay: bool,
+}
+
+impl ResumeOptions {
+    pub fn parse(options: &Value) -> Result<Self, ProvisionError> {
+        let map = object(options, "resume")?;
+        reject_unknown(map, "resume", RESUME_OPTIONS)?;
+        let replay = match map.get("replay") {
+            None => false,
+            Some(value) => value.as_bool().ok_or_else(|| {
+                ProvisionError::Invalid("option `replay` must be true or false".to_string())
+            })?,
+        };
+        Ok(ResumeOptions { replay })
+    }
+}
+
+/// Actions without options (`unsubscribe`, `backfill`, `pause`) accept only `{}`.
 pub fn expect_no_options(options: &Value, action: &str) -> Result<(), ProvisionError> {
     reject_unknown(object(options, action)?, action, &[])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn resume_takes_only_a_boolean_replay() {
+        assert!(!ResumeOptions::parse(&json!({})).unwrap().replay);
+        assert!(
+            ResumeOptions::parse(&json!({"replay": true}))
+                .unwrap()
+                .replay
+        );
+        let err = ResumeOptions::parse(&json!({"replay": "yes"})).unwrap_err();
+        assert!(
+            err.to_string().contains("`replay` must be true or false"),
+            "{err}"
+        );
+        let err = ResumeOptions::parse(&json!({"backfill": true})).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("unknown option `backfill` for resume (allowed: replay)"),
+            "{err}"
+        );
+    }
 }

@@ -15,8 +15,10 @@ use crate::metrics::Metrics;
 use crate::retry::RetryPolicy;
 
 mod connections;
+mod pacing;
 
 use self::connections::Connections;
+pub use self::pacing::{CallKind, Pacer, WriteRate, DEFAULT_RESTART_SPACING};
 
 /// How an error should be handled: decided here, once.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -221,9 +223,18 @@ pub struct SequinClient {
     authorization: Option<Arc<[u8]>>,
     metrics: Arc<Metrics>,
     timeout: Duration,
+    /// Timeout of the calls that list every resource of the account (see [`LIST_TIMEOUT`]).
+    list_timeout: Duration,
     /// In-process retries of one call before giving up to the caller.
     in_process_retries: u32,
+    /// Shared by every clone of this client: build one per process (the worker does).
+    pacer: Pacer,
 }
+
+/// Default timeout of `GET /api/sinks` and `GET /api/destinations/http_endpoints`: Sequin
+/// looks up the health of every sink while rendering the list, so with thousands of sinks
+/// it takes far longer than a call by name.
+pub const LIST_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The configured base URL, checked and taken apart once, so a call only appends its path.
 ///
@@ -278,8 +289,17 @@ impl SequinClient {
             authorization,
             metrics,
             timeout,
+            list_timeout: LIST_TIMEOUT.max(timeout),
             in_process_retries: 2,
+            pacer: Pacer::default(),
         }
+    }
+
+    /// Pace writes with `pacer` instead of the default budget ([`WriteRate::DEFAULT`]).
+    /// Clones share it; build one per process.
+    pub fn with_pacer(mut self, pacer: Pacer) -> Self {
+        self.pacer = pacer;
+        self
     }
 
     /// Disable in-process retries (tests, probes).
@@ -357,7 +377,7 @@ impl SequinClient {
         Ok((status, answer.retry_after, text))
     }
 
-    /// One HTTP exchange, measured and classified.
+    /// One HTTP exchange, paced, measured and classified.
     async fn send_once(
         &self,
         operation: &'static str,
@@ -365,6 +385,19 @@ impl SequinClient {
         path: &str,
         body: Option<&Value>,
     ) -> Result<String, SequinError> {
+        let kind = call_kind(operation, &method, body);
+        if kind != CallKind::Read {
+            let waited = self.pacer.wait(kind).await;
+            self.metrics
+                .sequin_write_wait
+                .with_label_values(&[kind.label()])
+                .observe(waited.as_secs_f64());
+        }
+        let timeout = if operation_lists(&method, path) {
+            self.list_timeout
+        } else {
+            self.timeout
+        };
         let started = Instant::now();
         // A request that cannot be built (bad base URL) is counted as an `error` like a
         // transport failure, not skipped by the metrics.
@@ -376,12 +409,12 @@ impl SequinClient {
         };
         let exchanged = match request {
             Ok((origin, request)) => {
-                tokio::time::timeout(self.timeout, self.exchange(origin, request)).await
+                tokio::time::timeout(timeout, self.exchange(origin, request)).await
             }
             Err(err) => Ok(Err(err)),
         };
         let result = match exchanged {
-            Err(_elapsed) => Err(SequinError::Timeout(self.timeout)),
+            Err(_elapsed) => Err(SequinError::Timeout(timeout)),
             Ok(Err(err)) => Err(err),
             Ok(Ok((status, retry_after, text))) => {
                 self.metrics
@@ -617,6 +650,32 @@ impl SequinClient {
     }
 }
 
+/// How a call weighs on Sequin (see [`CallKind`]).
+fn call_kind(operation: &str, method: &Method, body: Option<&Value>) -> CallKind {
+    if method == Method::GET {
+        return CallKind::Read;
+    }
+    match operation {
+        // Sequin: lib/sequin/runtime/consumer_lifecycle_event_worker.ex skips the
+        // replication restart only for an update to `disabled`.
+        "update_sink" => {
+            let status = body.and_then(|b| b.get("status")).and_then(Value::as_str);
+            if status == Some("disabled") {
+                CallKind::Write
+            } else {
+                CallKind::Restarting
+            }
+        }
+        "update_endpoint" | "config_apply" => CallKind::Restarting,
+        _ => CallKind::Write,
+    }
+}
+
+/// The calls that list every sink or endpoint of the account.
+fn operation_lists(method: &Method, path: &str) -> bool {
+    method == Method::GET && (path == "/sinks" || path == "/destinations/http_endpoints")
+}
+
 /// A success body as JSON. [`classify`] let it through only if it is JSON, so the
 /// `Null` fallback is never taken.
 fn decode(text: &str) -> Value {
@@ -785,6 +844,49 @@ mod tests {
             assert!(matches!(err, SequinError::Transport(_)), "{base}: {err:?}");
             assert!(err.to_string().contains("SEQUIN_API_URL"), "{base}: {err}");
         }
+    }
+
+    #[test]
+    fn calls_are_classified_for_pacing() {
+        let active = json!({"status": "active"});
+        let disabled = json!({"status": "disabled"});
+        let patch = json!({"actions": ["insert"]});
+        for (operation, method, body, kind) in [
+            ("get_sink", Method::GET, None, CallKind::Read),
+            ("list_databases", Method::GET, None, CallKind::Read),
+            ("create_sink", Method::POST, Some(&patch), CallKind::Write),
+            ("delete_sink", Method::DELETE, None, CallKind::Write),
+            ("create_endpoint", Method::POST, None, CallKind::Write),
+            ("create_backfill", Method::POST, None, CallKind::Write),
+            (
+                "update_sink",
+                Method::PATCH,
+                Some(&active),
+                CallKind::Restarting,
+            ),
+            (
+                "update_sink",
+                Method::PATCH,
+                Some(&patch),
+                CallKind::Restarting,
+            ),
+            (
+                "update_sink",
+                Method::PATCH,
+                Some(&disabled),
+                CallKind::Write,
+            ),
+            ("update_endpoint", Method::PATCH, None, CallKind::Restarting),
+            ("config_apply", Method::POST, None, CallKind::Restarting),
+        ] {
+            assert_eq!(call_kind(operation, &method, body), kind, "{operation}");
+        }
+        assert!(operation_lists(&Method::GET, "/sinks"));
+        assert!(!operation_lists(&Method::GET, "/sinks/x"));
+        assert!(operation_lists(
+            &Method::GET,
+            "/destinations/http_endpoints"
+        ));
     }
 
     #[test]

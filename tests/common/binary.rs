@@ -52,6 +52,7 @@ impl WorkerProcess {
             ("USERHOOKS_METRICS_ADDR", "off"),
             ("USERHOOKS_ALLOW_PRIVATE_URLS", "true"),
             ("USERHOOKS_CONCURRENCY", "32"),
+            ("USERHOOKS_SEQUIN_MAX_WRITES_PER_SECOND", "unlimited"),
             ("USERHOOKS_POLL_INTERVAL", "500ms"),
             ("USERHOOKS_LEASE", "30s"),
             ("USERHOOKS_HTTP_TIMEOUT", "5s"),

@@ -174,6 +174,8 @@ pub async fn start_emulator_with(config: EmulatorConfig) -> EmulatorHandle {
 pub fn config(db: &TestDb, emulator: &EmulatorHandle) -> Config {
     let mut config = Config::for_local(&db.url, &emulator.api_url(), TOKEN, SEQUIN_DB);
     config.concurrency = 8;
+    // Tests that measure pacing set their own rate.
+    config.sequin_max_writes_per_second = userhooks::sequin::WriteRate::Unlimited;
     config.poll_interval = Duration::from_millis(200);
     config.lease = Duration::from_secs(30);
     config.http_timeout = Duration::from_secs(2);

@@ -72,6 +72,9 @@ pub struct Call {
     pub operation: String,
     pub status: u16,
     pub body: Option<Value>,
+    /// When the call arrived (tests check the pacing of writes with it).
+    #[serde(skip)]
+    pub at: Option<std::time::Instant>,
 }
 
 struct Shared {
@@ -149,6 +152,7 @@ struct Recorded {
     status: u16,
     /// The raw body when it parsed as JSON.
     body: Option<axum::body::Bytes>,
+    at: std::time::Instant,
 }
 
 impl Recorded {
@@ -162,6 +166,7 @@ impl Recorded {
                 .body
                 .as_ref()
                 .and_then(|b| serde_json::from_slice(b).ok()),
+            at: Some(self.at),
         }
     }
 }
@@ -544,6 +549,7 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
         operation,
         status: 0,
         body: recorded_body,
+        at: std::time::Instant::now(),
     });
 
     let resp = run(

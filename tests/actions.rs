@@ -452,7 +452,7 @@ async fn subscription_row(db: &TestDb, id: &Value) -> (String, Option<String>) {
 }
 
 /// Sinks with this name in the emulator.
-fn sinks_named(emulator: &userhooks::emulator::EmulatorHandle, name: &str) -> Vec<Value> {
+fn sinks_named(emulator: &sequin_emulator::EmulatorHandle, name: &str) -> Vec<Value> {
     emulator
         .sinks()
         .into_iter()
@@ -461,7 +461,7 @@ fn sinks_named(emulator: &userhooks::emulator::EmulatorHandle, name: &str) -> Ve
 }
 
 /// No PUT or PATCH of a sink: each one (but to `disabled`) restarts Sequin's replication.
-fn assert_no_sink_update(emulator: &userhooks::emulator::EmulatorHandle) {
+fn assert_no_sink_update(emulator: &sequin_emulator::EmulatorHandle) {
     let updates: Vec<String> = emulator
         .calls()
         .iter()

@@ -446,10 +446,10 @@ async fn a_slow_list_of_sinks_does_not_time_out() {
     .await;
     let mut cfg = config(&db, &emulator);
     cfg.http_timeout = Duration::from_secs(1);
-    let mut faults = userhooks::emulator::Faults::default();
+    let mut faults = sequin_emulator::Faults::default();
     faults.routes.insert(
         "list_sinks".to_string(),
-        userhooks::emulator::RouteFaults {
+        sequin_emulator::RouteFaults {
             latency_ms: 1500,
             ..Default::default()
         },

@@ -519,6 +519,45 @@ mod tests {
     }
 
     #[test]
+    fn headers_of_the_client_or_the_connection_are_refused_by_name_in_any_case() {
+        for name in [
+            "Host",
+            "HOST",
+            "Content-Length",
+            "transfer-encoding",
+            "Connection",
+            "Keep-Alive",
+            "Proxy-Authorization",
+            "proxy-connection",
+            "TE",
+            "Trailer",
+            "Upgrade",
+            "authorization",
+        ] {
+            let err = SubscribeOptions::parse(&json!({"headers": {name: "v"}})).unwrap_err();
+            let message = err.to_string();
+            assert!(
+                message.starts_with(&format!("option `headers` must not set {name}: ")),
+                "{message}"
+            );
+        }
+        // Headers that merely resemble them are the user's own.
+        let parsed = SubscribeOptions::parse(&json!({"headers": {
+            "X-Host": "a", "Hosting": "b", "Content-Type": "c", "Proxy": "d", "Tenant": "e"
+        }}))
+        .unwrap();
+        assert_eq!(parsed.headers.len(), 5);
+    }
+
+    #[test]
+    fn header_names_differing_only_in_case_are_refused() {
+        let err = SubscribeOptions::parse(&json!({"headers": {"X-A": "1", "x-a": "2"}}))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("sets X-A and x-a"), "{err}");
+    }
+
+    #[test]
     fn secret_hash_is_not_the_secret() {
         let hash = secret_hash("s3cret");
         assert_eq!(hash.len(), 64);

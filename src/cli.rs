@@ -39,6 +39,11 @@ pub enum Command {
     /// Queue by action and status, subscriptions by status, open backfills.
     Status(DatabaseArgs),
     /// Re-queue failed requests: one by id, or all with --failed.
+    ///
+    /// A failed request is re-queued only while no later request of the same user has
+    /// succeeded or is pending or running: running it again would reorder that user's
+    /// requests. Those are listed with the later request that supersedes them; insert a new
+    /// request instead.
     Retry(RetryArgs),
     /// Development tools: the demo, the Sequin emulator, the generator, the benchmark.
     #[cfg(feature = "dev")]
@@ -183,11 +188,12 @@ pub async fn run_serve(
 }
 
 #[derive(Args, Debug)]
+#[group(id = "which", required = true, args = ["id", "failed"])]
 pub struct RetryArgs {
     #[command(flatten)]
     pub db: DatabaseArgs,
     /// The request to re-queue.
-    #[arg(conflicts_with = "failed", required_unless_present = "failed")]
+    #[arg(conflicts_with = "failed")]
     pub id: Option<i64>,
     /// Re-queue every failed request.
     #[arg(long)]

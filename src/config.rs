@@ -192,9 +192,10 @@ pub struct WorkerArgs {
     /// Fallback poll when no NOTIFY arrives.
     #[arg(long, env = "USERHOOKS_POLL_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub poll_interval: Duration,
-    /// How long a claim is held before another worker may take the request.
-    #[arg(long, env = "USERHOOKS_LEASE", default_value = "60s", value_parser = parse_duration)]
-    pub lease: Duration,
+    /// How long a claim is held before another worker may take the request [default: 60s,
+    /// or twice USERHOOKS_HTTP_TIMEOUT when that is longer].
+    #[arg(long, env = "USERHOOKS_LEASE", value_parser = parse_duration)]
+    pub lease: Option<Duration>,
     /// Finished requests older than this are deleted.
     #[arg(long, env = "USERHOOKS_RETENTION", default_value = "7d", value_parser = parse_duration)]
     pub retention: Duration,
@@ -216,9 +217,10 @@ pub struct WorkerArgs {
     /// How often the idle LISTEN connection is checked (a silently dead one is replaced).
     #[arg(long, env = "USERHOOKS_LISTENER_PING", default_value = "30s", value_parser = parse_duration)]
     pub listener_ping: Duration,
-    /// Timeout of one Sequin API call.
-    #[arg(long, env = "USERHOOKS_HTTP_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
-    pub http_timeout: Duration,
+    /// Timeout of one Sequin API call [default: 10s, or half of USERHOOKS_LEASE when that is
+    /// shorter].
+    #[arg(long, env = "USERHOOKS_HTTP_TIMEOUT", value_parser = parse_duration)]
+    pub http_timeout: Option<Duration>,
     /// Sink max_retry_count (Sequin's default: retry forever).
     #[arg(long, env = "USERHOOKS_MAX_RETRY_COUNT")]
     pub max_retry_count: Option<u32>,
@@ -352,17 +354,15 @@ impl WorkerArgs {
         if self.poll_interval < Duration::from_millis(10) {
             problems.push("USERHOOKS_POLL_INTERVAL must be at least 10ms".to_string());
         }
-        if self.lease < Duration::from_secs(1) {
-            problems.push("USERHOOKS_LEASE must be at least 1s".to_string());
-        }
+        let (lease, http_timeout) = match lease_and_http_timeout(self.lease, self.http_timeout) {
+            Ok(pair) => pair,
+            Err(problem) => {
+                problems.push(problem);
+                (DEFAULT_LEASE, DEFAULT_HTTP_TIMEOUT)
+            }
+        };
         if self.listener_ping < Duration::from_millis(100) {
             problems.push("USERHOOKS_LISTENER_PING must be at least 100ms".to_string());
-        }
-        if self.http_timeout >= self.lease {
-            problems.push(format!(
-                "USERHOOKS_HTTP_TIMEOUT ({:?}) must be shorter than USERHOOKS_LEASE ({:?}) so a call cannot outlive its claim",
-                self.http_timeout, self.lease
-            ));
         }
         let metrics_addr = if self.metrics_addr.eq_ignore_ascii_case("off") {
             None
@@ -407,18 +407,49 @@ impl WorkerArgs {
             sequin_max_writes_per_second: self.sequin_max_writes_per_second,
             sequin_restart_spacing: self.sequin_restart_spacing,
             poll_interval: self.poll_interval,
-            lease: self.lease,
+            lease,
             retention: self.retention,
             metrics_addr,
             allow_private_urls: self.allow_private_urls,
             require_https: self.require_https,
             shutdown_grace: self.shutdown_grace,
             backfill_poll_interval: self.backfill_poll_interval,
-            http_timeout: self.http_timeout,
+            http_timeout,
             listener_ping: self.listener_ping,
             max_retry_count: self.max_retry_count,
             worker_id,
         })
+    }
+}
+
+/// `USERHOOKS_LEASE` when it is not set (and `USERHOOKS_HTTP_TIMEOUT` allows it).
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
+/// `USERHOOKS_HTTP_TIMEOUT` when it is not set (and `USERHOOKS_LEASE` allows it).
+pub const DEFAULT_HTTP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The lease and the Sequin call timeout, from what the user set.
+///
+/// A call must end before its claim can expire, so the timeout must be shorter than the
+/// lease. Each default gives way to a value the user set: a lease of 5s alone gets a
+/// timeout of 2.5s (half the lease, leaving the other half for the write-back), a timeout
+/// of 45s alone gets a lease of 90s. Only two values that were both set can conflict.
+fn lease_and_http_timeout(
+    lease: Option<Duration>,
+    http_timeout: Option<Duration>,
+) -> Result<(Duration, Duration), String> {
+    if lease.is_some_and(|lease| lease < Duration::from_secs(1)) {
+        return Err("USERHOOKS_LEASE must be at least 1s".to_string());
+    }
+    match (lease, http_timeout) {
+        (Some(lease), Some(timeout)) if timeout >= lease => Err(format!(
+            "USERHOOKS_HTTP_TIMEOUT ({timeout:?}) must be shorter than USERHOOKS_LEASE ({lease:?}) \
+             so a call cannot outlive its claim: lower the timeout or raise the lease \
+             (unset either one and it is derived from the other)"
+        )),
+        (Some(lease), Some(timeout)) => Ok((lease, timeout)),
+        (Some(lease), None) => Ok((lease, DEFAULT_HTTP_TIMEOUT.min(lease / 2))),
+        (None, Some(timeout)) => Ok((DEFAULT_LEASE.max(timeout.saturating_mul(2)), timeout)),
+        (None, None) => Ok((DEFAULT_LEASE, DEFAULT_HTTP_TIMEOUT)),
     }
 }
 
@@ -459,14 +490,14 @@ impl Config {
             sequin_max_writes_per_second: WriteRate::DEFAULT,
             sequin_restart_spacing: DEFAULT_RESTART_SPACING,
             poll_interval: Duration::from_secs(1),
-            lease: Duration::from_secs(60),
+            lease: DEFAULT_LEASE,
             retention: Duration::from_secs(7 * 86400),
             metrics_addr: None,
             allow_private_urls: true,
             require_https: false,
             shutdown_grace: Duration::from_secs(30),
             backfill_poll_interval: Duration::from_secs(2),
-            http_timeout: Duration::from_secs(10),
+            http_timeout: DEFAULT_HTTP_TIMEOUT,
             listener_ping: LISTENER_PING,
             max_retry_count: None,
             worker_id: default_worker_id(),
@@ -560,6 +591,67 @@ mod tests {
             .to_string();
         assert!(err.contains("USERHOOKS_LOAD_SHEDDING"), "{err}");
         assert!(err.contains("USERHOOKS_MAX_RETRY_COUNT"), "{err}");
+    }
+
+    /// `userhooks run` with the required settings and `flags`, as clap parses it.
+    fn run_config(flags: &[&str]) -> Result<Config, ConfigError> {
+        #[derive(clap::Parser)]
+        struct Run {
+            #[command(flatten)]
+            args: WorkerArgs,
+        }
+        let required = [
+            "run",
+            "--sequin-api-url=http://localhost:7376/api",
+            "--sequin-api-token=t",
+            "--sequin-database=app",
+        ];
+        let parsed = <Run as clap::Parser>::try_parse_from(required.iter().chain(flags))
+            .expect("flags parse");
+        parsed.args.into_config()
+    }
+
+    #[test]
+    fn a_short_lease_alone_gets_a_shorter_http_timeout() {
+        let config = run_config(&["--lease=5s"]).expect("a 5s lease alone is valid");
+        assert_eq!(config.lease, Duration::from_secs(5));
+        assert!(config.http_timeout < config.lease, "{config:?}");
+        assert_eq!(config.http_timeout, Duration::from_millis(2500));
+        let config = run_config(&["--lease=1s"]).expect("the shortest lease is valid");
+        assert!(config.http_timeout < config.lease, "{config:?}");
+    }
+
+    #[test]
+    fn a_long_http_timeout_alone_gets_a_longer_lease() {
+        let config = run_config(&["--http-timeout=45s"]).expect("a 45s timeout alone is valid");
+        assert_eq!(config.http_timeout, Duration::from_secs(45));
+        assert_eq!(config.lease, Duration::from_secs(90));
+    }
+
+    #[test]
+    fn unset_lease_and_timeout_keep_their_defaults() {
+        let config = run_config(&[]).unwrap();
+        assert_eq!(config.lease, Duration::from_secs(60));
+        assert_eq!(config.http_timeout, Duration::from_secs(10));
+        let config = run_config(&["--lease=120s"]).unwrap();
+        assert_eq!(config.http_timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn a_timeout_and_lease_both_set_in_conflict_are_refused_naming_both() {
+        for flags in [
+            ["--lease=5s", "--http-timeout=10s"],
+            ["--lease=5s", "--http-timeout=5s"],
+        ] {
+            let err = run_config(&flags).unwrap_err().to_string();
+            assert!(
+                err.contains("USERHOOKS_HTTP_TIMEOUT (") && err.contains("USERHOOKS_LEASE ("),
+                "{err}"
+            );
+        }
+        let err = run_config(&["--lease=500ms"]).unwrap_err().to_string();
+        assert!(err.contains("USERHOOKS_LEASE must be at least 1s"), "{err}");
+        assert!(run_config(&["--lease=5s", "--http-timeout=4s"]).is_ok());
     }
 
     #[test]

@@ -81,6 +81,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "subscriptions_update_in_place",
         include_str!("../sql/migrations/0007_subscriptions_update_in_place.sql"),
     ),
+    (
+        9,
+        "retry_respects_history",
+        include_str!("../sql/migrations/0009_retry_respects_history.sql"),
+    ),
 ];
 
 /// `sql/roles.sql`: the least-privilege roles `userhooks_app` and `userhooks_worker`.

@@ -64,15 +64,24 @@ async fn main() -> anyhow::Result<()> {
             print!("{}", userhooks::ops::status(&args.database_url).await?);
         }
         Command::Retry(args) => {
-            let selection = match args.id {
+            let one = args.id;
+            let selection = match one {
                 Some(id) => userhooks::ops::RetrySelection::One(id),
                 None => userhooks::ops::RetrySelection::Failed { since: args.since },
             };
-            let ids = userhooks::ops::retry(&args.db.database_url, selection).await?;
-            if ids.is_empty() {
-                println!("nothing to retry (only failed requests can be retried)");
-            } else {
+            let report = userhooks::ops::retry(&args.db.database_url, selection).await?;
+            if let (Some(_), Some(skipped)) = (one, report.skipped.first()) {
+                // The one request asked for was not re-queued: that is the command failing.
+                anyhow::bail!("{}", skipped.reason);
+            }
+            if !report.requeued.is_empty() {
+                let ids = &report.requeued;
                 println!("re-queued {} request(s): {ids:?}", ids.len());
+            } else if report.skipped.is_empty() {
+                println!("nothing to retry: no failed requests");
+            }
+            for skipped in &report.skipped {
+                println!("{}", skipped.reason);
             }
         }
     }

@@ -21,6 +21,7 @@ use crate::metrics::{self, Metrics};
 use crate::provision::Provisioner;
 use crate::queue::{self, Outcome, Request, WriteBack};
 use crate::sequin::{ErrorClass, Pacer, SequinClient};
+use crate::webhook_url::Resolver;
 use crate::writeback::{WriteBackOp, Writer};
 
 /// At most one "request rescheduled" warning per interval (the rest go to debug).
@@ -57,6 +58,12 @@ pub struct App {
 
 /// Connect, check the schema, bind the metrics port. Fails fast with a clear message.
 pub async fn build(config: Config) -> Result<App, BuildError> {
+    build_with_resolver(config, Resolver::default()).await
+}
+
+/// [`build`], with webhook URL hosts looked up by `resolver` instead of the system resolver
+/// (tests inject DNS faults this way).
+pub async fn build_with_resolver(config: Config, resolver: Resolver) -> Result<App, BuildError> {
     let config = Arc::new(config);
     // Sized to the work, not to the concurrency: tasks spend their time waiting on Sequin
     // and hold a connection only for short statements.
@@ -95,7 +102,12 @@ pub async fn build(config: Config) -> Result<App, BuildError> {
         config.sequin_max_writes_per_second,
         config.sequin_restart_spacing,
     ));
-    let provisioner = Arc::new(Provisioner::new(config.clone(), pool.clone(), sequin));
+    let provisioner = Arc::new(Provisioner::new(
+        config.clone(),
+        pool.clone(),
+        sequin,
+        resolver,
+    ));
     let metrics_listener = match config.metrics_addr {
         Some(addr) => Some(
             metrics::bind(addr)

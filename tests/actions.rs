@@ -928,3 +928,166 @@ async fn status_and_retry_commands_work_as_an_operator_uses_them() {
         1
     );
 }
+
+/// Insert a request row as it would be after the worker finished it (or while it waits).
+async fn history_row(
+    client: &tokio_postgres::Client,
+    user: &str,
+    action: &str,
+    status: &str,
+) -> i64 {
+    let finished = matches!(status, "succeeded" | "failed" | "cancelled");
+    client
+        .query_one(
+            "insert into userhooks.subscription_requests
+                    (action, user_id, webhook_url, status, finished_at, last_error)
+             values ($1, $2, 'https://hooks.example.com/h', $3,
+                     case when $4 then now() end, case when $3 = 'failed' then 'boom' end)
+             returning id",
+            &[&action, &user, &status, &finished],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// `userhooks.retry(id)`: its refusal (SQLSTATE 55000) and message, or whether it re-queued.
+async fn sql_retry(client: &tokio_postgres::Client, id: i64) -> Result<bool, String> {
+    match client.query_one("select userhooks.retry($1)", &[&id]).await {
+        Ok(row) => Ok(row.get(0)),
+        Err(err) => {
+            let db_err = err.as_db_error().expect("a database error");
+            assert_eq!(
+                db_err.code(),
+                &tokio_postgres::error::SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE,
+                "{db_err}"
+            );
+            Err(db_err.message().to_string())
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_retry_refuses_a_request_that_a_later_request_of_the_user_supersedes() {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    // The issue's history: subscribed (failed during an outage), then unsubscribed.
+    let subscribe = history_row(&client, "1", "subscribe", "failed").await;
+    let unsubscribe = history_row(&client, "1", "unsubscribe", "succeeded").await;
+    assert_eq!(
+        sql_retry(&client, subscribe).await,
+        Err(format!(
+            "request {subscribe} not re-queued: user \"1\" has a later request {unsubscribe} \
+             (unsubscribe, succeeded); insert a new request instead"
+        ))
+    );
+    assert_eq!(
+        db.request(subscribe).await.status,
+        "failed",
+        "left as it was"
+    );
+
+    // A later request that is still to run (or running) counts too.
+    for later_status in ["pending", "running"] {
+        let user = format!("waiting-{later_status}");
+        let failed = history_row(&client, &user, "subscribe", "failed").await;
+        let later = history_row(&client, &user, "backfill", later_status).await;
+        let refused = sql_retry(&client, failed).await.unwrap_err();
+        assert!(
+            refused.contains(&format!("later request {later} (backfill, {later_status})")),
+            "{refused}"
+        );
+    }
+
+    // Later requests that failed or were cancelled had no effect: retrying is safe. So are
+    // requests of other users, and earlier requests of the same user.
+    let failed = history_row(&client, "2", "subscribe", "failed").await;
+    history_row(&client, "2", "unsubscribe", "failed").await;
+    history_row(&client, "2", "pause", "cancelled").await;
+    history_row(&client, "3", "unsubscribe", "succeeded").await;
+    assert_eq!(sql_retry(&client, failed).await, Ok(true));
+    let row = db.request(failed).await;
+    assert_eq!((row.status.as_str(), row.attempts), ("pending", 0));
+
+    // Not failed, or no such request: false, as before.
+    assert_eq!(sql_retry(&client, unsubscribe).await, Ok(false));
+    assert_eq!(sql_retry(&client, 99_999).await, Ok(false));
+}
+
+fn userhooks_cli(db: &TestDb, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_userhooks"))
+        .args(args)
+        .env("DATABASE_URL", &db.url)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_failed_skips_superseded_requests_and_says_why_and_keeps_each_users_order() {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    let subscribe = history_row(&client, "1", "subscribe", "failed").await;
+    let unsubscribe = history_row(&client, "1", "unsubscribe", "succeeded").await;
+    // User 2 failed twice in a row: both go back, and in their order (judged newest first,
+    // the older one would find the newer one pending and be refused).
+    let first = history_row(&client, "2", "subscribe", "failed").await;
+    let second = history_row(&client, "2", "unsubscribe", "failed").await;
+
+    let out = userhooks_cli(&db, &["retry", "--failed", "--since", "1h"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("re-queued 2 request(s): [{first}, {second}]")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!(
+            "request {subscribe} not re-queued: user \"1\" has a later request {unsubscribe} \
+             (unsubscribe, succeeded); insert a new request instead\n"
+        )),
+        "{stdout}"
+    );
+    assert_eq!(db.request(subscribe).await.status, "failed");
+    assert_eq!(db.request(first).await.status, "pending");
+    assert_eq!(db.request(second).await.status, "pending");
+
+    // One id: the refusal is the command's error.
+    let out = userhooks_cli(&db, &["retry", &subscribe.to_string()]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("request {subscribe} not re-queued: user \"1\"")),
+        "{stderr}"
+    );
+    let out = userhooks_cli(&db, &["retry", &unsubscribe.to_string()]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("it is succeeded; only failed requests"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_of_an_unknown_id_or_without_arguments_fails_with_a_clear_line() {
+    let db = TestDb::new().await;
+    let out = userhooks_cli(&db, &["retry", "99999"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no such request 99999"), "{stderr}");
+
+    let out = userhooks_cli(&db, &["retry"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let usage = stderr
+        .lines()
+        .find(|l| l.starts_with("Usage: userhooks retry"));
+    assert!(
+        usage.is_some_and(|line| line.ends_with("<ID|--failed>")),
+        "{stderr}"
+    );
+}

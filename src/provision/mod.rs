@@ -15,7 +15,7 @@ use crate::db::DbError;
 use crate::queue::{Action, Change, Outcome, Request};
 use crate::retry::RetryPolicy;
 use crate::sequin::{ErrorClass, Resource, SequinClient, SequinError};
-use crate::webhook_url::{self, UrlPolicy, WebhookUrl};
+use crate::webhook_url::{self, Resolver, UrlError, UrlPolicy, WebhookUrl};
 
 mod actions;
 mod open;
@@ -39,6 +39,10 @@ pub enum ProvisionError {
     /// The subscription exists but is not ready for this (still provisioning): retry later.
     #[error("{0}")]
     NotReady(String),
+    /// The webhook URL's host could not be resolved: DNS may answer on a later attempt (a
+    /// resolver recovers, a new record propagates), so it is retried like any transient error.
+    #[error(transparent)]
+    Unresolved(UrlError),
     #[error(transparent)]
     Sequin(#[from] SequinError),
     #[error("database error: {0}")]
@@ -62,7 +66,9 @@ impl ProvisionError {
         match self {
             ProvisionError::Invalid(_) | ProvisionError::NotFound(_) => ErrorClass::Permanent,
             ProvisionError::Sequin(err) => err.class(),
-            ProvisionError::Db(_) | ProvisionError::NotReady(_) => ErrorClass::Retryable,
+            ProvisionError::Db(_) | ProvisionError::NotReady(_) | ProvisionError::Unresolved(_) => {
+                ErrorClass::Retryable
+            }
         }
     }
 }
@@ -99,12 +105,14 @@ pub struct Provisioner {
 }
 
 impl Provisioner {
-    pub fn new(config: Arc<Config>, pool: Pool, sequin: SequinClient) -> Self {
+    /// `resolver` looks up webhook URL hosts ([`Resolver::default`]: the system's).
+    pub fn new(config: Arc<Config>, pool: Pool, sequin: SequinClient, resolver: Resolver) -> Self {
         // The opener task ends when the provisioner (its last handle) is dropped.
         let (opener, _task) = Opener::spawn(pool.clone(), OpenOp);
         let url_policy = UrlPolicy {
             allow_private: config.allow_private_urls,
             require_https: config.require_https,
+            resolver,
         };
         Provisioner {
             config,
@@ -175,19 +183,22 @@ impl Provisioner {
                 status: "failed",
             });
         }
+        let gave_up = || {
+            format!(
+                "gave up after {} attempts; last error: {err}",
+                request.attempts
+            )
+        };
         let (kind, status, details, message) = match &err {
             ProvisionError::Invalid(msg) => ("invalid_request", None, None, msg.clone()),
+            // DNS kept answering that the name does not exist: the URL is what must change.
+            ProvisionError::Unresolved(e) if e.host_does_not_exist() => {
+                ("invalid_request", None, None, e.to_string())
+            }
+            ProvisionError::Unresolved(_) => ("exhausted", None, None, gave_up()),
             ProvisionError::NotFound(msg) => ("not_found", None, None, msg.clone()),
             ProvisionError::NotReady(msg) => ("not_ready", None, None, msg.clone()),
-            _ if class == ErrorClass::Retryable => (
-                "exhausted",
-                err_status(&err),
-                None,
-                format!(
-                    "gave up after {} attempts; last error: {err}",
-                    request.attempts
-                ),
-            ),
+            _ if class == ErrorClass::Retryable => ("exhausted", err_status(&err), None, gave_up()),
             ProvisionError::Sequin(e) => (
                 "sequin_rejected",
                 e.status(),
@@ -226,7 +237,13 @@ impl Provisioner {
             raw.ok_or_else(|| ProvisionError::Invalid("webhook_url is required".to_string()))?;
         webhook_url::validate(raw, &self.url_policy)
             .await
-            .map_err(|e| ProvisionError::Invalid(e.to_string()))
+            .map_err(|e| {
+                if e.is_resolution_failure() {
+                    ProvisionError::Unresolved(e)
+                } else {
+                    ProvisionError::Invalid(e.to_string())
+                }
+            })
     }
 
     async fn subscribe(
@@ -514,6 +531,45 @@ mod tests {
         ] {
             assert!(SubscribeOptions::parse(&bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn headers_of_the_client_or_the_connection_are_refused_by_name_in_any_case() {
+        for name in [
+            "Host",
+            "HOST",
+            "Content-Length",
+            "transfer-encoding",
+            "Connection",
+            "Keep-Alive",
+            "Proxy-Authorization",
+            "proxy-connection",
+            "TE",
+            "Trailer",
+            "Upgrade",
+            "authorization",
+        ] {
+            let err = SubscribeOptions::parse(&json!({"headers": {name: "v"}})).unwrap_err();
+            let message = err.to_string();
+            assert!(
+                message.starts_with(&format!("option `headers` must not set {name}: ")),
+                "{message}"
+            );
+        }
+        // Headers that merely resemble them are the user's own.
+        let parsed = SubscribeOptions::parse(&json!({"headers": {
+            "X-Host": "a", "Hosting": "b", "Content-Type": "c", "Proxy": "d", "Tenant": "e"
+        }}))
+        .unwrap();
+        assert_eq!(parsed.headers.len(), 5);
+    }
+
+    #[test]
+    fn header_names_differing_only_in_case_are_refused() {
+        let err = SubscribeOptions::parse(&json!({"headers": {"X-A": "1", "x-a": "2"}}))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("sets X-A and x-a"), "{err}");
     }
 
     #[test]

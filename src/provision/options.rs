@@ -128,10 +128,19 @@ impl SubscribeOptions {
                         name.chars().take(64).collect::<String>()
                     )));
                 }
-                if name.eq_ignore_ascii_case("authorization") {
-                    return Err(ProvisionError::Invalid(
-                        "option `headers` must not set Authorization in plain text: use option `secret`".to_string(),
-                    ));
+                if let Some(reason) = forbidden_header(name) {
+                    return Err(ProvisionError::Invalid(format!(
+                        "option `headers` must not set {name}: {reason}"
+                    )));
+                }
+                if let Some(first) = headers
+                    .keys()
+                    .take_while(|other| *other != name)
+                    .find(|other| other.eq_ignore_ascii_case(name))
+                {
+                    return Err(ProvisionError::Invalid(format!(
+                        "option `headers` sets {first} and {name}: header names ignore case, keep one"
+                    )));
                 }
             }
             parsed.headers = headers.clone();
@@ -150,6 +159,31 @@ impl SubscribeOptions {
         }
         Ok(parsed)
     }
+}
+
+/// Why a header may not be set through option `headers`, or `None` if it may. `name` is
+/// already known to be an HTTP token; the comparison ignores case, as HTTP does.
+fn forbidden_header(name: &str) -> Option<&'static str> {
+    const HOP_BY_HOP: &str = "it is a hop-by-hop header, which belongs to one connection, \
+                              not to the webhook request (RFC 9110, section 7.6.1)";
+    const FRAMING: &str = "the HTTP client frames the body itself; a second value would \
+                           make the request ambiguous to the receiver";
+    let lower = name.to_ascii_lowercase();
+    Some(match lower.as_str() {
+        // Sent in plain text, a header is stored by Sequin and returned by its API; the
+        // secret goes into `encrypted_headers`, which Sequin never shows again. Sequin also
+        // merges the two maps by exact name, so `authorization` next to the secret's
+        // `Authorization` would send both.
+        "authorization" => "use option `secret`, which Sequin stores encrypted",
+        "host" => {
+            "the HTTP client sets it from webhook_url; another value could route the \
+                   request to a different site on the same server"
+        }
+        "content-length" | "transfer-encoding" => FRAMING,
+        "connection" | "keep-alive" | "te" | "trailer" | "upgrade" => HOP_BY_HOP,
+        _ if lower.starts_with("proxy-") => HOP_BY_HOP,
+        _ => return None,
+    })
 }
 
 pub fn secret_hash(secret: &str) -> String {

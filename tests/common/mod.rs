@@ -205,7 +205,17 @@ impl RunningWorker {
 }
 
 pub async fn start_worker(config: Config) -> RunningWorker {
-    let app = userhooks::build(config).await.expect("build worker");
+    start_worker_with_resolver(config, userhooks::webhook_url::Resolver::default()).await
+}
+
+/// [`start_worker`] with webhook URL hosts looked up by `resolver` (DNS faults).
+pub async fn start_worker_with_resolver(
+    config: Config,
+    resolver: userhooks::webhook_url::Resolver,
+) -> RunningWorker {
+    let app = userhooks::worker::build_with_resolver(config, resolver)
+        .await
+        .expect("build worker");
     let metrics = app.metrics();
     let metrics_addr = app.metrics_addr();
     let (tx, rx) = oneshot::channel::<()>();

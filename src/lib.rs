@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod db;
 pub mod demo;
+pub mod doctor;
 pub mod emulator;
 pub mod generate;
 pub mod housekeeping;

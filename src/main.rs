@@ -12,7 +12,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // The demo prints its own story; only warnings from the parts interleave with it.
     let default_filter = match cli.command {
-        Command::Demo(_) | Command::Bench(_) => "warn",
+        Command::Demo(_) | Command::Bench(_) | Command::Doctor(_) => "warn",
         _ => "info,tokio_postgres=warn",
     };
     userhooks::telemetry::init(cli.log_format, default_filter);
@@ -59,6 +59,9 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Reconcile(args) => {
             userhooks::cli::run_reconcile(args).await?;
+        }
+        Command::Doctor(args) => {
+            userhooks::cli::run_doctor(args).await?;
         }
         Command::Serve(args) => {
             let shutdown = userhooks::shutdown::on_signal()?;

@@ -47,6 +47,8 @@ pub const OPERATIONS: &[&str] = &[
     "get_backfill",
     "update_backfill",
     "config_apply",
+    "config_plan",
+    "config_export",
     "list_databases",
 ];
 
@@ -70,6 +72,9 @@ pub struct Metrics {
     pub sequin_requests_total: IntCounterVec,
     pub sequin_request_duration: HistogramVec,
     pub subscriptions: GaugeVec,
+    /// Live subscriptions by source table: each is a sink that Sequin stores and filters
+    /// every change of that table for, so Sequin's cost per change grows with it.
+    pub live_subscriptions: GaugeVec,
     pub backfills: GaugeVec,
     pub listener_connected: IntGauge,
     pub sequin_auth_ok: IntGauge,
@@ -171,6 +176,17 @@ impl Metrics {
             )
             .expect("valid metric"),
         );
+        let live_subscriptions = register(
+            r,
+            GaugeVec::new(
+                Opts::new(
+                    "userhooks_live_subscriptions",
+                    "Live subscriptions (provisioning, active or paused) by source table",
+                ),
+                &["source_table"],
+            )
+            .expect("valid metric"),
+        );
         let backfills = register(
             r,
             GaugeVec::new(
@@ -238,6 +254,7 @@ impl Metrics {
             sequin_requests_total,
             sequin_request_duration,
             subscriptions,
+            live_subscriptions,
             backfills,
             listener_connected,
             sequin_auth_ok,

@@ -6,10 +6,9 @@
 //! not FULL, the worker does not ask Sequin for deletes, and refuses a request that does.
 
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::Mutex;
-use tokio::time::Instant;
 
 use super::{ProvisionError, Provisioner};
 
@@ -102,15 +101,25 @@ impl IdentityCache {
         Fut: Future<Output = Result<ReplicaIdentity, E>>,
         E: std::fmt::Display,
     {
+        self.get_at(Instant::now(), read).await
+    }
+
+    /// [`Self::get`] as of `now` (tests give the time).
+    async fn get_at<F, Fut, E>(&self, now: Instant, read: F) -> Result<ReplicaIdentity, E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<ReplicaIdentity, E>>,
+        E: std::fmt::Display,
+    {
         let mut cached = self.0.lock().await;
         if let Some((at, identity)) = *cached {
-            if at.elapsed() < REFRESH {
+            if now.saturating_duration_since(at) < REFRESH {
                 return Ok(identity);
             }
         }
         match read().await {
             Ok(identity) => {
-                *cached = Some((Instant::now(), identity));
+                *cached = Some((now, identity));
                 Ok(identity)
             }
             Err(err) => match *cached {
@@ -203,7 +212,7 @@ mod tests {
         assert_eq!(split_table("app.events"), ("app", "events"));
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn the_cache_reads_once_per_refresh_and_keeps_the_last_value_on_errors() {
         let cache = IdentityCache::default();
         let reads = AtomicUsize::new(0);
@@ -211,24 +220,25 @@ mod tests {
             reads.fetch_add(1, Ordering::SeqCst);
             async move { result }
         };
-        let first = cache.get(|| read(Ok(ReplicaIdentity::Default))).await;
-        assert_eq!(first, Ok(ReplicaIdentity::Default));
+        let start = Instant::now();
+        let at = |secs: u64| start + Duration::from_secs(secs);
+        let first = cache.get_at(at(0), || read(Ok(ReplicaIdentity::Default)));
+        assert_eq!(first.await, Ok(ReplicaIdentity::Default));
         // Within the refresh interval: the cached value, no read.
-        tokio::time::advance(REFRESH - Duration::from_secs(1)).await;
-        let cached = cache.get(|| read(Ok(ReplicaIdentity::Full))).await;
-        assert_eq!(cached, Ok(ReplicaIdentity::Default));
+        let cached = cache.get_at(at(29), || read(Ok(ReplicaIdentity::Full)));
+        assert_eq!(cached.await, Ok(ReplicaIdentity::Default));
         assert_eq!(reads.load(Ordering::SeqCst), 1);
         // Past it: read again, and see the ALTER TABLE.
-        tokio::time::advance(Duration::from_secs(2)).await;
-        let fresh = cache.get(|| read(Ok(ReplicaIdentity::Full))).await;
-        assert_eq!(fresh, Ok(ReplicaIdentity::Full));
+        let fresh = cache.get_at(at(31), || read(Ok(ReplicaIdentity::Full)));
+        assert_eq!(fresh.await, Ok(ReplicaIdentity::Full));
         assert_eq!(reads.load(Ordering::SeqCst), 2);
         // A failed re-read keeps the last value; with none, the error comes through.
-        tokio::time::advance(REFRESH).await;
-        let kept = cache.get(|| read(Err("down".to_string()))).await;
-        assert_eq!(kept, Ok(ReplicaIdentity::Full));
-        let empty = IdentityCache::default();
-        let failed = empty.get(|| read(Err("down".to_string()))).await;
+        let kept = cache.get_at(at(70), || read(Err("down".to_string())));
+        assert_eq!(kept.await, Ok(ReplicaIdentity::Full));
+        let failed = IdentityCache::default()
+            .get_at(at(70), || read(Err("down".to_string())))
+            .await;
         assert_eq!(failed, Err("down".to_string()));
+        assert_eq!(reads.load(Ordering::SeqCst), 4);
     }
 }

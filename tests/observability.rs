@@ -214,7 +214,17 @@ async fn scrape_after_subscribes_shows_every_design_metric_with_true_values_and_
     for sample in &scrape.samples {
         for key in sample.labels.keys() {
             assert!(
-                ["action", "outcome", "status", "operation", "state", "le"].contains(&key.as_str()),
+                // source_table: the configured table(s), never user data.
+                [
+                    "action",
+                    "outcome",
+                    "status",
+                    "operation",
+                    "state",
+                    "le",
+                    "source_table"
+                ]
+                .contains(&key.as_str()),
                 "unexpected label {key} on {}",
                 sample.name
             );

@@ -175,7 +175,10 @@ async fn deletes_are_asked_for_only_while_the_table_has_replica_identity_full() 
     let sinks_before = emulator.sinks().len();
     let row = subscribe(&db, "u2", json!({"actions": ["insert", "delete"]})).await;
     assert_eq!(row.status, "failed", "{row:?}");
-    assert_eq!(row.result.as_ref().unwrap()["error"]["kind"], "invalid_request");
+    assert_eq!(
+        row.result.as_ref().unwrap()["error"]["kind"],
+        "invalid_request"
+    );
     assert!(row.last_error.as_deref().unwrap().contains(FIX), "{row:?}");
     assert_eq!(emulator.sinks().len(), sinks_before);
     let id = db

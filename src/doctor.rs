@@ -11,7 +11,7 @@ use serde_json::Value;
 use crate::config::Config;
 use crate::db;
 use crate::metrics::Metrics;
-use crate::provision::replica_identity::{self, split_table};
+use crate::provision::replica::{self as replica_identity, split_table};
 use crate::provision::{filter_function_yaml, FilterFunctionState, Provisioner, ReplicaIdentity};
 use crate::sequin::{ErrorClass, SequinClient, SequinError};
 

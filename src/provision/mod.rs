@@ -20,19 +20,14 @@ use crate::webhook_url::{self, UrlPolicy, WebhookUrl};
 mod actions;
 mod open;
 mod options;
-mod replica;
+pub mod replica;
 
 use open::{OpenOp, OpenRequest, OpenSubscription, Opener};
 
 pub use options::{
     expect_no_options, secret_hash, SubscribeOptions, UpdateOptions, CHANGE_ACTIONS,
 };
-pub use replica::{no_deletes_warning, ReplicaIdentity};
-
-/// Reading the replica identity, for the preflight checks.
-pub mod replica_identity {
-    pub use super::replica::{read, split_table, REFRESH};
-}
+pub use replica::ReplicaIdentity;
 
 /// Why an attempt did not succeed, before it becomes an [`Outcome`].
 #[derive(Debug, thiserror::Error)]
@@ -359,9 +354,9 @@ impl Provisioner {
         if state != FilterFunctionState::Current {
             let yaml = filter_function_yaml(name, &self.config.user_column);
             self.sequin.config_apply(&yaml).await?;
+            tracing::info!(function = %name, state = state.as_str(), "filter function written");
         }
         *ready = true;
-        tracing::info!(function = %name, state = state.as_str(), "filter function is in place");
         Ok(state)
     }
 

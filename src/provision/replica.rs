@@ -179,7 +179,7 @@ impl Provisioner {
 }
 
 /// The one sentence a result carries when deletes were left out.
-pub fn no_deletes_warning(table: &str, identity: ReplicaIdentity) -> String {
+fn no_deletes_warning(table: &str, identity: ReplicaIdentity) -> String {
     format!(
         "deletes were left out (actions insert and update only) because {table} has REPLICA IDENTITY {}; run ALTER TABLE {table} REPLICA IDENTITY FULL, then update the subscription with actions including delete to receive them",
         identity.as_sql()

@@ -41,7 +41,7 @@ pub struct Check {
     pub status: Status,
     /// What was checked and what was found.
     pub what: String,
-    /// What to do about it (absent when all is well).
+    /// What to do about it (absent when all is well); for a skipped check, why it was.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fix: Option<String>,
 }

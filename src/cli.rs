@@ -36,6 +36,9 @@ pub enum Command {
     Serve(ServeArgs),
     /// Compare webhook_subscriptions with Sequin; report drift, fix it with --repair.
     Reconcile(ReconcileArgs),
+    /// Check everything the worker needs (Postgres, schema, Sequin, token, SEQUIN_DATABASE,
+    /// source table, filter function, replica identity); exits non-zero if a check fails.
+    Doctor(DoctorArgs),
     /// Queue by action and status, subscriptions by status, open backfills.
     Status(DatabaseArgs),
     /// Re-queue failed requests: one by id, or all with --failed.
@@ -111,6 +114,37 @@ pub async fn run_reconcile(args: ReconcileArgs) -> Result<(), CliError> {
         )));
     }
     Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct DoctorArgs {
+    /// The worker's settings (the same flags and environment as `userhooks run`).
+    #[command(flatten)]
+    pub worker: Box<WorkerArgs>,
+    /// Print one JSON document (`{"ok": ..., "checks": [...]}`) instead of lines.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `userhooks doctor`: one line per check (or one JSON document); fails if any check fails.
+pub async fn run_doctor(args: DoctorArgs) -> Result<(), CliError> {
+    let config = args
+        .worker
+        .into_config()
+        .map_err(|e| CliError(e.to_string()))?;
+    let report = crate::doctor::run(&config).await;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
+    } else {
+        print!("{}", report.render());
+    }
+    match report.failed() {
+        0 => Ok(()),
+        n => Err(CliError(format!("{n} check(s) failed"))),
+    }
 }
 
 #[derive(Args, Debug)]

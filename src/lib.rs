@@ -10,6 +10,7 @@ pub mod config;
 pub mod db;
 #[cfg(feature = "dev")]
 pub mod dev;
+pub mod doctor;
 pub mod housekeeping;
 pub mod listener;
 pub mod metrics;

@@ -14,6 +14,7 @@ async fn main() -> anyhow::Result<()> {
     let default_filter = match &cli.command {
         #[cfg(feature = "dev")]
         Command::Dev(dev) if dev.prints_its_own_story() => "warn",
+        Command::Doctor(_) => "warn",
         _ => "info,tokio_postgres=warn",
     };
     userhooks::telemetry::init(cli.log_format, default_filter);
@@ -53,6 +54,9 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Reconcile(args) => {
             userhooks::cli::run_reconcile(args).await?;
+        }
+        Command::Doctor(args) => {
+            userhooks::cli::run_doctor(args).await?;
         }
         Command::Serve(args) => {
             let shutdown = userhooks::shutdown::on_signal()?;

@@ -47,6 +47,8 @@ pub const OPERATIONS: &[&str] = &[
     "get_backfill",
     "update_backfill",
     "config_apply",
+    "config_plan",
+    "config_export",
     "list_databases",
 ];
 
@@ -72,6 +74,9 @@ pub struct Metrics {
     /// Time a Sequin write waited for the pacer, by kind (`write`, `restarting`).
     pub sequin_write_wait: HistogramVec,
     pub subscriptions: GaugeVec,
+    /// Live subscriptions by source table: each is a sink that Sequin stores and filters
+    /// every change of that table for, so Sequin's cost per change grows with it.
+    pub live_subscriptions: GaugeVec,
     pub backfills: GaugeVec,
     pub listener_connected: IntGauge,
     pub sequin_auth_ok: IntGauge,
@@ -185,6 +190,17 @@ impl Metrics {
             )
             .expect("valid metric"),
         );
+        let live_subscriptions = register(
+            r,
+            GaugeVec::new(
+                Opts::new(
+                    "userhooks_live_subscriptions",
+                    "Live subscriptions (provisioning, active or paused) by source table",
+                ),
+                &["source_table"],
+            )
+            .expect("valid metric"),
+        );
         let backfills = register(
             r,
             GaugeVec::new(
@@ -256,6 +272,7 @@ impl Metrics {
             sequin_request_duration,
             sequin_write_wait,
             subscriptions,
+            live_subscriptions,
             backfills,
             listener_connected,
             sequin_auth_ok,

@@ -15,6 +15,7 @@ use tokio::task::JoinSet;
 use crate::batch::Done;
 use crate::config::Config;
 use crate::db::{self, DbError};
+use crate::doctor;
 use crate::housekeeping;
 use crate::listener;
 use crate::metrics::{self, Metrics};
@@ -38,8 +39,9 @@ const AUTH_PROBE_INTERVAL: Duration = Duration::from_secs(10);
 pub enum BuildError {
     #[error(transparent)]
     Db(#[from] DbError),
-    #[error("the userhooks schema is missing or outdated in this database; run `userhooks migrate` first ({0})")]
-    NotMigrated(String),
+    /// A start-up check that the worker cannot work around, in `userhooks doctor`'s words.
+    #[error(transparent)]
+    Preflight(#[from] doctor::PreflightError),
     #[error("cannot listen on USERHOOKS_METRICS_ADDR {addr}: {source}")]
     MetricsAddr {
         addr: SocketAddr,
@@ -56,7 +58,8 @@ pub struct App {
     metrics_listener: Option<tokio::net::TcpListener>,
 }
 
-/// Connect, check the schema, bind the metrics port. Fails fast with a clear message.
+/// Connect, run the start-up checks (see [`doctor`]), bind the metrics port. Fails fast with
+/// a clear message.
 pub async fn build(config: Config) -> Result<App, BuildError> {
     build_with_resolver(config, Resolver::default()).await
 }
@@ -69,27 +72,10 @@ pub async fn build_with_resolver(config: Config, resolver: Resolver) -> Result<A
     // and hold a connection only for short statements.
     let pool = db::pool(&config.database_url, (config.concurrency + 2).min(POOL_MAX))?;
     {
-        let client = pool.get().await.map_err(DbError::from)?;
-        client
-            .query("select 1 from userhooks.subscription_requests limit 0", &[])
-            .await
-            .map_err(|e| BuildError::NotMigrated(e.to_string()))?;
         // The statements are written for the latest schema: on an older one every subscribe
         // would fail and be retried until exhausted, so refuse to start instead.
-        let version: i32 = client
-            .query_one(
-                "select coalesce(max(version), 0) from userhooks.schema_migrations",
-                &[],
-            )
-            .await
-            .map_err(|e| BuildError::NotMigrated(e.to_string()))?
-            .get(0);
-        let expected = db::MIGRATIONS.last().map_or(0, |(version, _, _)| *version);
-        if version < expected {
-            return Err(BuildError::NotMigrated(format!(
-                "schema version {version}, this worker needs {expected}"
-            )));
-        }
+        let client = pool.get().await.map_err(DbError::from)?;
+        doctor::require_schema(&client).await?;
     }
     let metrics = Metrics::new();
     let sequin = SequinClient::new(
@@ -108,6 +94,8 @@ pub async fn build_with_resolver(config: Config, resolver: Resolver) -> Result<A
         sequin,
         resolver,
     ));
+    // Also puts the filter function in place (written only when missing or different).
+    doctor::at_worker_start(&config, &pool, &provisioner, &metrics).await?;
     let metrics_listener = match config.metrics_addr {
         Some(addr) => Some(
             metrics::bind(addr)
@@ -175,14 +163,6 @@ impl App {
             metrics.clone(),
             stop_rx.clone(),
         ));
-        // Create the filter function up front; a failure here is retried on first use.
-        if let Err(err) = provisioner.ensure_filter().await {
-            if err.class() == ErrorClass::Auth {
-                metrics.sequin_auth_ok.set(0);
-            }
-            tracing::warn!(error = %err, "could not create the filter function yet; will retry on the first subscribe");
-        }
-
         let leases = Leases::default();
         background.spawn(keep_leases(
             pool.clone(),

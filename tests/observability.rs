@@ -230,6 +230,7 @@ async fn scrape_after_subscribes_shows_every_design_metric_with_true_values_and_
     for sample in &scrape.samples {
         for key in sample.labels.keys() {
             assert!(
+                // source_table: the configured table(s), never user data.
                 [
                     "action",
                     "outcome",
@@ -237,7 +238,8 @@ async fn scrape_after_subscribes_shows_every_design_metric_with_true_values_and_
                     "operation",
                     "state",
                     "kind",
-                    "le"
+                    "le",
+                    "source_table"
                 ]
                 .contains(&key.as_str()),
                 "unexpected label {key} on {}",
@@ -245,6 +247,57 @@ async fn scrape_after_subscribes_shows_every_design_metric_with_true_values_and_
             );
         }
     }
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_subscriptions_are_counted_per_source_table() {
+    let db = TestDb::new().await;
+    db.client()
+        .await
+        .batch_execute(
+            "insert into userhooks.webhook_subscriptions (user_id, endpoint, source_table, status)
+             values ('a', 'https://h.example/a', 'public.notifications', 'active'),
+                    ('b', 'https://h.example/b', 'public.notifications', 'paused'),
+                    ('c', 'https://h.example/c', 'public.notifications', 'provisioning'),
+                    ('d', 'https://h.example/d', 'public.notifications', 'deleted'),
+                    ('e', 'https://h.example/e', 'public.notifications', 'failed'),
+                    ('f', 'https://h.example/f', 'public.orders', 'active'),
+                    ('g', 'https://h.example/g', 'public.gone', 'deleted')",
+        )
+        .await
+        .unwrap();
+    let emulator = start_emulator().await;
+    let worker = worker_with_metrics(&db, &emulator).await;
+    let addr = worker.metrics_addr.expect("metrics server bound");
+    // The first refresh runs when the worker starts.
+    let live = |scrape: &prom::Scrape, table: &str| {
+        scrape.value("userhooks_live_subscriptions", &[("source_table", table)])
+    };
+    let mut scrape = prom::scrape(addr).await;
+    for _ in 0..100 {
+        if live(&scrape, "public.notifications").is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        scrape = prom::scrape(addr).await;
+    }
+    assert_eq!(
+        live(&scrape, "public.notifications"),
+        Some(3.0),
+        "{}",
+        scrape.text
+    );
+    assert_eq!(live(&scrape, "public.orders"), Some(1.0));
+    assert_eq!(live(&scrape, "public.gone"), Some(0.0));
+    assert_eq!(
+        scrape.value("userhooks_subscriptions", &[("status", "active")]),
+        Some(2.0)
+    );
+    assert_eq!(
+        scrape.value("userhooks_subscriptions", &[("status", "deleted")]),
+        Some(2.0)
+    );
     worker.stop().await;
 }
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::Value as Json;
-use serde_yaml::Value as Yaml;
+use serde_norway::Value as Yaml;
 use userhooks::cli::{Cli, Command};
 
 fn repo(path: &str) -> PathBuf {
@@ -24,7 +24,7 @@ fn read(path: &str) -> String {
 }
 
 fn yaml(path: &str) -> Yaml {
-    serde_yaml::from_str(&read(path)).unwrap_or_else(|e| panic!("{path} is not YAML: {e}"))
+    serde_norway::from_str(&read(path)).unwrap_or_else(|e| panic!("{path} is not YAML: {e}"))
 }
 
 fn compose() -> Yaml {

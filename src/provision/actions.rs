@@ -288,6 +288,11 @@ impl Provisioner {
         created: &mut Created,
     ) -> Result<(Value, Vec<Change>), ProvisionError> {
         let options = UpdateOptions::parse(&request.options)?;
+        if options.actions.is_some() {
+            // Refuses `delete` while the table cannot deliver it (actions not named stay).
+            self.deliverable_actions(&mut options.actions.clone())
+                .await?;
+        }
         let target = self.resolve_one(request).await?;
         created.subscription_id = None; // never compensate an existing subscription
         let names = target.names(&self.config.name_prefix);

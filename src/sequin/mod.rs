@@ -15,10 +15,18 @@ use crate::metrics::Metrics;
 use crate::retry::RetryPolicy;
 
 mod connections;
+mod export;
 mod pacing;
 
 use self::connections::Connections;
+pub use self::export::{ConfigExport, ExportedFunction};
 pub use self::pacing::{CallKind, Pacer, WriteRate, DEFAULT_RESTART_SPACING};
+
+/// Sequin's refusal of functions on an account without the `function_transforms` feature
+/// (Sequin Cloud; self-hosted builds have it). Each function type words it a little
+/// differently ("Filter functions are not enabled. ..."); this part is common to all.
+// Sequin: lib/sequin/consumers/filter_function.ex
+const FUNCTIONS_DISABLED: &str = "are not enabled. Talk to the Sequin team to enable them.";
 
 /// How an error should be handled: decided here, once.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -128,6 +136,12 @@ impl SequinError {
 
     pub fn is_not_found(&self) -> bool {
         matches!(self, SequinError::Rejected { status: 404, .. })
+    }
+
+    /// `config/apply` or `config/plan` refused a function because functions are not enabled
+    /// for the account: nothing userhooks can fix by retrying.
+    pub fn is_functions_disabled(&self) -> bool {
+        matches!(self, SequinError::Rejected { status: 400, summary, .. } if summary.contains(FUNCTIONS_DISABLED))
     }
 }
 
@@ -606,6 +620,30 @@ impl SequinClient {
         .map(drop)
     }
 
+    /// Dry run of sequin.yaml text: Sequin applies it in a transaction that it rolls back,
+    /// so it refuses what `config_apply` would refuse and changes nothing. The answer is
+    /// dropped (it lists every resource of the account).
+    pub async fn config_plan(&self, yaml: &str) -> Result<(), SequinError> {
+        self.send(
+            "config_plan",
+            Method::POST,
+            "/config/plan",
+            Some(&json!({ "yaml": yaml })),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// The account as sequin.yaml, of which only the functions are kept. Sequin loads
+    /// every resource to render it, so its cost grows with the number of sinks: call it
+    /// once per process, not per request.
+    pub async fn config_export(&self) -> Result<ConfigExport, SequinError> {
+        let text = self
+            .send("config_export", Method::GET, "/config/export", None)
+            .await?;
+        ConfigExport::from_response(&text)
+    }
+
     /// Every HTTP endpoint of the account (reconcile's orphan scan; one call, no paging).
     /// Counted as `get_endpoint`: the `operation` label values are fixed by the metrics
     /// contract (DESIGN.md §6).
@@ -633,20 +671,21 @@ impl SequinClient {
 
     /// Names of the databases Sequin knows. Also the cheapest way to probe the token.
     pub async fn list_databases(&self) -> Result<Vec<String>, SequinError> {
+        Ok(self
+            .databases()
+            .await?
+            .iter()
+            .filter_map(|item| item.get("name").and_then(Value::as_str).map(String::from))
+            .collect())
+    }
+
+    /// The databases Sequin knows, as it renders them (name, replication slot, publication;
+    /// passwords obfuscated). One attempt, no in-process retry.
+    pub async fn databases(&self) -> Result<Vec<Value>, SequinError> {
         let text = self
             .send_once("list_databases", Method::GET, "/postgres_databases", None)
             .await?;
-        let value = decode(&text);
-        Ok(value
-            .get("data")
-            .and_then(Value::as_array)
-            .map(|items| {
-                items
-                    .iter()
-                    .filter_map(|item| item.get("name").and_then(Value::as_str).map(String::from))
-                    .collect()
-            })
-            .unwrap_or_default())
+        Ok(data_list(decode(&text)))
     }
 }
 

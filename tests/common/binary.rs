@@ -43,29 +43,7 @@ impl WorkerProcess {
     /// overrides the defaults below (e.g. `("USERHOOKS_LEASE", "3s")`). Set
     /// `USERHOOKS_METRICS_ADDR` to `"auto"` to get a free port (see `metrics_addr`).
     pub fn spawn(database_url: &str, api_url: &str, extra: &[(&str, &str)]) -> WorkerProcess {
-        let worker_id = format!("w-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-        let mut env: BTreeMap<String, String> = [
-            ("DATABASE_URL", database_url),
-            ("SEQUIN_API_URL", api_url),
-            ("SEQUIN_API_TOKEN", TOKEN),
-            ("SEQUIN_DATABASE", SEQUIN_DB),
-            ("USERHOOKS_METRICS_ADDR", "off"),
-            ("USERHOOKS_ALLOW_PRIVATE_URLS", "true"),
-            ("USERHOOKS_CONCURRENCY", "32"),
-            ("USERHOOKS_SEQUIN_MAX_WRITES_PER_SECOND", "unlimited"),
-            ("USERHOOKS_POLL_INTERVAL", "500ms"),
-            ("USERHOOKS_LEASE", "30s"),
-            ("USERHOOKS_HTTP_TIMEOUT", "5s"),
-            ("USERHOOKS_SHUTDOWN_GRACE", "10s"),
-            ("USERHOOKS_LOG", "info"),
-            ("USERHOOKS_WORKER_ID", worker_id.as_str()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-        for (k, v) in extra {
-            env.insert(k.to_string(), v.to_string());
-        }
+        let mut env = worker_env(database_url, api_url, extra);
         let mut metrics_addr = None;
         if env.get("USERHOOKS_METRICS_ADDR").map(String::as_str) == Some("auto") {
             let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -184,6 +162,72 @@ impl WorkerProcess {
     pub async fn metric(&self, name: &str) -> Option<f64> {
         let text = self.scrape().await?;
         metric_value(&text, name)
+    }
+}
+
+/// The worker's environment: test defaults, overridden by `extra`.
+fn worker_env(
+    database_url: &str,
+    api_url: &str,
+    extra: &[(&str, &str)],
+) -> BTreeMap<String, String> {
+    let worker_id = format!("w-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let mut env: BTreeMap<String, String> = [
+        ("DATABASE_URL", database_url),
+        ("SEQUIN_API_URL", api_url),
+        ("SEQUIN_API_TOKEN", TOKEN),
+        ("SEQUIN_DATABASE", SEQUIN_DB),
+        ("USERHOOKS_METRICS_ADDR", "off"),
+        ("USERHOOKS_ALLOW_PRIVATE_URLS", "true"),
+        ("USERHOOKS_CONCURRENCY", "32"),
+        ("USERHOOKS_SEQUIN_MAX_WRITES_PER_SECOND", "unlimited"),
+        ("USERHOOKS_POLL_INTERVAL", "500ms"),
+        ("USERHOOKS_LEASE", "30s"),
+        ("USERHOOKS_HTTP_TIMEOUT", "5s"),
+        ("USERHOOKS_SHUTDOWN_GRACE", "10s"),
+        ("USERHOOKS_LOG", "info"),
+        ("USERHOOKS_WORKER_ID", worker_id.as_str()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    for (k, v) in extra {
+        env.insert(k.to_string(), v.to_string());
+    }
+    env
+}
+
+/// What a finished command printed.
+#[derive(Debug)]
+pub struct Finished {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Run `userhooks <args>` with the worker's environment (see [`WorkerProcess::spawn`]) to
+/// its end, within 60 s.
+pub async fn run_to_end(
+    args: &[&str],
+    database_url: &str,
+    api_url: &str,
+    extra: &[(&str, &str)],
+) -> Finished {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_userhooks"))
+        .args(args)
+        .env_clear()
+        .envs(worker_env(database_url, api_url, extra))
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(60), output)
+        .await
+        .unwrap_or_else(|_| panic!("userhooks {args:?} did not finish within 60s"))
+        .expect("run userhooks");
+    Finished {
+        status: output.status,
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
     }
 }
 

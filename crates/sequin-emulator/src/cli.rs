@@ -35,6 +35,10 @@ pub struct EmulatorArgs {
     /// How often delivery polls the source tables (e.g. 200ms).
     #[arg(long, default_value = "200ms", value_parser = parse_duration)]
     pub delivery_poll_interval: Duration,
+    /// Whether the account may use functions; `false` behaves like a Sequin Cloud account
+    /// without the function_transforms feature.
+    #[arg(long, default_value = "true", action = clap::ArgAction::Set)]
+    pub functions_enabled: bool,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -79,6 +83,7 @@ pub async fn run(
             poll_interval: args.delivery_poll_interval,
             ..DeliveryConfig::new(url)
         }),
+        functions_enabled: args.functions_enabled,
         ..EmulatorConfig::default()
     };
     eprintln!(

@@ -48,6 +48,10 @@ pub struct EmulatorConfig {
     /// Deliver webhooks from this source database (off by default). With delivery on,
     /// backfills report the rows really delivered instead of `backfill_rows`.
     pub delivery: Option<DeliveryConfig>,
+    /// Whether the account has Sequin's `function_transforms` feature (self-hosted Sequin
+    /// does; a Sequin Cloud account may not). Without it, config apply and plan refuse
+    /// every function with Sequin's changeset error.
+    pub functions_enabled: bool,
 }
 
 impl Default for EmulatorConfig {
@@ -60,6 +64,7 @@ impl Default for EmulatorConfig {
             backfill_rows: 100,
             backfill_rows_per_sec: 200,
             delivery: None,
+            functions_enabled: true,
         }
     }
 }
@@ -100,6 +105,7 @@ impl Shared {
             config.backfill_rows_per_sec,
         );
         db.delivery = config.delivery.is_some();
+        db.functions_enabled = config.functions_enabled;
         Arc::new(Shared {
             token: config.token,
             db: Mutex::new(db),

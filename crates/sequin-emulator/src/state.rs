@@ -265,6 +265,8 @@ pub(crate) struct Db {
     pub backfills: Vec<Backfill>,
     /// Webhook delivery is on: backfills report real progress.
     pub delivery: bool,
+    /// The account may create and update functions (`function_transforms`).
+    pub functions_enabled: bool,
     /// Name → position in `endpoints` / `sinks`, so lookups by name stay O(1) with tens of
     /// thousands of resources (the benchmark's scale). Kept in sync by `reindex_*`.
     pub endpoint_names: HashMap<String, usize>,
@@ -295,6 +297,7 @@ impl Db {
             functions: Vec::new(),
             backfills: Vec::new(),
             delivery: false,
+            functions_enabled: true,
             endpoint_names: HashMap::new(),
             sink_names: HashMap::new(),
             endpoint_ids: HashMap::new(),

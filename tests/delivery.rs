@@ -713,7 +713,7 @@ async fn sink_updates_restart_replication_while_creates_and_deletes_only_refresh
     s.delete_sink(&c).await;
     let r = s.emulator.runtime();
     assert_eq!(r.replication_restarts, 3);
-    assert_eq!(r.routing_context, [a.clone()]);
+    assert_eq!(r.routing_context, vec![a.clone()]);
 
     // An endpoint update restarts its sinks' stores, and with them the slot.
     let (status, body) = s
@@ -749,7 +749,7 @@ async fn sink_updates_restart_replication_while_creates_and_deletes_only_refresh
     let url = format!("http://{}/_emulator/runtime", s.emulator.addr());
     let shown: RuntimeReport = s.http.get(url).send().await.unwrap().json().await.unwrap();
     assert_eq!(shown.replication_restarts, 5);
-    assert_eq!(shown.routing_context, [a.clone()]);
+    assert_eq!(shown.routing_context, vec![a.clone()]);
     assert_eq!(shown.recent_restarts.len(), 5);
 }
 
@@ -764,7 +764,7 @@ async fn a_disabled_sink_keeps_receiving_until_the_routing_context_is_refreshed(
     s.wait_for("1", 1).await;
     // A create refreshes the context: the disabled sink leaves it.
     let two = s.subscribe_all("witness").await;
-    assert_eq!(s.emulator.runtime().routing_context, [two.clone()]);
+    assert_eq!(s.emulator.runtime().routing_context, vec![two.clone()]);
     s.notify(1, "after the refresh").await;
     let r = s
         .until("the witness ingested the change", |r| {

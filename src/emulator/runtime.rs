@@ -238,7 +238,7 @@ impl RoutedSink {
 
     fn matches(&self, change: &Change) -> bool {
         change.id > self.start_lsn
-            && self.actions.iter().any(|a| *a == change.action)
+            && self.actions.contains(&change.action)
             && super::routes::table_in_source(&self.source, &change.table)
     }
 }

@@ -250,7 +250,7 @@ pub struct EmulatorArgs {
     /// Column compared with each sink's `annotations.user_id` when delivering.
     #[arg(long, default_value = "user_id")]
     pub user_column: String,
-    /// How often delivery polls the source tables.
+    /// How often delivery polls the change log.
     #[arg(long, default_value = "200ms", value_parser = crate::config::parse_duration)]
     pub delivery_poll_interval: std::time::Duration,
 }

@@ -196,32 +196,31 @@ fn parse_xid(s: String) -> Result<u64, ChangeLogError> {
 /// Reads the log in commit-visibility order, each change once.
 ///
 /// `id`s are taken when a row changes, not when its transaction commits, so a change with a
-/// lower `id` can become visible after a higher one was read. The reader keeps the `id`s it has
-/// read above `low` and moves `low` only past positions every transaction of which has ended:
-/// a checkpoint pairs the log position with a transaction id taken after it; once the oldest
-/// running transaction (`xmin`) is past that id, every change up to the position is visible
-/// or rolled back. (One transaction id is spent per poll that finds the log grown.)
+/// lower `id` can become visible after a higher one was read. The reader remembers the ids it
+/// skipped below the highest it has read (the gaps: transactions still running, or rolled
+/// back) and asks for them again on every poll. A gap is forgotten once no transaction can
+/// still fill it: a checkpoint pairs the log position with a transaction id taken after it;
+/// when the oldest running transaction (`xmin`) is past that id, every change up to the
+/// position is visible or rolled back. (One transaction id is spent per poll that finds the
+/// log grown.)
 #[derive(Debug)]
 pub(crate) struct Reader {
-    low: i64,
-    seen: BTreeSet<i64>,
+    max_read: i64,
+    gaps: BTreeSet<i64>,
+    /// (log position, transaction id taken after reading it), positions increasing.
     checkpoints: VecDeque<(i64, u64)>,
+    checkpointed: i64,
 }
 
 impl Reader {
     /// Start after `position`.
     pub fn new(position: i64) -> Self {
         Reader {
-            low: position,
-            seen: BTreeSet::new(),
+            max_read: position,
+            gaps: BTreeSet::new(),
             checkpoints: VecDeque::new(),
+            checkpointed: position,
         }
-    }
-
-    /// Every change at or below this position has been read.
-    #[cfg(test)]
-    fn low(&self) -> i64 {
-        self.low
     }
 
     /// The next changes that became visible, in `id` order (at most [`PAGE`]).
@@ -230,7 +229,7 @@ impl Reader {
         client: &tokio_postgres::Client,
     ) -> Result<Vec<Change>, ChangeLogError> {
         let pos = position(client).await?;
-        if self.checkpoints.back().is_none_or(|&(p, _)| p < pos) && pos > self.low {
+        if pos > self.checkpointed {
             // A transaction id taken now is above that of every transaction that took a log
             // id up to `pos` (they wrote their row first). Not the snapshot's `xmax`: since
             // Postgres 14 that is the latest *completed* id + 1, and a running transaction
@@ -239,22 +238,23 @@ impl Reader {
                 .query_one("select pg_current_xact_id()::text", &[])
                 .await?;
             self.checkpoints.push_back((pos, parse_xid(row.get(0))?));
+            self.checkpointed = pos;
         }
         let row = client
             .query_one("select pg_snapshot_xmin(pg_current_snapshot())::text", &[])
             .await?;
         let xmin = parse_xid(row.get(0))?;
-        let seen: Vec<i64> = self.seen.iter().copied().collect();
+        let gaps: Vec<i64> = self.gaps.iter().copied().collect();
         let rows = client
             .query(
                 &format!(
                     "select id, table_schema || '.' || table_name, action, record, changes,
                             record_pks, committed_at
                        from sequin_emulator.changes
-                      where id > $1 and id <> all($2::bigint[])
+                      where id > $1 or id = any($2::bigint[])
                       order by id limit {PAGE}"
                 ),
-                &[&self.low, &seen],
+                &[&self.max_read, &gaps],
             )
             .await?;
         let changes: Vec<Change> = rows
@@ -269,33 +269,38 @@ impl Reader {
                 committed_at: r.get(6),
             })
             .collect();
-        self.seen.extend(changes.iter().map(|c| c.id));
-        // Rows were read in a snapshot taken after `xmin` was: the settled checkpoints'
-        // changes were all visible to it.
-        let mut safe = self
-            .checkpoints
-            .iter()
-            .filter(|&&(_, bound)| bound <= xmin)
-            .map(|&(p, _)| p)
-            .max();
-        if changes.len() as i64 >= PAGE {
-            let last = changes.last().map(|c| c.id).unwrap_or(self.low);
-            safe = safe.map(|s| s.min(last));
+        for c in &changes {
+            self.saw(c.id);
         }
-        if let Some(s) = safe {
-            self.advance(s);
+        // The rows were read in a snapshot taken after `xmin` was: the gaps of settled
+        // checkpoints were not filled by then, so they never will be. Unless the page was
+        // full: then some gap may be visible and unread.
+        if (changes.len() as i64) < PAGE {
+            self.settle(xmin);
         }
         Ok(changes)
     }
 
-    fn advance(&mut self, to: i64) {
-        if to <= self.low {
-            return;
+    fn saw(&mut self, id: i64) {
+        if id > self.max_read {
+            self.gaps.extend(self.max_read + 1..id);
+            self.max_read = id;
+        } else {
+            self.gaps.remove(&id);
         }
-        self.low = to;
-        self.seen = self.seen.split_off(&(to + 1));
-        while self.checkpoints.front().is_some_and(|&(p, _)| p <= to) {
+    }
+
+    fn settle(&mut self, xmin: u64) {
+        let mut safe = None;
+        while let Some(&(pos, bound)) = self.checkpoints.front() {
+            if bound > xmin {
+                break;
+            }
+            safe = Some(pos);
             self.checkpoints.pop_front();
+        }
+        if let Some(safe) = safe {
+            self.gaps = self.gaps.split_off(&(safe + 1));
         }
     }
 }
@@ -314,15 +319,19 @@ mod tests {
     }
 
     #[test]
-    fn advancing_forgets_what_is_settled() {
+    fn skipped_ids_stay_wanted_until_settled() {
         let mut r = Reader::new(10);
-        r.seen.extend([11, 12, 15]);
-        r.checkpoints.extend([(12, 100), (15, 101)]);
-        r.advance(12);
-        assert_eq!(r.low(), 12);
-        assert_eq!(r.seen.iter().copied().collect::<Vec<_>>(), vec![15]);
+        r.saw(11);
+        r.saw(14);
+        assert_eq!(r.gaps.iter().copied().collect::<Vec<_>>(), vec![12, 13]);
+        r.saw(12);
+        assert_eq!(r.gaps.iter().copied().collect::<Vec<_>>(), vec![13]);
+        r.checkpoints.extend([(13, 100), (14, 105)]);
+        r.settle(99);
+        assert_eq!(r.gaps.len(), 1, "transaction 99 may still fill it");
+        r.settle(100);
+        assert!(r.gaps.is_empty(), "13 was rolled back");
         assert_eq!(r.checkpoints.len(), 1);
-        r.advance(11);
-        assert_eq!(r.low(), 12, "never moves back");
+        assert_eq!(r.max_read, 14);
     }
 }

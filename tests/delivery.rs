@@ -827,3 +827,56 @@ async fn changes_committed_out_of_id_order_are_each_delivered_once() {
     got.sort();
     assert_eq!(got, written, "each row once");
 }
+
+#[tokio::test]
+async fn two_emulators_on_one_database_share_the_change_log_and_each_read_it_all() {
+    let s = Setup::new().await;
+    let mine = s.subscribe_all("first").await;
+    // A second emulator on the same source database installs the same log concurrently.
+    let mut delivery = DeliveryConfig::new(s.db.url.clone());
+    delivery.poll_interval = Duration::from_millis(30);
+    let other = start_emulator_with(EmulatorConfig {
+        token: TOKEN.to_string(),
+        database: SEQUIN_DB.to_string(),
+        tables: vec!["public.notifications".to_string()],
+        delivery: Some(delivery),
+        ..EmulatorConfig::default()
+    })
+    .await;
+    let call = |path: &str, body: Value| {
+        s.http
+            .post(format!("{}{path}", other.api_url()))
+            .header("Authorization", format!("Bearer {TOKEN}"))
+            .header("Content-Type", "application/json")
+            .body(body.to_string())
+            .send()
+    };
+    let resp = call(
+        "/destinations/http_endpoints",
+        json!({"name": "second-endpoint", "url": format!("{}/hooks/second", s.receiver_base)}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 200);
+    let resp = call(
+        "/sinks",
+        json!({"name": "second-sink", "database": SEQUIN_DB,
+               "source": {"include_tables": ["public.notifications"]},
+               "destination": {"type": "webhook", "http_endpoint": "second-endpoint", "batch": false}}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 200);
+    for i in 0..3 {
+        s.notify(2, &format!("shared {i}")).await;
+    }
+    s.wait_for("first", 3).await;
+    s.wait_for("second", 3).await;
+    assert_eq!(s.emulator.runtime().sink(&mine).unwrap().ingested, 3);
+    assert_eq!(other.runtime().sink("second-sink").unwrap().ingested, 3);
+    let count =
+        s.db.scalar_i64("select count(*) from sequin_emulator.changes")
+            .await;
+    assert_eq!(count, 3, "one log, each change once");
+    other.shutdown().await;
+}

@@ -761,13 +761,13 @@ fn lifecycle(
     function_updates: &[uuid::Uuid],
 ) {
     let name = body.get("name").and_then(Value::as_str);
-    let mut rt = shared.runtime();
     match (operation, id) {
-        ("create_sink", Some(id)) => rt.sink_created(db, id, name),
-        ("update_sink", Some(id)) => rt.sink_updated(db, id, name),
-        ("delete_sink", Some(id)) => rt.sink_deleted(id),
-        ("update_endpoint", Some(id)) => rt.endpoint_updated(db, id),
+        ("create_sink", Some(id)) => shared.runtime().sink_created(db, id, name),
+        ("update_sink", Some(id)) => shared.runtime().sink_updated(db, id, name),
+        ("delete_sink", Some(id)) => shared.runtime().sink_deleted(id),
+        ("update_endpoint", Some(id)) => shared.runtime().endpoint_updated(db, id),
         ("config_apply", _) => {
+            let mut rt = shared.runtime();
             for f in function_updates {
                 rt.function_updated(db, *f);
             }

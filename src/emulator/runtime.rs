@@ -24,7 +24,8 @@
 //!   processor monitors makes it raise (`lib/sequin/runtime/slot_processor_server.ex`,
 //!   `handle_info({:DOWN, ...})`), and its `one_for_all` supervisor restarts the whole slot
 //!   pipeline with a fresh context (`lib/sequin/runtime/slot_producer/supervisor.ex`): one
-//!   replication restart per endpoint update, counted per event. A function `update` stops and
+//!   replication restart per endpoint update that has a sink with a store, counted per event
+//!   (the other sinks' stores keep running). A function `update` stops and
 //!   restarts replication on each slot with a sink using the function; `POST /api/config/apply`
 //!   updates every function it names that exists, changed or not (`lib/sequin/yaml_loader.ex`,
 //!   `upsert_function/2` → `Consumers.update_function/3`, which always enqueues the event), so

@@ -32,7 +32,7 @@ pub struct EmulatorArgs {
     /// Column compared with each sink's `annotations.user_id` when delivering.
     #[arg(long, default_value = "user_id")]
     pub user_column: String,
-    /// How often delivery polls the source tables (e.g. 200ms).
+    /// How often delivery polls the change log (e.g. 200ms).
     #[arg(long, default_value = "200ms", value_parser = parse_duration)]
     pub delivery_poll_interval: Duration,
     /// Whether the account may use functions; `false` behaves like a Sequin Cloud account

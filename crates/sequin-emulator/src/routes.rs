@@ -937,7 +937,7 @@ fn default_sink() -> Sink {
         load_shedding_policy: "pause_on_full".to_string(),
         message_grouping: true,
         annotations: json!({}),
-        start_cursors: None,
+        start_lsn: None,
     }
 }
 
@@ -1413,6 +1413,8 @@ fn config_apply(db: &mut Db, params: &Map<String, Value>, apply: bool) -> Resp {
                 if apply {
                     let id = db.functions[i].id;
                     db.functions[i] = Function { id, ..f };
+                    // Sequin updates (and restarts for) every existing function it applies.
+                    db.function_updates.push(id);
                 }
             }
             None => {

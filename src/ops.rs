@@ -8,6 +8,7 @@ use crate::db::{self, DbError};
 /// A printable summary of the queue, subscriptions and open backfills.
 pub async fn status(database_url: &str) -> Result<String, DbError> {
     let client = db::connect(database_url, "userhooks-cli").await?;
+    db::require_schema(&client).await?;
     let mut out = String::new();
     let queue = client
         .query(
@@ -123,6 +124,7 @@ pub enum RetrySelection {
 /// Re-queue failed requests (fresh attempt budget). Returns the ids re-queued.
 pub async fn retry(database_url: &str, selection: RetrySelection) -> Result<Vec<i64>, DbError> {
     let client = db::connect(database_url, "userhooks-cli").await?;
+    db::require_schema(&client).await?;
     let rows = match selection {
         RetrySelection::One(id) => {
             client

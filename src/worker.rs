@@ -37,8 +37,6 @@ const AUTH_PROBE_INTERVAL: Duration = Duration::from_secs(10);
 pub enum BuildError {
     #[error(transparent)]
     Db(#[from] DbError),
-    #[error("the userhooks schema is missing or outdated in this database; run `userhooks migrate` first ({0})")]
-    NotMigrated(String),
     #[error("cannot listen on USERHOOKS_METRICS_ADDR {addr}: {source}")]
     MetricsAddr {
         addr: SocketAddr,
@@ -62,27 +60,13 @@ pub async fn build(config: Config) -> Result<App, BuildError> {
     // and hold a connection only for short statements.
     let pool = db::pool(&config.database_url, (config.concurrency + 2).min(POOL_MAX))?;
     {
-        let client = pool.get().await.map_err(DbError::from)?;
-        client
-            .query("select 1 from userhooks.subscription_requests limit 0", &[])
+        let client = pool
+            .get()
             .await
-            .map_err(|e| BuildError::NotMigrated(e.to_string()))?;
+            .map_err(|e| DbError::from_checkout(&config.database_url, e))?;
         // The statements are written for the latest schema: on an older one every subscribe
         // would fail and be retried until exhausted, so refuse to start instead.
-        let version: i32 = client
-            .query_one(
-                "select coalesce(max(version), 0) from userhooks.schema_migrations",
-                &[],
-            )
-            .await
-            .map_err(|e| BuildError::NotMigrated(e.to_string()))?
-            .get(0);
-        let expected = db::MIGRATIONS.last().map_or(0, |(version, _, _)| *version);
-        if version < expected {
-            return Err(BuildError::NotMigrated(format!(
-                "schema version {version}, this worker needs {expected}"
-            )));
-        }
+        db::require_schema(&client).await?;
     }
     let metrics = Metrics::new();
     let sequin = SequinClient::new(
@@ -130,6 +114,7 @@ impl App {
             provisioner,
             metrics_listener,
         } = self;
+        let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
         let (stop_tx, stop_rx) = watch::channel(false);
         let wake = Arc::new(Notify::new());
         let mut background = JoinSet::new();
@@ -192,6 +177,7 @@ impl App {
             leases: leases.clone(),
             last_db_error_log: None,
         };
+        log_ready(&config, metrics_addr);
         state.run(shutdown, &wake).await;
         state.drain().await;
         // The last writer handle goes with the loop; the task ends once it has written all.
@@ -203,6 +189,35 @@ impl App {
         tracing::info!("worker stopped");
         Ok(())
     }
+}
+
+/// One line with what an operator checks first: where the metrics are and the settings that
+/// decide what the worker touches. Hosts and names only: no token, no password.
+fn log_ready(config: &Config, metrics_addr: Option<SocketAddr>) {
+    let metrics = metrics_addr.map_or_else(|| "off".to_string(), |a| format!("http://{a}/metrics"));
+    let sequin = url::Url::parse(&config.sequin_api_url)
+        .ok()
+        .and_then(|u| {
+            let host = u.host_str()?.to_string();
+            Some(match u.port_or_known_default() {
+                Some(port) => format!("{host}:{port}"),
+                None => host,
+            })
+        })
+        .unwrap_or_default();
+    let database = db::pg_config(&config.database_url, "userhooks-worker")
+        .map(|c| db::describe_target(&c))
+        .unwrap_or_default();
+    tracing::info!(
+        metrics = %metrics,
+        source_table = %config.source_table,
+        sequin = %sequin,
+        postgres = %database,
+        concurrency = config.concurrency,
+        lease = ?config.lease,
+        name_prefix = %config.name_prefix,
+        "worker ready"
+    );
 }
 
 struct Loop {

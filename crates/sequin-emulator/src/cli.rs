@@ -43,8 +43,8 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
-    #[error("--faults is not valid faults JSON: {0}")]
-    Faults(serde_json::Error),
+    #[error("--faults: {0}")]
+    Faults(String),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -60,7 +60,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), CliError> {
     let faults = match &args.faults {
-        Some(text) => serde_json::from_str(text).map_err(CliError::Faults)?,
+        Some(text) => Faults::parse(text.as_bytes()).map_err(CliError::Faults)?,
         None => Faults::default(),
     };
     let listener = tokio::net::TcpListener::bind(args.listen)

@@ -44,7 +44,10 @@ pub fn parse() -> Cli {
 /// gave it or else the flag; `None` for every other kind of error.
 pub fn refused_value(err: &clap::Error, args: &[std::ffi::OsString]) -> Option<String> {
     use clap::error::{ContextKind, ContextValue, ErrorKind};
-    if !matches!(err.kind(), ErrorKind::ValueValidation | ErrorKind::InvalidValue) {
+    if !matches!(
+        err.kind(),
+        ErrorKind::ValueValidation | ErrorKind::InvalidValue
+    ) {
         return None;
     }
     let Some(ContextValue::String(shown)) = err.get(ContextKind::InvalidArg) else {
@@ -54,7 +57,10 @@ pub fn refused_value(err: &clap::Error, args: &[std::ffi::OsString]) -> Option<S
         Some(ContextValue::String(v)) => v.clone(),
         _ => String::new(),
     };
-    let reason = match (std::error::Error::source(err), err.get(ContextKind::ValidValue)) {
+    let reason = match (
+        std::error::Error::source(err),
+        err.get(ContextKind::ValidValue),
+    ) {
         (Some(source), _) => source.to_string(),
         (None, Some(ContextValue::Strings(valid))) => format!("use one of {}", valid.join(", ")),
         (None, _) => "not accepted".to_string(),
@@ -67,7 +73,9 @@ pub fn refused_value(err: &clap::Error, args: &[std::ffi::OsString]) -> Option<S
     };
     let flag = format!("--{}", arg.get_long().unwrap_or_default());
     let on_command_line = args.iter().filter_map(|a| a.to_str()).any(|a| {
-        a == flag || a.strip_prefix(flag.as_str()).is_some_and(|r| r.starts_with('='))
+        a == flag
+            || a.strip_prefix(flag.as_str())
+                .is_some_and(|r| r.starts_with('='))
     });
     let from_env = arg
         .get_env()
@@ -157,8 +165,11 @@ const RECONCILE_READS: &[&str] = &[
 ];
 
 fn hide_unless_reconcile_reads_it(arg: clap::Arg) -> clap::Arg {
-    let reads = RECONCILE_READS.contains(&arg.get_id().as_str());
-    arg.hide(!reads)
+    if RECONCILE_READS.contains(&arg.get_id().as_str()) {
+        arg
+    } else {
+        arg.hide(true)
+    }
 }
 
 /// `userhooks reconcile`: exits non-zero while differences remain.
@@ -251,7 +262,12 @@ fn read_token(
     let token = match (value, file) {
         (Some(t), _) => t.trim().to_string(),
         (None, Some(path)) => std::fs::read_to_string(path)
-            .map_err(|e| CliError(format!("{file_var} {}: cannot be read: {e}", path.display())))?
+            .map_err(|e| {
+                CliError(format!(
+                    "{file_var} {}: cannot be read: {e}",
+                    path.display()
+                ))
+            })?
             .trim()
             .to_string(),
         (None, None) => return Ok(None),

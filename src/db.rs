@@ -100,7 +100,9 @@ pub async fn require_schema(client: &tokio_postgres::Client) -> Result<(), DbErr
         Ok(row) => row.get(0),
         // userhooks_app may not read the migrations table: the schema is there, which is
         // as much as that role can know.
-        Err(err) if err.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) => {
+        Err(err)
+            if err.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) =>
+        {
             return Ok(())
         }
         Err(err) => return Err(err.into()),

@@ -676,7 +676,10 @@ fn router(state: Shared, token: Option<crate::config::Secret>) -> Router {
         )),
         None => api,
     };
-    api.route("/healthz", get(|| async { axum::Json(json!({"ok": true})) }))
+    api.route(
+        "/healthz",
+        get(|| async { axum::Json(json!({"ok": true})) }),
+    )
 }
 
 /// Keep a LISTEN connection on `userhooks_request_done` and publish finished request ids.

@@ -17,7 +17,10 @@ async fn status_and_reconcile_on_an_unmigrated_database_say_to_run_migrate() {
         ("SEQUIN_API_TOKEN", TOKEN),
         ("SEQUIN_DATABASE", SEQUIN_DB),
     ];
-    for (args, extra) in [(&["status"][..], &[][..]), (&["reconcile"][..], &sequin[..])] {
+    for (args, extra) in [
+        (&["status"][..], &[][..]),
+        (&["reconcile"][..], &sequin[..]),
+    ] {
         let mut env = vec![("DATABASE_URL", db.url.as_str()), ("RUST_BACKTRACE", "1")];
         env.extend_from_slice(extra);
         let out = run_userhooks(args, &env).await;
@@ -82,8 +85,9 @@ async fn serve_on_an_unmigrated_database_says_to_run_migrate() {
     .await;
     assert_eq!(out.code, Some(1), "{out:?}");
     assert!(
-        out.error_line()
-            .contains("userhooks schema is missing in this database: run `userhooks migrate` first"),
+        out.error_line().contains(
+            "userhooks schema is missing in this database: run `userhooks migrate` first"
+        ),
         "{out:?}"
     );
 }
@@ -140,7 +144,11 @@ async fn reconcile_help_lists_only_the_settings_reconcile_reads() {
         "--name-prefix",
         "--http-timeout",
     ] {
-        assert!(out.stdout.contains(shown), "{shown} missing:\n{}", out.stdout);
+        assert!(
+            out.stdout.contains(shown),
+            "{shown} missing:\n{}",
+            out.stdout
+        );
     }
     for hidden in [
         "--concurrency",
@@ -153,7 +161,11 @@ async fn reconcile_help_lists_only_the_settings_reconcile_reads() {
         "--worker-id",
         "--listener-ping",
     ] {
-        assert!(!out.stdout.contains(hidden), "{hidden} shown:\n{}", out.stdout);
+        assert!(
+            !out.stdout.contains(hidden),
+            "{hidden} shown:\n{}",
+            out.stdout
+        );
     }
 }
 
@@ -162,8 +174,13 @@ async fn serve_listens_on_a_host_name_and_says_it_has_no_authentication() {
     let db = TestDb::new().await;
     let port = free_port();
     let listen = format!("localhost:{port}");
-    let mut serve = Running::spawn(&["serve", "--listen", &listen], &[("DATABASE_URL", &db.url)]);
-    serve.wait_for("listening on http://", Duration::from_secs(20)).await;
+    let mut serve = Running::spawn(
+        &["serve", "--listen", &listen],
+        &[("DATABASE_URL", &db.url)],
+    );
+    serve
+        .wait_for("listening on http://", Duration::from_secs(20))
+        .await;
     let line = serve
         .stderr()
         .lines()
@@ -198,7 +215,9 @@ async fn serve_token_file_requires_the_bearer_token_but_healthz_stays_open() {
             ("USERHOOKS_SERVE_TOKEN_FILE", file.to_str().unwrap()),
         ],
     );
-    serve.wait_for("bearer token required", Duration::from_secs(20)).await;
+    serve
+        .wait_for("bearer token required", Duration::from_secs(20))
+        .await;
     let http = reqwest::Client::new();
     let url = format!("http://127.0.0.1:{port}/requests/424242");
     let without = http.get(&url).send().await.unwrap();
@@ -211,7 +230,11 @@ async fn serve_token_file_requires_the_bearer_token_but_healthz_stays_open() {
         .send()
         .await
         .unwrap();
-    assert_eq!(with.status(), 404, "the token passed: the request is unknown");
+    assert_eq!(
+        with.status(),
+        404,
+        "the token passed: the request is unknown"
+    );
     let health = http
         .get(format!("http://127.0.0.1:{port}/healthz"))
         .send()

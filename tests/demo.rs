@@ -105,5 +105,8 @@ async fn a_rate_of_zero_is_refused_before_anything_is_created() {
         .await
         .unwrap()
         .get(0);
-    assert!(!exists, "the demo created its database before refusing the rate");
+    assert!(
+        !exists,
+        "the demo created its database before refusing the rate"
+    );
 }

@@ -28,7 +28,10 @@ fn fenced_blocks(section: &str) -> Vec<(String, String)> {
         let Some(info) = line.strip_prefix("```") else {
             continue;
         };
-        let body: Vec<&str> = lines.by_ref().take_while(|l| !l.starts_with("```")).collect();
+        let body: Vec<&str> = lines
+            .by_ref()
+            .take_while(|l| !l.starts_with("```"))
+            .collect();
         blocks.push((info.trim().to_string(), body.join("\n")));
     }
     blocks
@@ -40,13 +43,19 @@ fn block<'a>(blocks: &'a [(String, String)], marker: &str) -> &'a str {
         .iter()
         .find(|(info, body)| info == "sh" && body.starts_with(marker))
         .map(|(_, body)| body.as_str())
-        .unwrap_or_else(|| panic!("no ```sh block starting with {marker:?} in the local stack section"))
+        .unwrap_or_else(|| {
+            panic!("no ```sh block starting with {marker:?} in the local stack section")
+        })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_readme_local_recipe_runs_as_written_and_a_webhook_arrives() {
     let section = local_stack_section();
-    assert!(section.len() < 2600, "the section grew to {} bytes", section.len());
+    assert!(
+        section.len() < 2600,
+        "the section grew to {} bytes",
+        section.len()
+    );
     let blocks = fenced_blocks(&section);
     let stack_script = block(&blocks, "# terminal 1");
     let try_script = block(&blocks, "# terminal 2");
@@ -70,15 +79,30 @@ async fn the_readme_local_recipe_runs_as_written_and_a_webhook_arrives() {
     let db = TestDb::unmigrated().await;
     let env = [("DATABASE_URL", db.url.as_str())];
     let mut stack = Running::spawn_shell(shell(stack_script, &env));
-    stack.wait_for("dev stack is up", Duration::from_secs(60)).await;
+    stack
+        .wait_for("dev stack is up", Duration::from_secs(60))
+        .await;
 
     let tried = Running::spawn_shell(shell(try_script, &env))
         .exit_with_output(Duration::from_secs(60))
         .await;
-    assert!(tried.0.success(), "terminal 2 failed:\n{}\n{}", tried.1, tried.2);
-    assert!(tried.1.contains("Webhook subscription created"), "{}", tried.1);
+    assert!(
+        tried.0.success(),
+        "terminal 2 failed:\n{}\n{}",
+        tried.1,
+        tried.2
+    );
+    assert!(
+        tried.1.contains("Webhook subscription created"),
+        "{}",
+        tried.1
+    );
     assert!(tried.1.contains("INSERT 0 1"), "{}", tried.1);
-    assert!(tried.1.contains("Backfill started successfully"), "{}", tried.1);
+    assert!(
+        tried.1.contains("Backfill started successfully"),
+        "{}",
+        tried.1
+    );
 
     // Terminal 1 prints each webhook as the README shows it.
     for line in &expected {
@@ -86,7 +110,9 @@ async fn the_readme_local_recipe_runs_as_written_and_a_webhook_arrives() {
     }
     // Like Ctrl-C: the signal reaches the shell and the stack, which stops cleanly.
     stack.terminate_group().await;
-    stack.wait_for("dev stack stopped", Duration::from_secs(30)).await;
+    stack
+        .wait_for("dev stack stopped", Duration::from_secs(30))
+        .await;
     assert!(!stack.stderr().contains("panicked"), "{}", stack.stderr());
 }
 

@@ -487,7 +487,10 @@ async fn the_worker_logs_one_ready_line_with_its_settings_and_no_colour_codes_in
     })
     .await;
     let text = worker.stderr();
-    let ready: Vec<&str> = text.lines().filter(|l| l.contains("worker ready")).collect();
+    let ready: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("worker ready"))
+        .collect();
     assert_eq!(ready.len(), 1, "{text}");
     for field in [
         format!("metrics=http://{addr}/metrics"),

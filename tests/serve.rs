@@ -408,7 +408,10 @@ async fn with_a_token_a_call_without_it_gets_401_and_enqueues_nothing() {
             "Bearer"
         );
         let body: Value = resp.json().await.unwrap();
-        assert!(body["error"].as_str().unwrap().contains("USERHOOKS_SERVE_TOKEN"));
+        assert!(body["error"]
+            .as_str()
+            .unwrap()
+            .contains("USERHOOKS_SERVE_TOKEN"));
     }
     assert_eq!(
         db.scalar_i64("select count(*) from userhooks.subscription_requests")

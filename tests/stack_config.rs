@@ -198,7 +198,10 @@ fn postgres_leaves_5432_to_a_local_server_is_checked_over_tcp_and_migrate_waits_
     // The README's local setup (and the tests) use a Postgres on host port 5432.
     let ports = str_list(&postgres["ports"]);
     assert_eq!(ports, ["5433:5432"]);
-    assert!(read("README.md").contains("-p 5433"), "the README names the stack's port");
+    assert!(
+        read("README.md").contains("-p 5433"),
+        "the README names the stack's port"
+    );
     // pg_isready over the Unix socket says "ready" while initdb's temporary server runs,
     // before the network listener is up.
     let check = str_list(&postgres["healthcheck"]["test"]).join(" ");

@@ -359,7 +359,8 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
         tokio::net::TcpListener::bind("127.0.0.1:0").await?,
     )
     .await;
-    let receiver = local::start_receiver(tokio::net::TcpListener::bind("127.0.0.1:0").await?, false)?;
+    let receiver =
+        local::start_receiver(tokio::net::TcpListener::bind("127.0.0.1:0").await?, false)?;
     let receiver_addr = receiver.addr;
     println!(
         "[2/7] Sequin emulator at {} (delivering webhooks), receiver at http://{receiver_addr}/hooks/<user>",

@@ -98,7 +98,12 @@ async fn receive(State(state): State<ReceiverState>, uri: Uri, Json(body): Json<
             println!("{}", describe_message(message));
         }
     }
-    let key = uri.path().rsplit('/').next().unwrap_or_default().to_string();
+    let key = uri
+        .path()
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .to_string();
     state
         .inbox
         .lock()
@@ -113,12 +118,10 @@ pub fn start_receiver(listener: tokio::net::TcpListener, print: bool) -> std::io
     let addr = listener.local_addr()?;
     let inbox: Inbox = Arc::default();
     // Any path: each subscription may post to a URL of its own.
-    let app = Router::new()
-        .fallback(receive)
-        .with_state(ReceiverState {
-            inbox: inbox.clone(),
-            print,
-        });
+    let app = Router::new().fallback(receive).with_state(ReceiverState {
+        inbox: inbox.clone(),
+        print,
+    });
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });

@@ -98,7 +98,9 @@ fn parse_rate(text: &str) -> Result<f64, String> {
 
 /// `userhooks generate-notifications`: insert until the duration passes or Ctrl-C.
 pub async fn run_generate(args: GenerateArgs) -> Result<(), crate::cli::CliError> {
-    let fail = |e: &(dyn std::error::Error + 'static)| crate::cli::CliError(crate::telemetry::error_chain(e));
+    let fail = |e: &(dyn std::error::Error + 'static)| {
+        crate::cli::CliError(crate::telemetry::error_chain(e))
+    };
     let client = crate::db::connect(&args.db.database_url, "userhooks-generate")
         .await
         .map_err(|e| fail(&e))?;

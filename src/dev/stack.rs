@@ -98,7 +98,8 @@ pub async fn run(args: StackArgs) -> Result<(), StackError> {
     let client = db::connect(&url, "userhooks-dev-stack").await?;
     let users = users(&client).await?;
 
-    let emulator_listener = bind(&args.emulator_listen, "Sequin emulator", "emulator-listen").await?;
+    let emulator_listener =
+        bind(&args.emulator_listen, "Sequin emulator", "emulator-listen").await?;
     let receiver = local::start_receiver(
         bind(&args.receiver_listen, "webhook receiver", "receiver-listen").await?,
         true,
@@ -173,9 +174,10 @@ fn print_next_steps(s: &Shown<'_>) {
         .and_then(|c| c.get_dbname().map(str::to_string))
         .unwrap_or_else(|| "postgres".to_string());
     let users: Vec<String> = s.users.iter().map(|(id, n)| format!("{id} {n}")).collect();
-    let metrics = s
-        .metrics
-        .map_or_else(|| "off".to_string(), |a| format!("http://{a}/metrics (also /readyz)"));
+    let metrics = s.metrics.map_or_else(
+        || "off".to_string(),
+        |a| format!("http://{a}/metrics (also /readyz)"),
+    );
     let serve_port = s.serve.port();
     let hook = format!("http://{}/hooks/1", s.receiver);
     let psql = local::psql_flags(s.url);

@@ -206,7 +206,12 @@ impl Finished {
     /// The only line on stderr: panics if there are several (an error must be one line).
     pub fn error_line(&self) -> &str {
         let lines: Vec<&str> = self.stderr.lines().filter(|l| !l.is_empty()).collect();
-        assert_eq!(lines.len(), 1, "expected one line on stderr:\n{}", self.stderr);
+        assert_eq!(
+            lines.len(),
+            1,
+            "expected one line on stderr:\n{}",
+            self.stderr
+        );
         lines[0]
     }
 }
@@ -378,7 +383,9 @@ pub fn shell(script: &str, env: &[(&str, &str)]) -> tokio::process::Command {
         .expect("binary directory")
         .to_path_buf();
     let mut path = vec![bin_dir];
-    path.extend(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()));
+    path.extend(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    ));
     let mut cmd = tokio::process::Command::new("sh");
     cmd.arg("-c")
         .arg(script)

@@ -60,7 +60,8 @@ impl Faults {
     /// negative delay) with the field's path, e.g. `routes.create_sink.latency_ms`.
     pub fn parse(json: &[u8]) -> Result<Faults, String> {
         let value: serde_json::Value = serde_json::from_slice(json).map_err(|e| e.to_string())?;
-        let mut scopes: Vec<(String, &serde_json::Value)> = vec![("all".to_string(), &value["all"])];
+        let mut scopes: Vec<(String, &serde_json::Value)> =
+            vec![("all".to_string(), &value["all"])];
         if let Some(routes) = value.get("routes").and_then(serde_json::Value::as_object) {
             for (name, route) in routes {
                 scopes.push((format!("routes.{name}"), route));
@@ -110,11 +111,17 @@ mod tests {
         let ok = Faults::parse(br#"{"all": {"error_rate": 1, "latency_ms": 0}}"#).unwrap();
         assert_eq!(ok.all.error_rate, 1.0);
         let err = Faults::parse(br#"{"all": {"error_rate": 1.5}}"#).unwrap_err();
-        assert!(err.contains("all.error_rate must be a probability between 0 and 1"), "{err}");
+        assert!(
+            err.contains("all.error_rate must be a probability between 0 and 1"),
+            "{err}"
+        );
         let err = Faults::parse(br#"{"all": {"error_rate": -0.1}}"#).unwrap_err();
         assert!(err.contains("all.error_rate"), "{err}");
         let err = Faults::parse(br#"{"routes": {"create_sink": {"latency_ms": -5}}}"#).unwrap_err();
-        assert!(err.contains("routes.create_sink.latency_ms must be a whole number, 0 or more"), "{err}");
+        assert!(
+            err.contains("routes.create_sink.latency_ms must be a whole number, 0 or more"),
+            "{err}"
+        );
         let err = Faults::parse(br#"{"all": {"rate_limit_retry_after": 1.5}}"#).unwrap_err();
         assert!(err.contains("all.rate_limit_retry_after"), "{err}");
         assert!(Faults::parse(b"not json").is_err());

@@ -22,7 +22,8 @@ pub struct EmulatorArgs {
     /// Tables known in that database (repeat the flag for more).
     #[arg(long = "table", default_value = "public.notifications")]
     pub tables: Vec<String>,
-    /// Initial faults as JSON (same shape as PUT /_emulator/faults).
+    /// Initial faults as JSON (same shape as PUT /_emulator/faults); a rate outside 0..=1 or
+    /// a negative delay is refused.
     #[arg(long)]
     pub faults: Option<String>,
     /// Deliver webhooks: follow the source tables in this Postgres database and POST

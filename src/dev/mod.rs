@@ -108,7 +108,8 @@ pub async fn run_generate(args: GenerateArgs) -> Result<(), crate::cli::CliError
         .await
         .map_err(|e| fail(&e))?;
     let rate = args.rate;
-    let mut shown = progress::Progress::spinner("inserted");
+    let mut shown =
+        progress::Progress::spinner("inserted").plain_every(std::time::Duration::from_secs(5));
     let stop = async {
         let _ = tokio::signal::ctrl_c().await;
     };

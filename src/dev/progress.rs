@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-/// Smallest gap between two plain lines.
+/// Smallest gap between two plain lines, unless [`Progress::plain_every`] says otherwise.
 const PLAIN_EVERY: Duration = Duration::from_secs(1);
 
 pub struct Progress {
@@ -19,6 +19,7 @@ pub struct Progress {
     message: String,
     last_plain: Option<Instant>,
     changed_since_plain: bool,
+    plain_every: Duration,
 }
 
 impl Progress {
@@ -62,7 +63,14 @@ impl Progress {
             message: String::new(),
             last_plain: None,
             changed_since_plain: false,
+            plain_every: PLAIN_EVERY,
         }
+    }
+
+    /// Print plain lines at most this often (a long run would flood a log at one a second).
+    pub fn plain_every(mut self, every: Duration) -> Progress {
+        self.plain_every = every;
+        self
     }
 
     pub fn set_length(&mut self, total: u64) {
@@ -109,7 +117,9 @@ impl Progress {
         if self.bar.is_some() {
             return;
         }
-        let due = self.last_plain.is_none_or(|at| at.elapsed() >= PLAIN_EVERY);
+        let due = self
+            .last_plain
+            .is_none_or(|at| at.elapsed() >= self.plain_every);
         if !(due || last && self.changed_since_plain) {
             return;
         }

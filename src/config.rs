@@ -39,7 +39,8 @@ impl fmt::Display for Secret {
     }
 }
 
-/// Parse `500ms`, `30s`, `2m`, `1h`, `7d` (a bare number means seconds).
+/// Parse `500ms`, `30s`, `2m`, `1h`, `7d`. A bare number other than 0 is refused: `30` could
+/// mean seconds or milliseconds, and a wrong guess is a lease 1,000 times off.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
@@ -51,7 +52,13 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     })?;
     let seconds = match unit.trim() {
         "ms" => value / 1000.0,
-        "" | "s" => value,
+        "" if value == 0.0 => 0.0,
+        "" => {
+            return Err(format!(
+                "`{text}` has no unit: write {number}s for seconds (or 500ms, 2m, 1h, 7d)"
+            ))
+        }
+        "s" => value,
         "m" => value * 60.0,
         "h" => value * 3600.0,
         "d" => value * 86400.0,
@@ -261,10 +268,18 @@ pub struct Config {
     pub worker_id: String,
 }
 
-/// All the problems found in a configuration, one per line.
+/// All the problems found in a configuration: one on one line, several one per line.
 #[derive(Debug, thiserror::Error)]
-#[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
 pub struct ConfigError(pub Vec<String>);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0.as_slice() {
+            [one] => write!(f, "invalid configuration: {one}"),
+            many => write!(f, "invalid configuration:\n  - {}", many.join("\n  - ")),
+        }
+    }
+}
 
 static NAME_RE: std::sync::LazyLock<regex::Regex> =
     std::sync::LazyLock::new(|| regex::Regex::new(r"^[A-Za-z0-9_.-]+$").expect("valid regex"));
@@ -516,7 +531,14 @@ mod tests {
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
         assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86400)));
-        assert_eq!(parse_duration("5"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+    }
+
+    #[test]
+    fn a_bare_number_is_refused_with_the_unit_to_add() {
+        let err = parse_duration("30").unwrap_err();
+        assert!(err.contains("write 30s"), "{err}");
+        assert!(parse_duration("1.5").unwrap_err().contains("write 1.5s"));
     }
 
     #[test]

@@ -26,6 +26,11 @@ pub enum DbError {
     Postgres(#[from] tokio_postgres::Error),
     #[error("could not get a database connection: {0}")]
     Checkout(deadpool_postgres::PoolError),
+    /// The server could not be reached (or refused us): names where, never with a password.
+    #[error("cannot connect to Postgres at {target}: {reason}")]
+    Connect { target: String, reason: String },
+    #[error("the userhooks schema is {0} in this database: run `userhooks migrate` first")]
+    NotMigrated(String),
 }
 
 impl From<deadpool_postgres::PoolError> for DbError {
@@ -40,12 +45,102 @@ impl From<deadpool_postgres::PoolError> for DbError {
     }
 }
 
-/// A failed connect, with a TLS problem said as such.
-fn connect_failed(err: tokio_postgres::Error) -> DbError {
-    match TlsError::behind(&err) {
-        Some(tls) => DbError::Tls(tls),
-        None => DbError::Postgres(err),
+impl DbError {
+    /// A failed connect: a TLS problem said as such, anything else naming the server.
+    fn connect(config: &tokio_postgres::Config, err: &tokio_postgres::Error) -> Self {
+        match TlsError::behind(err) {
+            Some(tls) => DbError::Tls(tls),
+            None => DbError::Connect {
+                target: describe_target(config),
+                reason: crate::telemetry::error_chain(err),
+            },
+        }
     }
+
+    /// A pool's failure to open a connection, naming the server like [`connect`] does.
+    pub fn from_checkout(database_url: &str, err: deadpool_postgres::PoolError) -> Self {
+        use deadpool_postgres::PoolError;
+        let Ok(config) = pg_config(database_url, "userhooks") else {
+            return DbError::from(err);
+        };
+        match err {
+            PoolError::Backend(err) => DbError::connect(&config, &err),
+            PoolError::Timeout(_) => DbError::Connect {
+                target: describe_target(&config),
+                reason: "no connection within the timeout".to_string(),
+            },
+            other => DbError::Checkout(other),
+        }
+    }
+}
+
+/// Where a connection string points, for messages: hosts, ports and database, never the
+/// user's password.
+pub fn describe_target(config: &tokio_postgres::Config) -> String {
+    use tokio_postgres::config::Host;
+    let ports = config.get_ports();
+    let port = |i: usize| ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+    let mut hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(i, host)| match host {
+            Host::Tcp(name) => format!("{name}:{}", port(i)),
+            #[cfg(unix)]
+            Host::Unix(path) => format!("{}/.s.PGSQL.{}", path.display(), port(i)),
+        })
+        .collect();
+    if hosts.is_empty() {
+        hosts = config
+            .get_hostaddrs()
+            .iter()
+            .enumerate()
+            .map(|(i, addr)| format!("{addr}:{}", port(i)))
+            .collect();
+    }
+    // Postgres defaults the database to the user name.
+    let database = config.get_dbname().or(config.get_user()).unwrap_or("?");
+    format!("{}, database `{database}`", hosts.join(","))
+}
+
+/// Refuse to go on without the userhooks schema, or with one older than this binary's: every
+/// statement would fail with a bare "db error" otherwise.
+pub async fn require_schema(client: &tokio_postgres::Client) -> Result<(), DbError> {
+    let present: bool = client
+        .query_one(
+            "select to_regclass('userhooks.subscription_requests') is not null
+                and to_regclass('userhooks.schema_migrations') is not null",
+            &[],
+        )
+        .await?
+        .get(0);
+    if !present {
+        return Err(DbError::NotMigrated("missing".to_string()));
+    }
+    let version: i32 = match client
+        .query_one(
+            "select coalesce(max(version), 0) from userhooks.schema_migrations",
+            &[],
+        )
+        .await
+    {
+        Ok(row) => row.get(0),
+        // userhooks_app may not read the migrations table: the schema is there, which is
+        // as much as that role can know.
+        Err(err)
+            if err.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) =>
+        {
+            return Ok(())
+        }
+        Err(err) => return Err(err.into()),
+    };
+    let expected = MIGRATIONS.last().map_or(0, |(version, _, _)| *version);
+    if version < expected {
+        return Err(DbError::NotMigrated(format!(
+            "at version {version} (this userhooks needs {expected})"
+        )));
+    }
+    Ok(())
 }
 
 /// The migrations, embedded so the binary alone can set up a database.
@@ -255,7 +350,7 @@ pub async fn connect_raw(
     let Target { config, tls } = target(database_url, application_name)?;
     open(&config, &tls.connector()?)
         .await
-        .map_err(connect_failed)
+        .map_err(|e| DbError::connect(&config, &e))
 }
 
 /// One direct connection (CLI tools), driven on a background task.
@@ -263,7 +358,7 @@ pub async fn connect(database_url: &str, application_name: &str) -> Result<Clien
     let Target { config, tls } = target(database_url, application_name)?;
     let (client, connection) = open(&config, &tls.connector()?)
         .await
-        .map_err(connect_failed)?;
+        .map_err(|e| DbError::connect(&config, &e))?;
     tokio::spawn(async move {
         if let Err(err) = connection.await {
             tracing::debug!(error = %err, "database connection closed");
@@ -354,6 +449,18 @@ mod tests {
         assert_eq!(
             session_sql(&config),
             "set random_page_cost = '1.1';set plan_cache_mode = 'force_generic_plan';"
+        );
+    }
+
+    #[test]
+    fn the_target_names_host_port_and_database_but_never_the_password() {
+        let config = pg_config("postgres://me:hunter2@db.internal:6543/orders", "t").unwrap();
+        let target = describe_target(&config);
+        assert_eq!(target, "db.internal:6543, database `orders`");
+        let config = pg_config("host=/run/postgresql user=app password=hunter2", "t").unwrap();
+        assert_eq!(
+            describe_target(&config),
+            "/run/postgresql/.s.PGSQL.5432, database `app`"
         );
     }
 

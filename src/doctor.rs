@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::config::Config;
-use crate::db;
+use crate::db::{self, DbError};
 use crate::metrics::Metrics;
 use crate::provision::replica::{self as replica_identity, split_table};
 use crate::provision::{filter_function_yaml, FilterFunctionState, Provisioner, ReplicaIdentity};
@@ -256,11 +256,6 @@ fn log(check: &Check) {
     }
 }
 
-/// The schema check alone (the worker's first, before anything else is built).
-pub async fn require_schema(client: &tokio_postgres::Client) -> Result<(), PreflightError> {
-    require(schema(client).await)
-}
-
 /// The worker's start-up checks after the schema: fatal only for a wrong `SEQUIN_DATABASE`
 /// and functions Sequin will not allow; Sequin being unreachable or refusing the token is
 /// not (the worker waits it out, and `/readyz` shows it). Puts the filter function in place
@@ -331,34 +326,17 @@ pub async fn at_worker_start(
 
 /// Migrated to the version this binary needs.
 async fn schema(client: &tokio_postgres::Client) -> Check {
-    let expected = db::MIGRATIONS.last().map_or(0, |(version, _, _)| *version);
-    let version = async {
-        client
-            .query("select 1 from userhooks.subscription_requests limit 0", &[])
-            .await?;
-        let row = client
-            .query_one(
-                "select coalesce(max(version), 0) from userhooks.schema_migrations",
-                &[],
-            )
-            .await?;
-        Ok::<i32, tokio_postgres::Error>(row.get(0))
-    }
-    .await;
-    match version {
-        Ok(version) if version >= expected => Check::ok(
+    match db::require_schema(client).await {
+        Ok(()) => Check::ok("schema", "userhooks schema is current"),
+        Err(err @ DbError::NotMigrated(_)) => Check::fail(
             "schema",
-            format!("userhooks schema at version {version}"),
-        ),
-        Ok(version) => Check::fail(
-            "schema",
-            "the userhooks schema is outdated",
-            format!("schema version {version}, this worker needs {expected}; run `userhooks migrate` first"),
+            "the userhooks schema is not ready",
+            err.to_string(),
         ),
         Err(err) => Check::fail(
             "schema",
-            "the userhooks schema is missing from DATABASE_URL's database",
-            format!("{}; run `userhooks migrate` first", db_error(&err)),
+            "cannot read the userhooks schema",
+            format!("{err}; run `userhooks migrate` first"),
         ),
     }
 }

@@ -1,15 +1,26 @@
 //! Thin entry point: parse the command line, set up logging, hand over to the library.
 
 use anyhow::Context;
-use clap::Parser;
-use userhooks::cli::{Cli, Command};
+use userhooks::cli::Command;
 
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// Errors end the process with one line, `error: what: why`, and exit code 1: no `Debug`
+/// rendering, no backtrace whatever RUST_BACKTRACE says.
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+async fn main() -> std::process::ExitCode {
+    match run(userhooks::cli::parse()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            let line = userhooks::telemetry::error_chain(err.as_ref());
+            eprintln!("error: {line}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: userhooks::cli::Cli) -> anyhow::Result<()> {
     // The demo prints its own story; only warnings from the parts interleave with it.
     let default_filter = match &cli.command {
         #[cfg(feature = "dev")]

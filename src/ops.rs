@@ -8,6 +8,7 @@ use crate::db::{self, DbError};
 /// A printable summary of the queue, subscriptions and open backfills.
 pub async fn status(database_url: &str) -> Result<String, DbError> {
     let client = db::connect(database_url, "userhooks-cli").await?;
+    db::require_schema(&client).await?;
     let mut out = String::new();
     let queue = client
         .query(
@@ -158,6 +159,7 @@ pub struct Skipped {
 /// worker runs them again in that order.
 pub async fn retry(database_url: &str, selection: RetrySelection) -> Result<RetryReport, OpsError> {
     let client = db::connect(database_url, "userhooks-cli").await?;
+    db::require_schema(&client).await?;
     let ids: Vec<i64> = match selection {
         RetrySelection::One(id) => {
             let status: String = client

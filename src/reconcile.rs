@@ -285,6 +285,7 @@ fn compare(
 
 async fn load(config: &Config) -> Result<(Vec<Sub>, HashSet<String>, usize), ReconcileError> {
     let client = db::connect(&config.database_url, "userhooks-reconcile").await?;
+    db::require_schema(&client).await?;
     let rows = client
         .query(
             "select id, user_id, endpoint, status, sink_name, endpoint_name, source_table,

@@ -72,10 +72,13 @@ pub async fn build_with_resolver(config: Config, resolver: Resolver) -> Result<A
     // and hold a connection only for short statements.
     let pool = db::pool(&config.database_url, (config.concurrency + 2).min(POOL_MAX))?;
     {
+        let client = pool
+            .get()
+            .await
+            .map_err(|e| DbError::from_checkout(&config.database_url, e))?;
         // The statements are written for the latest schema: on an older one every subscribe
         // would fail and be retried until exhausted, so refuse to start instead.
-        let client = pool.get().await.map_err(DbError::from)?;
-        doctor::require_schema(&client).await?;
+        db::require_schema(&client).await?;
     }
     let metrics = Metrics::new();
     let sequin = SequinClient::new(
@@ -134,6 +137,7 @@ impl App {
             provisioner,
             metrics_listener,
         } = self;
+        let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
         let (stop_tx, stop_rx) = watch::channel(false);
         let wake = Arc::new(Notify::new());
         let mut background = JoinSet::new();
@@ -188,6 +192,7 @@ impl App {
             leases: leases.clone(),
             last_db_error_log: None,
         };
+        log_ready(&config, metrics_addr);
         state.run(shutdown, &wake).await;
         state.drain().await;
         // The last writer handle goes with the loop; the task ends once it has written all.
@@ -199,6 +204,35 @@ impl App {
         tracing::info!("worker stopped");
         Ok(())
     }
+}
+
+/// One line with what an operator checks first: where the metrics are and the settings that
+/// decide what the worker touches. Hosts and names only: no token, no password.
+fn log_ready(config: &Config, metrics_addr: Option<SocketAddr>) {
+    let metrics = metrics_addr.map_or_else(|| "off".to_string(), |a| format!("http://{a}/metrics"));
+    let sequin = url::Url::parse(&config.sequin_api_url)
+        .ok()
+        .and_then(|u| {
+            let host = u.host_str()?.to_string();
+            Some(match u.port_or_known_default() {
+                Some(port) => format!("{host}:{port}"),
+                None => host,
+            })
+        })
+        .unwrap_or_default();
+    let database = db::pg_config(&config.database_url, "userhooks-worker")
+        .map(|c| db::describe_target(&c))
+        .unwrap_or_default();
+    tracing::info!(
+        metrics = %metrics,
+        source_table = %config.source_table,
+        sequin = %sequin,
+        postgres = %database,
+        concurrency = config.concurrency,
+        lease = ?config.lease,
+        name_prefix = %config.name_prefix,
+        "worker ready"
+    );
 }
 
 struct Loop {

@@ -1541,6 +1541,25 @@ async fn control_route_changes_faults_at_run_time() {
         .await
         .unwrap();
     assert_eq!(api.get("/sinks").await.0, 200);
+
+    // What cannot be meant is refused, naming the field, and changes nothing.
+    let r = api
+        .http
+        .put(format!("{base}/_emulator/faults"))
+        .json(&json!({"routes": {"create_sink": {"error_rate": 2}}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["summary"]
+            .as_str()
+            .unwrap()
+            .contains("routes.create_sink.error_rate must be a probability between 0 and 1"),
+        "{body}"
+    );
+    assert!(h.faults().routes.is_empty());
 }
 
 #[tokio::test]

@@ -536,3 +536,54 @@ async fn json_logs_of_a_debug_run_never_contain_the_token_or_an_endpoint_secret(
         "no error line for the rejected token:\n{logs}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_logs_one_ready_line_with_its_settings_and_no_colour_codes_in_a_pipe() {
+    let db = TestDb::new().await;
+    let emulator = start_emulator().await;
+    // Trust authentication ignores the password: it is there to prove it is never printed.
+    let url = db.url.replacen("postgres@", "postgres:pw-do-not-print@", 1);
+    let worker = binary::WorkerProcess::spawn(
+        &url,
+        &emulator.api_url(),
+        &[
+            ("USERHOOKS_METRICS_ADDR", "auto"),
+            ("USERHOOKS_LEASE", "45s"),
+            ("USERHOOKS_NAME_PREFIX", "uhready"),
+        ],
+    );
+    let addr = worker.metrics_addr.unwrap();
+    let port = emulator.addr().port();
+    let server = url::Url::parse(&db.url).unwrap();
+    let server = format!(
+        "{}:{}",
+        server.host_str().unwrap(),
+        server.port().unwrap_or(5432)
+    );
+    eventually(Duration::from_secs(20), "the ready line", || async {
+        worker.stderr().contains("worker ready")
+    })
+    .await;
+    let text = worker.stderr();
+    let ready: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("worker ready"))
+        .collect();
+    assert_eq!(ready.len(), 1, "{text}");
+    for field in [
+        format!("metrics=http://{addr}/metrics"),
+        "source_table=public.notifications".to_string(),
+        format!("sequin=127.0.0.1:{port}"),
+        format!("database `{}`", db.name),
+        format!("postgres={server}, database"),
+        "concurrency=32".to_string(),
+        "lease=45s".to_string(),
+        "name_prefix=uhready".to_string(),
+    ] {
+        assert!(ready[0].contains(&field), "{field} missing: {}", ready[0]);
+    }
+    assert!(!text.contains('\u{1b}'), "colour codes in a pipe: {text:?}");
+    assert!(!text.contains("pw-do-not-print"), "{text}");
+    assert!(!text.contains(TOKEN), "{text}");
+    worker.stop_cleanly().await;
+}

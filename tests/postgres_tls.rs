@@ -8,7 +8,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::binary::run_once;
+use common::binary::run_userhooks;
 use common::certs::{self, Pem};
 use common::cluster::{ServerTls, TempCluster};
 use common::*;
@@ -98,8 +98,8 @@ fn system_roots_env<'a>(
     ]
 }
 
-fn stderr(output: &std::process::Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
+fn stderr(output: &common::binary::Finished) -> String {
+    output.stderr.clone()
 }
 
 #[tokio::test]
@@ -204,19 +204,16 @@ async fn cli_migrate_and_status_work_over_require() {
     let require = with_params(&db.url, "sslmode=require");
     let env = [("DATABASE_URL", require.as_str())];
 
-    let migrate = run_once(&["migrate"], &env).await;
-    assert!(migrate.status.success(), "{}", stderr(&migrate));
-    assert!(
-        String::from_utf8_lossy(&migrate.stdout).contains("applied migrations"),
-        "{migrate:?}"
-    );
+    let migrate = run_userhooks(&["migrate"], &env).await;
+    assert!(migrate.success(), "{}", stderr(&migrate));
+    assert!(migrate.stdout.contains("applied migrations"), "{migrate:?}");
     assert_eq!(
         db.scalar_i64("select count(*) from userhooks.schema_migrations")
             .await,
         db::MIGRATIONS.len() as i64
     );
-    let status = run_once(&["status"], &env).await;
-    assert!(status.status.success(), "{}", stderr(&status));
+    let status = run_userhooks(&["status"], &env).await;
+    assert!(status.success(), "{}", stderr(&status));
     assert!(!status.stdout.is_empty());
 }
 
@@ -230,22 +227,17 @@ async fn verify_full_with_the_system_roots_refuses_a_self_signed_server_in_one_l
     let no_roots = dir.path().join("none.pem");
     std::fs::write(&no_roots, "").unwrap();
 
-    let output = run_once(
+    let output = run_userhooks(
         &["status"],
         &system_roots_env(url.as_str(), &no_roots, dir.path()),
     )
     .await;
-    assert!(!output.status.success());
+    assert!(!output.success());
     let text = stderr(&output);
     let expected = format!(
         "TLS: the server certificate for {host} is not signed by a CA in the system roots (sslmode=verify-full); set sslrootcert=<the CA certificate file> or fix the server certificate"
     );
-    // The whole error is that one line (anyhow puts `Error: ` before it).
-    assert!(
-        text.lines()
-            .any(|line| line.trim_start_matches("Error: ") == expected),
-        "{text}"
-    );
+    assert_eq!(output.error_line(), format!("error: {expected}"), "{text}");
     assert!(!text.contains("s3cret-pw"), "{text}");
 }
 
@@ -374,25 +366,25 @@ async fn a_private_ca_is_checked_as_libpq_does() {
     // `SSL_CERT_FILE`), the CLI verifies the server; with another CA it refuses.
     let empty = TempDir::new();
     let system_full = with_params(&base, "sslmode=verify-full");
-    let migrate = run_once(
+    let migrate = run_userhooks(
         &["migrate"],
         &system_roots_env(&system_full, &ca.cert, empty.path()),
     )
     .await;
-    assert!(migrate.status.success(), "{}", stderr(&migrate));
+    assert!(migrate.success(), "{}", stderr(&migrate));
     let by_name = with_params(&base, "sslrootcert=system");
-    let status = run_once(
+    let status = run_userhooks(
         &["status"],
         &system_roots_env(&by_name, &ca.cert, empty.path()),
     )
     .await;
-    assert!(status.status.success(), "{}", stderr(&status));
-    let refused = run_once(
+    assert!(status.success(), "{}", stderr(&status));
+    let refused = run_userhooks(
         &["status"],
         &system_roots_env(&system_full, &other.cert, empty.path()),
     )
     .await;
-    assert!(!refused.status.success());
+    assert!(!refused.success());
     assert!(
         stderr(&refused).contains(
             "TLS: the server certificate for 127.0.0.1 is not signed by a CA in the system roots (sslmode=verify-full)"
@@ -408,8 +400,8 @@ async fn require_against_a_server_without_tls_says_so_and_prefer_connects_plain(
     let require = with_params(&cluster.url(), "sslmode=require");
     let err = connect(&require).await.unwrap_err();
     assert!(matches!(err, DbError::Tls(TlsError::NotOffered)), "{err:?}");
-    let migrate = run_once(&["migrate"], &[("DATABASE_URL", &require)]).await;
-    assert!(!migrate.status.success());
+    let migrate = run_userhooks(&["migrate"], &[("DATABASE_URL", &require)]).await;
+    assert!(!migrate.success());
     assert!(
         stderr(&migrate).contains("TLS: the server does not accept TLS connections"),
         "{}",

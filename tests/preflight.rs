@@ -249,7 +249,7 @@ async fn doctor_passes_when_all_is_well_and_names_a_wrong_sequin_database_like_t
     let api = emulator.api_url();
 
     let good = run_to_end(&["doctor"], &db.url, &api, &[]).await;
-    assert!(good.status.success(), "{good:?}");
+    assert!(good.success(), "{good:?}");
     assert!(
         good.stdout
             .lines()
@@ -274,12 +274,12 @@ async fn doctor_passes_when_all_is_well_and_names_a_wrong_sequin_database_like_t
 
     let wrong = [("SEQUIN_DATABASE", "nope")];
     let bad = run_to_end(&["doctor"], &db.url, &api, &wrong).await;
-    assert!(!bad.status.success(), "{bad:?}");
+    assert!(!bad.success(), "{bad:?}");
     let line = line_of(&bad.stdout, "FAIL SEQUIN_DATABASE `nope`");
     assert!(line.ends_with("Sequin has: app"), "{line}");
 
     let json = run_to_end(&["doctor", "--json"], &db.url, &api, &wrong).await;
-    assert!(!json.status.success());
+    assert!(!json.success());
     let report: Value = serde_json::from_str(&json.stdout).expect("one JSON document");
     assert_eq!(report["ok"], false);
     let check = report["checks"]
@@ -290,13 +290,13 @@ async fn doctor_passes_when_all_is_well_and_names_a_wrong_sequin_database_like_t
         .expect("a sequin_database check");
     assert_eq!(check["status"], "fail");
     let good_json = run_to_end(&["doctor", "--json"], &db.url, &api, &[]).await;
-    assert!(good_json.status.success());
+    assert!(good_json.success());
     let report: Value = serde_json::from_str(&good_json.stdout).expect("JSON");
     assert_eq!(report["ok"], true);
 
     // The worker refuses to start, in the same words.
     let worker = run_to_end(&["run"], &db.url, &api, &wrong).await;
-    assert!(!worker.status.success(), "{worker:?}");
+    assert!(!worker.success(), "{worker:?}");
     let words = line.trim_start_matches("FAIL ");
     assert!(
         worker.stderr.contains(words),

@@ -192,6 +192,29 @@ fn postgres_runs_with_logical_wal_and_the_example_app_schema() {
 }
 
 #[test]
+fn postgres_leaves_5432_to_a_local_server_is_checked_over_tcp_and_migrate_waits_for_it() {
+    let compose = compose();
+    let postgres = service(&compose, "postgres");
+    // The README's local setup (and the tests) use a Postgres on host port 5432.
+    let ports = str_list(&postgres["ports"]);
+    assert_eq!(ports, ["5433:5432"]);
+    assert!(
+        read("README.md").contains("-p 5433"),
+        "the README names the stack's port"
+    );
+    // pg_isready over the Unix socket says "ready" while initdb's temporary server runs,
+    // before the network listener is up.
+    let check = str_list(&postgres["healthcheck"]["test"]).join(" ");
+    assert!(check.contains("pg_isready -h 127.0.0.1"), "{check}");
+    let migrate = service(&compose, "migrate");
+    assert_eq!(
+        migrate["depends_on"]["postgres"]["condition"].as_str(),
+        Some("service_healthy")
+    );
+    assert_eq!(migrate["restart"].as_str(), Some("on-failure"));
+}
+
+#[test]
 fn sequin_is_pinned_and_configured_with_database_slot_publication_and_the_worker_token() {
     let compose = compose();
     let sequin = service(&compose, "sequin");
@@ -501,6 +524,9 @@ fn grafana_provisions_the_prometheus_datasource_and_both_dashboards() {
     assert_eq!(datasource["type"].as_str(), Some("prometheus"));
     assert_eq!(datasource["url"].as_str(), Some("http://prometheus:9090"));
     let uid = datasource["uid"].as_str().expect("datasource uid");
+    // Sequin's own dashboard queries the data source by this uid.
+    assert_eq!(uid, "sqpds");
+    assert!(read("grafana/dashboards/sequin/README.md").contains("`sqpds`"));
     assert_eq!(
         host_path_of(
             grafana,

@@ -5,6 +5,9 @@
 pub mod bench;
 pub mod demo;
 pub mod generate;
+pub mod local;
+pub mod progress;
+pub mod stack;
 
 use clap::{Args, Subcommand};
 use sequin_emulator::cli::EmulatorArgs;
@@ -17,6 +20,9 @@ pub enum DevCommand {
     Emulator(EmulatorArgs),
     /// Show the whole flow on this machine: emulator with delivery, worker, a few users.
     Demo(DemoArgs),
+    /// A local stack until Ctrl-C: emulator delivering webhooks, a receiver that prints them,
+    /// the worker and `serve` on 127.0.0.1:3333, all against DATABASE_URL.
+    DevStack(stack::StackArgs),
     /// Insert notifications for random existing users (the seed's generator).
     GenerateNotifications(GenerateArgs),
     /// End-to-end benchmark (burn-down, pickup, idle, claim).
@@ -36,6 +42,7 @@ impl DevCommand {
                 sequin_emulator::cli::run(args, shutdown).await?;
             }
             DevCommand::Demo(args) => demo::run(args).await?,
+            DevCommand::DevStack(args) => stack::run(args).await?,
             DevCommand::GenerateNotifications(args) => run_generate(args).await?,
             DevCommand::Bench(args) => {
                 bench::run(args).await?;
@@ -50,7 +57,7 @@ pub struct GenerateArgs {
     #[command(flatten)]
     pub db: DatabaseArgs,
     /// Notifications per second.
-    #[arg(long, default_value_t = 100.0)]
+    #[arg(long, default_value_t = 100.0, value_parser = parse_rate)]
     pub rate: f64,
     /// Stop after this long (e.g. 30s, 5m); default: until Ctrl-C.
     #[arg(long, value_parser = crate::config::parse_duration)]
@@ -74,49 +81,49 @@ pub struct DemoArgs {
     #[arg(long)]
     pub keep_running: bool,
     /// Notifications per second while generating.
-    #[arg(long, default_value_t = 200.0)]
+    #[arg(long, default_value_t = 200.0, value_parser = parse_rate)]
     pub rate: f64,
     /// How long to generate notifications.
     #[arg(long, default_value = "3s", value_parser = crate::config::parse_duration)]
     pub generate_for: std::time::Duration,
 }
 
+/// A rate of notifications per second: a positive, finite number.
+fn parse_rate(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate > 0.0 => Ok(rate),
+        _ => Err("must be a number of notifications per second greater than 0".to_string()),
+    }
+}
+
 /// `userhooks generate-notifications`: insert until the duration passes or Ctrl-C.
 pub async fn run_generate(args: GenerateArgs) -> Result<(), crate::cli::CliError> {
+    let fail = |e: &(dyn std::error::Error + 'static)| {
+        crate::cli::CliError(crate::telemetry::error_chain(e))
+    };
     let client = crate::db::connect(&args.db.database_url, "userhooks-generate")
         .await
-        .map_err(|e| crate::cli::CliError(e.to_string()))?;
-    let bar = indicatif::ProgressBar::new_spinner();
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{spinner} {msg}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
-    );
-    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+        .map_err(|e| fail(&e))?;
+    generate::require_tables(&client)
+        .await
+        .map_err(|e| fail(&e))?;
     let rate = args.rate;
+    let mut shown =
+        progress::Progress::spinner("inserted").plain_every(std::time::Duration::from_secs(5));
     let stop = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    let mut last_print = std::time::Instant::now();
-    let hidden = bar.is_hidden();
     let total = generate::run(&client, rate, args.duration, stop, |sent, elapsed| {
         let secs = elapsed.as_secs_f64().max(0.001);
-        let line = format!(
-            "inserted {sent} notifications in {secs:.1}s ({:.0}/s, target {rate}/s)",
-            sent as f64 / secs
-        );
-        if hidden {
-            // Not a terminal: one line every few seconds instead of a spinner.
-            if last_print.elapsed() >= std::time::Duration::from_secs(5) {
-                eprintln!("{line}");
-                last_print = std::time::Instant::now();
-            }
-        } else {
-            bar.set_message(line);
-        }
+        shown.message(format!(
+            "{sent} notifications in {secs:.1}s ({}, target {})",
+            progress::rate(sent as f64 / secs),
+            progress::rate(rate)
+        ));
     })
     .await
-    .map_err(|e| crate::cli::CliError(e.to_string()))?;
-    bar.finish_and_clear();
+    .map_err(|e| fail(&e))?;
+    shown.finish();
     println!("inserted {total} notifications");
     Ok(())
 }

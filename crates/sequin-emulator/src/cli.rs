@@ -22,7 +22,8 @@ pub struct EmulatorArgs {
     /// Tables known in that database (repeat the flag for more).
     #[arg(long = "table", default_value = "public.notifications")]
     pub tables: Vec<String>,
-    /// Initial faults as JSON (same shape as PUT /_emulator/faults).
+    /// Initial faults as JSON (same shape as PUT /_emulator/faults); a rate outside 0..=1 or
+    /// a negative delay is refused.
     #[arg(long)]
     pub faults: Option<String>,
     /// Deliver webhooks: follow the source tables in this Postgres database and POST
@@ -47,8 +48,8 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
-    #[error("--faults is not valid faults JSON: {0}")]
-    Faults(serde_json::Error),
+    #[error("--faults: {0}")]
+    Faults(String),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -64,7 +65,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), CliError> {
     let faults = match &args.faults {
-        Some(text) => serde_json::from_str(text).map_err(CliError::Faults)?,
+        Some(text) => Faults::parse(text.as_bytes()).map_err(CliError::Faults)?,
         None => Faults::default(),
     };
     let listener = tokio::net::TcpListener::bind(args.listen)

@@ -794,7 +794,7 @@ fn control(shared: &Shared, method: &Method, path: &str, bytes: &[u8]) -> Resp {
     let path = path.trim_end_matches('/');
     match (method.as_str(), path) {
         ("GET", "/_emulator/faults") => Resp::ok(json!(shared.faults_lock().clone())),
-        ("PUT", "/_emulator/faults") => match serde_json::from_slice::<Faults>(bytes) {
+        ("PUT", "/_emulator/faults") => match Faults::parse(bytes) {
             Ok(f) => {
                 *shared.faults_lock() = f.clone();
                 Resp::ok(json!(f))

@@ -310,6 +310,9 @@ fn list_of(mut v: Value, key: &str) -> Vec<Value> {
 
 /// Start the emulator on `listener` in a background task.
 pub async fn start(config: EmulatorConfig, listener: tokio::net::TcpListener) -> EmulatorHandle {
+    if let Some(delivery) = &config.delivery {
+        delivery::prepare(delivery, &config.tables).await;
+    }
     let shared = Shared::new(config);
     let addr = listener
         .local_addr()
@@ -336,6 +339,9 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    if let Some(delivery) = &config.delivery {
+        delivery::prepare(delivery, &config.tables).await;
+    }
     serve_shared(Shared::new(config), listener, shutdown).await
 }
 

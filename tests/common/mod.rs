@@ -259,6 +259,9 @@ pub fn count_calls(emulator: &EmulatorHandle, operation: &str) -> usize {
         .count()
 }
 
+pub mod app;
+pub use app::*;
+
 // Helpers of the fault suite (tests/faults.rs).
 pub mod binary;
 pub mod certs;

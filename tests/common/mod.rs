@@ -260,6 +260,7 @@ pub fn count_calls(emulator: &EmulatorHandle, operation: &str) -> usize {
 }
 
 pub mod app;
+#[allow(unused_imports)] // not every test file uses the harness
 pub use app::*;
 
 // Helpers of the fault suite (tests/faults.rs).

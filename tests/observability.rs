@@ -248,7 +248,7 @@ async fn scrape_after_subscribes_shows_every_design_metric_with_true_values_and_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_subscriptions_are_counted_per_source_table() {
     let app = with_metrics()
-        .before_worker(
+        .setup_sql(
             "insert into userhooks.webhook_subscriptions (user_id, endpoint, source_table, status)
              values ('a', 'https://h.example/a', 'public.notifications', 'active'),
                     ('b', 'https://h.example/b', 'public.notifications', 'paused'),

@@ -166,7 +166,7 @@ async fn worker_write_backs_do_not_run_the_request_done_trigger() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poll_claims_requests_when_no_notify_arrives() {
     let app = TestApp::builder()
-        .before_worker(
+        .setup_sql(
             "alter table userhooks.subscription_requests disable trigger subscription_requests_notify",
         )
         .config(|c| c.poll_interval = Duration::from_millis(300))

@@ -482,7 +482,7 @@ fn names(users: &[&(i32, String)]) -> String {
 }
 
 impl Story<'_> {
-    /// 4. Subscribe with plain SQL, as any application would.
+    /// Step 4: subscribe with plain SQL, as any application would.
     async fn subscribe(&self, receiver_addr: std::net::SocketAddr) -> Result<(), DemoError> {
         let t = Instant::now();
         let pb = Progress::spinner("subscribing");
@@ -519,7 +519,7 @@ impl Story<'_> {
         Ok(())
     }
 
-    /// 5. Generate notifications for random users; the rows each subscribed user should
+    /// Step 5: generate notifications for random users; the rows each subscribed user should
     /// receive live.
     async fn generate(
         &self,
@@ -556,7 +556,7 @@ impl Story<'_> {
         Ok(expected_live)
     }
 
-    /// 6. Backfill one user's history, with live progress; the rows it should replay.
+    /// Step 6: backfill one user's history, with live progress; the rows it should replay.
     async fn backfill(
         &self,
         &(bf_id, ref bf_name): &(i32, String),
@@ -621,7 +621,7 @@ impl Story<'_> {
         Ok(state)
     }
 
-    /// 7. Unsubscribe one user; their deliveries stop, the others' go on. Adds the others'
+    /// Step 7: unsubscribe one user; their deliveries stop, the others' go on. Adds the others'
     /// new rows to `expected_live`; returns the last row id written.
     async fn unsubscribe(
         &self,

@@ -64,14 +64,15 @@ impl SubscriptionRow {
 }
 
 type ConfigTweak = Box<dyn FnOnce(&mut Config) + Send>;
+type DeliveryTweak = Box<dyn FnOnce(&mut DeliveryConfig) + Send>;
 
 /// Options of a [`TestApp`]; [`TestAppBuilder::spawn`] starts it.
 pub struct TestAppBuilder {
     emulator: EmulatorConfig,
-    delivery: Option<Box<dyn FnOnce(&mut DeliveryConfig) + Send>>,
+    delivery: Option<DeliveryTweak>,
     tweaks: Vec<ConfigTweak>,
     resolver: Resolver,
-    before_worker: Vec<String>,
+    setup_sql: Vec<String>,
     worker: bool,
 }
 
@@ -114,9 +115,10 @@ impl TestAppBuilder {
         self
     }
 
-    /// Run `sql` on the fresh database before the worker starts.
-    pub fn before_worker(mut self, sql: impl Into<String>) -> Self {
-        self.before_worker.push(sql.into());
+    /// Run `sql` on the fresh database before the emulator and the worker start (with
+    /// [`TestAppBuilder::delivery`], after the example app's tables exist).
+    pub fn setup_sql(mut self, sql: impl Into<String>) -> Self {
+        self.setup_sql.push(sql.into());
         self
     }
 
@@ -142,13 +144,13 @@ impl TestAppBuilder {
             change(&mut delivery);
             emulator_config.delivery = Some(delivery);
         }
+        for sql in &self.setup_sql {
+            db.client().await.batch_execute(sql).await.expect(sql);
+        }
         let emulator = start_emulator_with(emulator_config).await;
         let mut worker_config = config(&db, &emulator);
         for tweak in self.tweaks {
             tweak(&mut worker_config);
-        }
-        for sql in &self.before_worker {
-            db.client().await.batch_execute(sql).await.expect(sql);
         }
         let mut app = TestApp {
             worker: None,
@@ -192,7 +194,7 @@ impl TestApp {
             delivery: None,
             tweaks: Vec::new(),
             resolver: Resolver::default(),
-            before_worker: Vec::new(),
+            setup_sql: Vec::new(),
             worker: true,
         }
     }

@@ -325,17 +325,17 @@ async fn repair_touches_only_this_deployments_resources_and_expects_no_sink_whil
     app.stop_worker().await;
     let emulator = &app.emulator;
     // Look-alikes of ours that are not: another prefix that starts with ours, another name.
-    create_endpoint(&emulator, "userhooks-staging-1-endpoint").await;
+    create_endpoint(emulator, "userhooks-staging-1-endpoint").await;
     create_sink(
-        &emulator,
+        emulator,
         "userhooks-staging-1-sink",
         "userhooks-staging-1-endpoint",
         "active",
     )
     .await;
-    create_endpoint(&emulator, "other-1-endpoint").await;
+    create_endpoint(emulator, "other-1-endpoint").await;
     // Ours, owned by no subscription.
-    create_endpoint(&emulator, "userhooks-999-endpoint").await;
+    create_endpoint(emulator, "userhooks-999-endpoint").await;
 
     let report = reconcile(&cfg, &repair, |_, _| {}).await.unwrap();
     let render = userhooks::reconcile::render(&report, true);
@@ -391,7 +391,7 @@ async fn repair_touches_only_this_deployments_resources_and_expects_no_sink_whil
     // A sink left `paused` in Sequin for a paused subscription (an older userhooks did
     // that) is drift, and the repair deletes it.
     create_sink(
-        &emulator,
+        emulator,
         "userhooks-2-sink",
         "userhooks-2-endpoint",
         "paused",

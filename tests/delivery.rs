@@ -11,7 +11,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::{Json, Router};
-use common::{start_emulator_with, TestDb, SEQUIN_DB, TOKEN};
+use common::{start_emulator_with, TestApp, TestDb, SEQUIN_DB, TOKEN};
 use sequin_emulator::{DeliveryConfig, EmulatorConfig, EmulatorHandle, RuntimeReport};
 use serde_json::{json, Value};
 
@@ -95,31 +95,24 @@ impl Setup {
 
     /// Delivery from a fresh example app on `tables`; `base` gives the other settings.
     async fn with(tables: &[&str], base: EmulatorConfig) -> Setup {
-        let db = TestDb::new().await;
-        userhooks::db::create_example_app(&db.url)
-            .await
-            .expect("example app tables");
-        db.client()
-            .await
-            .batch_execute(
+        let tables: Vec<String> = tables.iter().map(|t| t.to_string()).collect();
+        let TestApp { db, emulator, .. } = TestApp::builder()
+            .emulator(move |e| {
+                *e = EmulatorConfig {
+                    token: TOKEN.to_string(),
+                    database: SEQUIN_DB.to_string(),
+                    tables,
+                    ..base
+                }
+            })
+            .delivery(|_| {})
+            .setup_sql(
                 "insert into users (name) values ('A'), ('B'), ('C');
                  create table public.no_id (k text primary key, v text)",
             )
-            .await
-            .unwrap();
-        let mut delivery = DeliveryConfig::new(db.url.clone());
-        delivery.poll_interval = Duration::from_millis(30);
-        delivery.retry_initial = Duration::from_millis(50);
-        delivery.retry_max = Duration::from_millis(200);
-        delivery.request_timeout = Duration::from_secs(5);
-        let emulator = start_emulator_with(EmulatorConfig {
-            token: TOKEN.to_string(),
-            database: SEQUIN_DB.to_string(),
-            tables: tables.iter().map(|t| t.to_string()).collect(),
-            delivery: Some(delivery),
-            ..base
-        })
-        .await;
+            .without_worker()
+            .spawn()
+            .await;
         let receiver = Receiver::default();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let receiver_base = format!("http://{}", listener.local_addr().unwrap());

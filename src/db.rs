@@ -491,7 +491,11 @@ mod tests {
             config.get_connect_timeout(),
             Some(&std::time::Duration::from_secs(3))
         );
-        let config = pg_config("host=db.example.com sslmode=verify-ca dbname=app", "t").unwrap();
+        let config = pg_config(
+            "host=db.example.com sslmode=verify-ca sslrootcert=/ca.pem dbname=app",
+            "t",
+        )
+        .unwrap();
         assert_eq!(config.get_ssl_mode(), Pg::Require);
         assert_eq!(config.get_dbname(), Some("app"));
         let config = pg_config("postgres://u@h/app", "t").unwrap();

@@ -55,6 +55,50 @@ async fn an_unreachable_postgres_is_named_by_host_port_and_database_never_the_pa
 }
 
 #[tokio::test]
+async fn a_malformed_database_url_is_refused_without_printing_its_password() {
+    let sequin = [
+        ("SEQUIN_API_URL", "http://127.0.0.1:1/api"),
+        ("SEQUIN_API_TOKEN", TOKEN),
+        ("SEQUIN_DATABASE", SEQUIN_DB),
+    ];
+    for (url, said) in [
+        (
+            " postgres://u:hunter2@127.0.0.1/db?sslmode=require",
+            "whitespace before postgres://",
+        ),
+        (
+            "postgresql+psycopg://u:hunter2@127.0.0.1/db?sslmode=require",
+            "must start with postgres:// or postgresql://",
+        ),
+        (
+            "pg://u:hunter2@127.0.0.1/db?connect_timeout=3",
+            "must start with postgres:// or postgresql://",
+        ),
+        // An `@` in the query: the user name would run up to it, password included.
+        (
+            "postgres://127.0.0.1/db?password=hunter2@127.0.0.1&sslmode=verify-full",
+            "%40",
+        ),
+        ("postgres://u:hunter@2@127.0.0.1/db", "%40"),
+    ] {
+        for args in [
+            &["status"][..],
+            &["doctor"][..],
+            &["doctor", "--json"][..],
+            &["run"][..],
+        ] {
+            let mut env = vec![("DATABASE_URL", url)];
+            env.extend_from_slice(&sequin);
+            let out = run_userhooks(args, &env).await;
+            assert_eq!(out.code, Some(1), "{args:?} {url}: {out:?}");
+            let all = format!("{}{}", out.stdout, out.stderr);
+            assert!(!all.contains("hunter"), "{args:?} {url}: {all}");
+            assert!(all.contains(said), "{args:?} {url}: {all}");
+        }
+    }
+}
+
+#[tokio::test]
 async fn serve_with_an_unreachable_postgres_fails_at_start() {
     let port = free_port();
     let url = format!("postgres://postgres@127.0.0.1:{port}/app");

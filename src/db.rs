@@ -108,6 +108,36 @@ pub fn describe_target(config: &tokio_postgres::Config) -> String {
     format!("{}, database `{database}`", hosts.join(","))
 }
 
+/// A warning for `sslmode=prefer` (libpq's default) towards a server not on this machine:
+/// whoever can answer for it may refuse TLS, and the connection goes on in plaintext,
+/// password included. `None` for other modes, and for loopback addresses, `localhost` and
+/// Unix sockets.
+pub fn plaintext_fallback_warning(database_url: &str) -> Option<String> {
+    use tokio_postgres::config::Host;
+    let Target { config, .. } = target(database_url, "userhooks").ok()?;
+    if config.get_ssl_mode() != tokio_postgres::config::SslMode::Prefer {
+        return None;
+    }
+    let (hosts, addrs) = (config.get_hosts(), config.get_hostaddrs());
+    let local = (0..hosts.len().max(addrs.len())).all(|i| match (addrs.get(i), hosts.get(i)) {
+        // hostaddr, when given, is where the connection goes.
+        (Some(addr), _) => addr.to_canonical().is_loopback(),
+        (None, Some(Host::Tcp(name))) => {
+            name.eq_ignore_ascii_case("localhost")
+                || name
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.to_canonical().is_loopback())
+        }
+        _ => true,
+    });
+    (!local).then(|| {
+        format!(
+            "sslmode=prefer towards {}: if TLS is refused the connection goes on in plaintext, password included; set sslmode=verify-full in DATABASE_URL (with sslrootcert=<the CA certificate file> for a private CA)",
+            describe_target(&config)
+        )
+    })
+}
+
 /// Refuse to go on without the userhooks schema, or with one older than this binary's: every
 /// statement would fail with a bare "db error" otherwise.
 pub async fn require_schema(client: &tokio_postgres::Client) -> Result<(), DbError> {
@@ -667,5 +697,33 @@ mod tests {
             err.to_string().contains("no name before the '=' at byte 7"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn prefer_towards_another_machine_is_warned_about_once_at_start() {
+        for url in [
+            "postgres://u:hunter2@db.example.com/app",
+            "postgres://u@db.example.com/app?sslmode=prefer",
+            "host=10.0.0.5 dbname=app",
+            "host=localhost,db.example.com dbname=app",
+            "host=localhost hostaddr=10.0.0.5 dbname=app",
+        ] {
+            let warning = plaintext_fallback_warning(url).unwrap_or_else(|| panic!("{url}"));
+            assert!(warning.starts_with("sslmode=prefer towards "), "{warning}");
+            assert!(warning.contains("sslmode=verify-full"), "{warning}");
+            assert!(!warning.contains("hunter2"), "{warning}");
+        }
+        for url in [
+            "postgres://u@localhost/app",
+            "postgres://u@127.0.0.2:5433/app",
+            "postgres://u@[::1]/app",
+            "postgres://u@%2Frun%2Fpostgresql/app",
+            "host=db.example.com hostaddr=127.0.0.1 dbname=app",
+            "postgres://u@db.example.com/app?sslmode=require",
+            "postgres://u@db.example.com/app?sslmode=disable",
+            "postgres://u@db.example.com/app?sslmode=verify-full",
+        ] {
+            assert_eq!(plaintext_fallback_warning(url), None, "{url}");
+        }
     }
 }

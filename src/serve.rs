@@ -100,20 +100,21 @@ impl From<tokio_postgres::Error> for Reply {
             }
         }
         tracing::warn!(error = %err, "serve: database error");
-        Reply::error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("the database is not available: {err}"),
-        )
+        database_unavailable()
     }
 }
 
 impl From<deadpool_postgres::PoolError> for Reply {
     fn from(err: deadpool_postgres::PoolError) -> Self {
-        Reply::error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("the database is not available: {err}"),
-        )
+        tracing::warn!(error = %crate::telemetry::error_chain(&err), "serve: no database connection");
+        database_unavailable()
     }
+}
+
+/// The 503 for a database error. The details (host, port, database, server messages) go to
+/// the log only: without a serve token, any caller reads the answer.
+fn database_unavailable() -> Reply {
+    Reply::error(StatusCode::SERVICE_UNAVAILABLE, "database unavailable")
 }
 
 type Result<T> = std::result::Result<T, Reply>;

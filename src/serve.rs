@@ -632,10 +632,12 @@ async fn get_request(State(state): State<Shared>, Path(id): Path<i64>) -> Reply 
 fn bearer_matches(headers: &axum::http::HeaderMap, expected: &crate::config::Secret) -> bool {
     use sha2::{Digest, Sha256};
     use subtle::ConstantTimeEq;
-    let Some(given) = headers
+    // The scheme's name is case-insensitive (RFC 9110 §11.1).
+    let Some((_, given)) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
     else {
         return false;
     };
@@ -825,6 +827,11 @@ mod tests {
             h
         };
         assert!(bearer_matches(&with("Bearer s3cret"), &token));
+        // The scheme is case-insensitive (RFC 9110 §11.1); the token is not.
+        assert!(bearer_matches(&with("bearer s3cret"), &token));
+        assert!(bearer_matches(&with("BEARER s3cret"), &token));
+        assert!(!bearer_matches(&with("Bearer S3CRET"), &token));
+        assert!(!bearer_matches(&with("Bearers3cret"), &token));
         assert!(!bearer_matches(&with("Bearer s3cre"), &token));
         assert!(!bearer_matches(&with("Bearer s3cret2"), &token));
         assert!(!bearer_matches(&with("Basic s3cret"), &token));

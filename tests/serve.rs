@@ -428,6 +428,16 @@ async fn with_a_token_a_call_without_it_gets_401_and_enqueues_nothing() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 202);
+    // The scheme's name in any case (RFC 9110 §11.1): past the check, the request is unknown.
+    for auth in ["bearer serve-tok", "BEARER serve-tok"] {
+        let resp = http
+            .get(format!("{base}/requests/424242"))
+            .header("Authorization", auth)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 404, "{auth}");
+    }
     let health = http.get(format!("{base}/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 200);
 }

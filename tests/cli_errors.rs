@@ -245,6 +245,32 @@ async fn serve_listens_on_a_host_name_and_says_it_has_no_authentication() {
 }
 
 #[tokio::test]
+async fn serve_refuses_a_token_no_client_can_send_before_connecting() {
+    let dir = std::env::temp_dir().join(format!("uh-serve-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // Saved by an editor that writes a byte-order mark: every call would get 401.
+    let file = dir.join("token");
+    std::fs::write(&file, "\u{feff}tok-from-file\n").unwrap();
+    // Refused before Postgres is asked: none is listening here.
+    let url = format!("postgres://postgres@127.0.0.1:{}/app", free_port());
+    let out = run_userhooks(
+        &["serve", "--listen", "127.0.0.1:0"],
+        &[
+            ("DATABASE_URL", &url),
+            ("USERHOOKS_SERVE_TOKEN_FILE", file.to_str().unwrap()),
+        ],
+    )
+    .await;
+    let _ = std::fs::remove_dir_all(dir);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert_eq!(
+        out.error_line(),
+        "error: USERHOOKS_SERVE_TOKEN holds a byte-order mark (U+FEFF) at character 1: no client can send it in an Authorization header, so every call would get 401; use visible ASCII only (for example from `openssl rand -hex 32`)"
+    );
+    assert!(!out.stderr.contains("tok-from-file"), "{}", out.stderr);
+}
+
+#[tokio::test]
 async fn serve_token_file_requires_the_bearer_token_but_healthz_stays_open() {
     let db = TestDb::new().await;
     let dir = std::env::temp_dir().join(format!("uh-serve-{}", uuid::Uuid::new_v4().simple()));

@@ -100,20 +100,21 @@ impl From<tokio_postgres::Error> for Reply {
             }
         }
         tracing::warn!(error = %err, "serve: database error");
-        Reply::error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("the database is not available: {err}"),
-        )
+        database_unavailable()
     }
 }
 
 impl From<deadpool_postgres::PoolError> for Reply {
     fn from(err: deadpool_postgres::PoolError) -> Self {
-        Reply::error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("the database is not available: {err}"),
-        )
+        tracing::warn!(error = %crate::telemetry::error_chain(&err), "serve: no database connection");
+        database_unavailable()
     }
+}
+
+/// The 503 for a database error. The details (host, port, database, server messages) go to
+/// the log only: without a serve token, any caller reads the answer.
+fn database_unavailable() -> Reply {
+    Reply::error(StatusCode::SERVICE_UNAVAILABLE, "database unavailable")
 }
 
 type Result<T> = std::result::Result<T, Reply>;
@@ -631,10 +632,12 @@ async fn get_request(State(state): State<Shared>, Path(id): Path<i64>) -> Reply 
 fn bearer_matches(headers: &axum::http::HeaderMap, expected: &crate::config::Secret) -> bool {
     use sha2::{Digest, Sha256};
     use subtle::ConstantTimeEq;
-    let Some(given) = headers
+    // The scheme's name is case-insensitive (RFC 9110 §11.1).
+    let Some((_, given)) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
     else {
         return false;
     };
@@ -731,9 +734,41 @@ pub struct Server {
     token: Option<crate::config::Secret>,
 }
 
+/// Refuse a token no client can send: clients send, and [`bearer_matches`] reads, header
+/// values of visible ASCII, so with a byte-order mark (an editor's), a control character, a
+/// space or a non-ASCII letter in it every call would get 401 with no hint why. Says where,
+/// never what.
+fn check_token(token: &crate::config::Secret) -> std::result::Result<(), ServeError> {
+    let token = token.expose();
+    if token.is_empty() {
+        return Err(ServeError::EmptyToken);
+    }
+    let Some((index, c)) = token
+        .chars()
+        .enumerate()
+        .find(|(_, c)| !c.is_ascii_graphic())
+    else {
+        return Ok(());
+    };
+    let what = match c {
+        '\u{feff}' => "a byte-order mark (U+FEFF)",
+        c if c.is_whitespace() => "whitespace",
+        c if c.is_control() => "a control character",
+        _ => "a non-ASCII character",
+    };
+    Err(ServeError::UnusableToken {
+        what,
+        position: index + 1,
+    })
+}
+
 /// Connect and check the schema: an unreachable server or an unmigrated database fails here,
-/// naming the server, rather than as a 503 on every call.
+/// naming the server, rather than as a 503 on every call. A token that can never match
+/// fails first.
 pub async fn prepare(config: ServeConfig) -> std::result::Result<Server, ServeError> {
+    if let Some(token) = &config.token {
+        check_token(token)?;
+    }
     let pool = db::pool(&config.database_url, 16)?;
     {
         let client = pool
@@ -793,6 +828,10 @@ pub enum ServeError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("USERHOOKS_SERVE_TOKEN is empty")]
+    EmptyToken,
+    #[error("USERHOOKS_SERVE_TOKEN holds {what} at character {position}: no client can send it in an Authorization header, so every call would get 401; use visible ASCII only (for example from `openssl rand -hex 32`)")]
+    UnusableToken { what: &'static str, position: usize },
 }
 
 #[cfg(test)]
@@ -824,10 +863,43 @@ mod tests {
             h
         };
         assert!(bearer_matches(&with("Bearer s3cret"), &token));
+        // The scheme is case-insensitive (RFC 9110 §11.1); the token is not.
+        assert!(bearer_matches(&with("bearer s3cret"), &token));
+        assert!(bearer_matches(&with("BEARER s3cret"), &token));
+        assert!(!bearer_matches(&with("Bearer S3CRET"), &token));
+        assert!(!bearer_matches(&with("Bearers3cret"), &token));
         assert!(!bearer_matches(&with("Bearer s3cre"), &token));
         assert!(!bearer_matches(&with("Bearer s3cret2"), &token));
         assert!(!bearer_matches(&with("Basic s3cret"), &token));
         assert!(!bearer_matches(&axum::http::HeaderMap::new(), &token));
+    }
+
+    #[test]
+    fn a_token_no_client_can_send_is_refused_saying_where_not_what() {
+        use crate::config::Secret;
+        for ok in ["s3cret", "a-b_c.d~e+f/g==", "!#$%&'*"] {
+            assert!(check_token(&Secret::new(ok)).is_ok(), "{ok}");
+        }
+        for (token, what, position) in [
+            ("\u{feff}tok-7f3a", "a byte-order mark (U+FEFF)", 1),
+            ("tok 7f3a", "whitespace", 4),
+            ("tok\t7f3a", "whitespace", 4),
+            ("tok\u{7}7f3a", "a control character", 4),
+            ("tök7f3a", "a non-ASCII character", 2),
+        ] {
+            let err = check_token(&Secret::new(token)).unwrap_err();
+            assert!(
+                matches!(err, ServeError::UnusableToken { what: w, position: p } if w == what && p == position),
+                "{token:?}: {err}"
+            );
+            let text = err.to_string();
+            assert!(text.starts_with("USERHOOKS_SERVE_TOKEN holds "), "{text}");
+            assert!(!text.contains("7f3a"), "{text}");
+        }
+        assert!(matches!(
+            check_token(&Secret::new("")),
+            Err(ServeError::EmptyToken)
+        ));
     }
 
     #[test]

@@ -207,7 +207,8 @@ impl App {
 }
 
 /// One line with what an operator checks first: where the metrics are and the settings that
-/// decide what the worker touches. Hosts and names only: no token, no password.
+/// decide what the worker touches. Hosts and names only: no token, no password. Then, if
+/// Postgres is elsewhere under `sslmode=prefer`, one warning that it may go without TLS.
 fn log_ready(config: &Config, metrics_addr: Option<SocketAddr>) {
     let metrics = metrics_addr.map_or_else(|| "off".to_string(), |a| format!("http://{a}/metrics"));
     let sequin = url::Url::parse(&config.sequin_api_url)
@@ -233,6 +234,10 @@ fn log_ready(config: &Config, metrics_addr: Option<SocketAddr>) {
         name_prefix = %config.name_prefix,
         "worker ready"
     );
+    // Once per start, here rather than in every CLI command.
+    if let Some(warning) = db::plaintext_fallback_warning(&config.database_url) {
+        tracing::warn!("{warning}");
+    }
 }
 
 struct Loop {

@@ -1,7 +1,8 @@
 //! userhooks: per-user Sequin webhooks provisioned from a Postgres outbox.
 //!
 //! Data flows one way: [`queue`] claims requests, [`provision`] carries them out against
-//! Sequin through [`sequin`], and [`queue`] writes the outcome back. [`worker`] runs the loop.
+//! Sequin through [`sequin`], and [`queue`] writes the outcome back. The requests, outcomes
+//! and changes they pass along are [`model`]'s. [`worker`] runs the loop.
 
 pub mod backfills;
 pub mod batch;
@@ -14,6 +15,7 @@ pub mod doctor;
 pub mod housekeeping;
 pub mod listener;
 pub mod metrics;
+pub mod model;
 pub mod ops;
 pub mod provision;
 pub mod queue;

@@ -6,7 +6,7 @@ use super::{
     expect_no_options, Created, Names, ProvisionError, Provisioner, ResumeOptions,
     SubscribeOptions, UpdateOptions,
 };
-use crate::queue::{Change, Request};
+use crate::model::{Change, Request};
 use crate::sequin::{ErrorClass, Resource, SequinError};
 use crate::webhook_url;
 

@@ -12,7 +12,7 @@ use tokio::sync::Mutex;
 
 use crate::config::Config;
 use crate::db::DbError;
-use crate::queue::{Action, Change, Outcome, Request};
+use crate::model::{Action, Change, Outcome, Request};
 use crate::retry::RetryPolicy;
 use crate::sequin::{ErrorClass, ExportedFunction, Resource, SequinClient, SequinError};
 use crate::webhook_url::{self, Resolver, UrlError, UrlPolicy, WebhookUrl};

@@ -14,6 +14,7 @@ use crate::metrics::Metrics;
 use crate::provision::replica::{self as replica_identity, split_table};
 use crate::provision::{filter_function_yaml, FilterFunctionState, Provisioner, ReplicaIdentity};
 use crate::sequin::{ErrorClass, SequinClient, SequinError};
+use crate::subscriptions;
 
 /// Above this many live subscriptions on one table, doctor warns. Sequin stores every change
 /// of the table once per sink and runs each sink's filter on it, so its work per change
@@ -577,13 +578,7 @@ fn replica_identity_check(table: &str, identity: ReplicaIdentity) -> Check {
 
 async fn live_subscriptions(client: &tokio_postgres::Client, table: &str) -> Check {
     let what = format!("live subscriptions on {table}");
-    let count = client
-        .query_one(
-            "select count(*) from userhooks.webhook_subscriptions where live and source_table = $1",
-            &[&table],
-        )
-        .await;
-    match count.map(|row| row.get::<_, i64>(0)) {
+    match subscriptions::live_on_table(client, table).await {
         Ok(n) if n > LIVE_SUBSCRIPTIONS_WARN_ABOVE => Check::warn(
             "live_subscriptions",
             format!("{what}: {n}"),

@@ -24,6 +24,7 @@ pub mod retry;
 pub mod sequin;
 pub mod serve;
 pub mod shutdown;
+pub mod subscriptions;
 pub mod telemetry;
 pub mod tls;
 pub mod webhook_url;

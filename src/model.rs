@@ -1,7 +1,8 @@
 //! The domain: what an application asks for (a [`Request`] and its [`Action`]), what an
 //! attempt decided (an [`Outcome`]), and the [`Change`]s to subscriptions that go with it.
-//! Persistence lives elsewhere: [`crate::queue`] claims requests and writes outcomes back;
-//! [`crate::provision`] turns one into the other.
+//! Persistence lives elsewhere: [`crate::queue`] claims requests and writes outcomes back,
+//! [`crate::subscriptions`] applies the changes in the same transaction; [`crate::provision`]
+//! turns a request into an outcome.
 
 use std::time::Duration;
 

@@ -7,6 +7,7 @@ use serde_json::Value;
 
 use crate::db::DbError;
 use crate::model::{Action, Change, Outcome, Request};
+use crate::subscriptions;
 
 /// Result of one claim round trip.
 pub struct Claimed {
@@ -151,7 +152,8 @@ pub async fn write_back(
 /// - the lease check sits inside `coalesce`, an expression the planner has no statistics
 ///   for, so it is taken to keep half the rows, and the join is hashed.
 ///
-/// The `unnest` updates below carry the same `id = any($1)`.
+/// The subscription updates of the same write-back ([`subscriptions::apply`]) carry the
+/// same `id = any($1)`.
 ///
 /// It also sends `userhooks_request_done` for each request it finishes, the payload the row
 /// trigger would send: from the statement this costs half as much as the trigger (migration
@@ -183,28 +185,11 @@ returning r.id,
 pub const NOTIFIES_DONE_SQL: &str =
     "select pg_catalog.set_config('userhooks.notifies_request_done', 'on', true)";
 
-pub const ACTIVATE_SQL: &str = "
-update userhooks.webhook_subscriptions s
-   set status = 'active', sequin_endpoint_id = u.endpoint_id::uuid, sequin_sink_id = u.sink_id::uuid,
-       endpoint_name = u.endpoint_name, sink_name = u.sink_name, updated_at = now()
-  from unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[])
-       as u(id, endpoint_id, sink_id, endpoint_name, sink_name)
- where s.id = any($1) and s.id = u.id";
-
-/// A `paused` subscription has no sink in Sequin (pause deletes it), so its sink id is
-/// cleared rather than left naming a deleted sink; resume records the new one (`Activate`).
-const SET_STATUS_SQL: &str = "
-update userhooks.webhook_subscriptions s
-   set status = u.status, updated_at = now(),
-       sequin_sink_id = case when u.status = 'paused' then null else s.sequin_sink_id end,
-       deleted_at = case when u.status = 'deleted' then now() else s.deleted_at end
-  from unnest($1::bigint[], $2::text[]) as u(id, status)
- where s.id = any($1) and s.id = u.id";
-
 /// Write many outcomes back inside `tx`, set-based: one statement for all request rows and
-/// one per kind of subscription change, whatever the batch size (per-statement work such
-/// as loading CHECK constraints and trigger conditions is paid once). Each request is
-/// fenced on its own lease; a request whose lease was lost changes nothing.
+/// one per kind of subscription change ([`subscriptions::apply`]), whatever the batch size
+/// (per-statement work such as loading CHECK constraints and trigger conditions is paid
+/// once). Each request is fenced on its own lease; a request whose lease was lost changes
+/// nothing, its subscription changes included.
 pub async fn write_back_many(
     tx: &deadpool_postgres::Transaction<'_>,
     worker_id: &str,
@@ -266,65 +251,18 @@ pub async fn write_back_many(
         futures_util::try_join!(tx.execute(&notifies, &[]), tx.query(&statement, &params))?;
     let applied: std::collections::HashSet<i64> = rows.iter().map(|row| row.get(0)).collect();
 
-    let mut activate = ActivateColumns::default();
-    let mut set_status: (Vec<i64>, Vec<&str>) = Default::default();
-    let mut set_fields = Vec::new();
-    for (request, outcome) in items {
-        if !applied.contains(&request.id) {
-            continue;
-        }
-        let changes = match outcome {
+    let changes: Vec<&Change> = items
+        .iter()
+        .filter(|(request, _)| applied.contains(&request.id))
+        .flat_map(|(_, outcome)| match outcome {
             Outcome::Succeeded { changes, .. } | Outcome::Failed { changes, .. } => {
                 changes.as_slice()
             }
             _ => &[],
-        };
-        for change in changes {
-            match change {
-                Change::Activate {
-                    subscription_id,
-                    endpoint_id,
-                    sink_id,
-                    endpoint_name,
-                    sink_name,
-                } => {
-                    activate.ids.push(*subscription_id);
-                    activate.endpoint_ids.push(endpoint_id);
-                    activate.sink_ids.push(sink_id);
-                    activate.endpoint_names.push(endpoint_name);
-                    activate.sink_names.push(sink_name);
-                }
-                Change::SetStatus {
-                    subscription_id,
-                    status,
-                } => {
-                    set_status.0.push(*subscription_id);
-                    set_status.1.push(status);
-                }
-                Change::SetFields { .. } => set_fields.push(change),
-            }
-        }
-    }
-    if !activate.ids.is_empty() {
-        let st = tx.prepare_cached(ACTIVATE_SQL).await?;
-        tx.execute(
-            &st,
-            &[
-                &activate.ids,
-                &activate.endpoint_ids,
-                &activate.sink_ids,
-                &activate.endpoint_names,
-                &activate.sink_names,
-            ],
-        )
-        .await?;
-    }
-    if !set_status.0.is_empty() {
-        let st = tx.prepare_cached(SET_STATUS_SQL).await?;
-        tx.execute(&st, &[&set_status.0, &set_status.1]).await?;
-    }
-    for change in set_fields {
-        set_subscription_fields(tx, change).await?;
+        })
+        .collect();
+    if !changes.is_empty() {
+        subscriptions::apply(tx, &changes).await?;
     }
     Ok(items
         .iter()
@@ -336,56 +274,6 @@ pub async fn write_back_many(
             }
         })
         .collect())
-}
-
-/// The parameters of [`ACTIVATE_SQL`], one array per column.
-#[derive(Default)]
-struct ActivateColumns<'a> {
-    ids: Vec<i64>,
-    endpoint_ids: Vec<&'a str>,
-    sink_ids: Vec<&'a str>,
-    endpoint_names: Vec<&'a str>,
-    sink_names: Vec<&'a str>,
-}
-
-/// The fields an `update` changed (rare: one statement each).
-async fn set_subscription_fields(
-    tx: &deadpool_postgres::Transaction<'_>,
-    change: &Change,
-) -> Result<(), DbError> {
-    let Change::SetFields {
-        subscription_id,
-        endpoint,
-        transform,
-        actions,
-    } = change
-    else {
-        return Ok(());
-    };
-    let st = tx
-        .prepare_cached(
-            "update userhooks.webhook_subscriptions
-                set endpoint = coalesce($2, endpoint),
-                    transform = case when $3 then $4 else transform end,
-                    actions = coalesce($5, actions),
-                    updated_at = now()
-              where id = $1",
-        )
-        .await?;
-    let set_transform = transform.is_some();
-    let new_transform = transform.clone().flatten();
-    tx.execute(
-        &st,
-        &[
-            subscription_id,
-            endpoint,
-            &set_transform,
-            &new_transform,
-            actions,
-        ],
-    )
-    .await?;
-    Ok(())
 }
 
 /// Renew the leases of every request this worker is working on, in one statement.

@@ -15,6 +15,7 @@ use crate::db::DbError;
 use crate::model::{Action, Change, Outcome, Request};
 use crate::retry::RetryPolicy;
 use crate::sequin::{ErrorClass, ExportedFunction, Resource, SequinClient, SequinError};
+use crate::subscriptions::{OpenRequest, OpenSubscription};
 use crate::webhook_url::{self, Resolver, UrlError, UrlPolicy, WebhookUrl};
 
 mod actions;
@@ -22,7 +23,7 @@ mod open;
 mod options;
 pub mod replica;
 
-use open::{OpenOp, OpenRequest, OpenSubscription, Opener};
+use open::{OpenOp, Opener};
 
 pub use options::{
     expect_no_options, secret_hash, ResumeOptions, SubscribeOptions, UpdateOptions, CHANGE_ACTIONS,

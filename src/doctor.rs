@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use crate::config::Config;
 use crate::db::{self, DbError};
+use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::provision::replica::{self as replica_identity, split_table};
 use crate::provision::{filter_function_yaml, FilterFunctionState, Provisioner, ReplicaIdentity};
@@ -265,7 +266,7 @@ pub async fn at_worker_start(
     config: &Config,
     pool: &Pool,
     provisioner: &Provisioner,
-    metrics: &Metrics,
+    health: &Health,
 ) -> Result<(), PreflightError> {
     let table = &config.source_table;
     let client = match pool.get().await {
@@ -290,7 +291,7 @@ pub async fn at_worker_start(
         Ok(databases) => databases,
         Err(err) => {
             if err.class() == ErrorClass::Auth {
-                metrics.sequin_auth_ok.set(0);
+                health.set_sequin_auth_ok(false);
             }
             tracing::warn!(error = %err, "preflight: cannot check Sequin now; starting anyway (requests wait or retry until it answers)");
             return Ok(());
@@ -317,7 +318,7 @@ pub async fn at_worker_start(
         Err(err) if err.is_functions_disabled() => require(functions_refused(&err))?,
         Err(err) => {
             if err.class() == ErrorClass::Auth {
-                metrics.sequin_auth_ok.set(0);
+                health.set_sequin_auth_ok(false);
             }
             tracing::warn!(error = %err, "preflight: could not put the filter function in place yet; will retry on the first subscribe");
         }

@@ -10,6 +10,7 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::db::DbError;
+use crate::health::Health;
 use crate::metrics::{Metrics, BACKFILL_STATES, REQUEST_STATUSES, SUBSCRIPTION_STATUSES};
 use crate::provision::Provisioner;
 use crate::queue;
@@ -29,6 +30,7 @@ pub async fn run(
     pool: Pool,
     provisioner: Arc<Provisioner>,
     metrics: Arc<Metrics>,
+    health: Arc<Health>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut gauges = tokio::time::interval(GAUGE_INTERVAL);
@@ -47,9 +49,9 @@ pub async fn run(
                 let slow = tick.is_multiple_of(SLOW_GAUGE_EVERY);
                 tick = tick.wrapping_add(1);
                 match refresh_gauges(&pool, &metrics, &config.source_table, slow).await {
-                    Ok(()) => metrics.set_database_ok(true),
+                    Ok(()) => health.set_database_ok(true),
                     Err(err) => {
-                        metrics.set_database_ok(false);
+                        health.set_database_ok(false);
                         tracing::debug!(error = %err, "could not refresh gauges");
                     }
                 }

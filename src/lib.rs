@@ -12,6 +12,7 @@ pub mod db;
 #[cfg(feature = "dev")]
 pub mod dev;
 pub mod doctor;
+pub mod health;
 pub mod housekeeping;
 pub mod listener;
 pub mod metrics;

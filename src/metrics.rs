@@ -1,9 +1,9 @@
-//! Prometheus metrics (DESIGN.md §6) and the `/metrics`, `/healthz`, `/readyz` server.
+//! Prometheus metrics (docs/architecture.md, section 8) and the `/metrics`, `/healthz`,
+//! `/readyz` server. `/readyz` answers from [`Health`].
 //!
 //! Labels are bounded enums (action, outcome, status, operation): never a user id, URL or token.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -15,6 +15,8 @@ use prometheus::{
     Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
     IntGauge, Opts, Registry, TextEncoder,
 };
+
+use crate::health::Health;
 
 pub const ACTIONS: &[&str] = &[
     "subscribe",
@@ -78,12 +80,11 @@ pub struct Metrics {
     /// every change of that table for, so Sequin's cost per change grows with it.
     pub live_subscriptions: GaugeVec,
     pub backfills: GaugeVec,
+    /// Mirrors of [`Health`]: set from it, never read to decide anything.
     pub listener_connected: IntGauge,
     pub sequin_auth_ok: IntGauge,
     pub lease_lost_total: IntCounter,
     pub in_flight: IntGauge,
-    /// Readiness inputs that are not metrics.
-    pub database_ok: AtomicBool,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
@@ -260,7 +261,6 @@ impl Metrics {
         for kind in ["write", "restarting"] {
             sequin_write_wait.with_label_values(&[kind]);
         }
-        sequin_auth_ok.set(1);
         Arc::new(Metrics {
             registry,
             requests_total,
@@ -278,7 +278,6 @@ impl Metrics {
             sequin_auth_ok,
             lease_lost_total,
             in_flight,
-            database_ok: AtomicBool::new(true),
         })
     }
 
@@ -290,25 +289,19 @@ impl Metrics {
         }
         String::from_utf8(buffer).unwrap_or_default()
     }
-
-    pub fn set_database_ok(&self, ok: bool) {
-        self.database_ok.store(ok, Ordering::Relaxed);
-    }
-
-    /// Readiness checks: name → ok.
-    pub fn readiness(&self) -> Vec<(&'static str, bool)> {
-        vec![
-            ("database", self.database_ok.load(Ordering::Relaxed)),
-            ("listener", self.listener_connected.get() == 1),
-            ("sequin_auth", self.sequin_auth_ok.get() == 1),
-        ]
-    }
 }
 
-async fn metrics_handler(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
+/// What the server answers from.
+#[derive(Clone)]
+struct Served {
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+}
+
+async fn metrics_handler(State(served): State<Served>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        metrics.render(),
+        served.metrics.render(),
     )
 }
 
@@ -316,8 +309,8 @@ async fn healthz() -> impl IntoResponse {
     Json(serde_json::json!({"status": "ok"}))
 }
 
-async fn readyz(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
-    let checks = metrics.readiness();
+async fn readyz(State(served): State<Served>) -> impl IntoResponse {
+    let checks = served.health.readiness();
     let ready = checks.iter().all(|(_, ok)| *ok);
     let body = serde_json::json!({
         "ready": ready,
@@ -334,12 +327,12 @@ async fn readyz(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
     (status, Json(body))
 }
 
-pub fn router(metrics: Arc<Metrics>) -> Router {
+pub fn router(metrics: Arc<Metrics>, health: Arc<Health>) -> Router {
     Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .with_state(metrics)
+        .with_state(Served { metrics, health })
 }
 
 /// Bind the metrics address (fails fast on a taken port).
@@ -351,9 +344,10 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> 
 pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
+    health: Arc<Health>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(metrics))
+    axum::serve(listener, router(metrics, health))
         .with_graceful_shutdown(shutdown)
         .await
 }

@@ -16,6 +16,7 @@ use crate::batch::Done;
 use crate::config::Config;
 use crate::db::{self, DbError};
 use crate::doctor;
+use crate::health::Health;
 use crate::housekeeping;
 use crate::listener;
 use crate::metrics::{self, Metrics};
@@ -55,6 +56,7 @@ pub struct App {
     config: Arc<Config>,
     pool: Pool,
     metrics: Arc<Metrics>,
+    health: Arc<Health>,
     provisioner: Arc<Provisioner>,
     metrics_listener: Option<tokio::net::TcpListener>,
 }
@@ -82,6 +84,10 @@ pub async fn build_with_resolver(config: Config, resolver: Resolver) -> Result<A
         db::require_schema(&client).await?;
     }
     let metrics = Metrics::new();
+    let health = Health::new(
+        metrics.listener_connected.clone(),
+        metrics.sequin_auth_ok.clone(),
+    );
     let sequin = SequinClient::new(
         &config.sequin_api_url,
         config.sequin_token.clone(),
@@ -99,7 +105,7 @@ pub async fn build_with_resolver(config: Config, resolver: Resolver) -> Result<A
         resolver,
     ));
     // Also puts the filter function in place (written only when missing or different).
-    doctor::at_worker_start(&config, &pool, &provisioner, &metrics).await?;
+    doctor::at_worker_start(&config, &pool, &provisioner, &health).await?;
     let metrics_listener = match config.metrics_addr {
         Some(addr) => Some(
             metrics::bind(addr)
@@ -112,6 +118,7 @@ pub async fn build_with_resolver(config: Config, resolver: Resolver) -> Result<A
         config,
         pool,
         metrics,
+        health,
         provisioner,
         metrics_listener,
     })
@@ -120,6 +127,11 @@ pub async fn build_with_resolver(config: Config, resolver: Resolver) -> Result<A
 impl App {
     pub fn metrics(&self) -> Arc<Metrics> {
         self.metrics.clone()
+    }
+
+    /// What the worker knows about its connections and its Sequin token.
+    pub fn health(&self) -> Arc<Health> {
+        self.health.clone()
     }
 
     /// The bound metrics address (useful with port 0).
@@ -135,6 +147,7 @@ impl App {
             config,
             pool,
             metrics,
+            health,
             provisioner,
             metrics_listener,
         } = self;
@@ -146,17 +159,18 @@ impl App {
             config.database_url.clone(),
             config.listener_ping,
             wake.clone(),
-            metrics.clone(),
+            health.clone(),
             stop_rx.clone(),
         ));
         if let Some(listener) = metrics_listener {
             let mut stop = stop_rx.clone();
             let metrics = metrics.clone();
+            let health = health.clone();
             background.spawn(async move {
                 let shutdown = async move {
                     let _ = stop.wait_for(|s| *s).await;
                 };
-                if let Err(err) = metrics::serve(listener, metrics, shutdown).await {
+                if let Err(err) = metrics::serve(listener, metrics, health, shutdown).await {
                     tracing::error!(error = %err, "metrics server stopped");
                 }
             });
@@ -166,6 +180,7 @@ impl App {
             pool.clone(),
             provisioner.clone(),
             metrics.clone(),
+            health.clone(),
             stop_rx.clone(),
         ));
         let leases = Leases::default();
@@ -173,7 +188,7 @@ impl App {
             pool.clone(),
             config.clone(),
             leases.clone(),
-            metrics.clone(),
+            health.clone(),
             stop_rx.clone(),
         ));
         let (writer, writer_task) = Writer::spawn(
@@ -186,6 +201,7 @@ impl App {
             config: config.clone(),
             pool: pool.clone(),
             metrics: metrics.clone(),
+            health,
             provisioner,
             writer,
             tasks: JoinSet::new(),
@@ -240,6 +256,7 @@ struct Loop {
     config: Arc<Config>,
     pool: Pool,
     metrics: Arc<Metrics>,
+    health: Arc<Health>,
     provisioner: Arc<Provisioner>,
     writer: Writer,
     tasks: JoinSet<(i64, bool)>,
@@ -252,7 +269,7 @@ struct Loop {
 
 impl Loop {
     fn auth_ok(&self) -> bool {
-        self.metrics.sequin_auth_ok.get() == 1
+        self.health.sequin_auth_ok()
     }
 
     fn capacity(&self) -> usize {
@@ -292,7 +309,7 @@ impl Loop {
                     // poll (for expired leases and lost notifications) runs every other
                     // tick then: an idle worker stays under one query per second.
                     polls = polls.wrapping_add(1);
-                    claim_now = self.metrics.listener_connected.get() == 0 || polls.is_multiple_of(2);
+                    claim_now = !self.health.listener_connected() || polls.is_multiple_of(2);
                 }
                 _ = due => { next_due = None; claim_now = true; }
                 Some(joined) = self.tasks.join_next(), if !self.tasks.is_empty() => {
@@ -316,8 +333,7 @@ impl Loop {
             Ok((id, auth_rejected)) => {
                 self.in_flight.remove(&id);
                 self.leases.unregister(id);
-                if auth_rejected && self.auth_ok() {
-                    self.metrics.sequin_auth_ok.set(0);
+                if auth_rejected && self.health.set_sequin_auth_ok(false) {
                     tracing::error!("Sequin rejects the API token; claiming paused, requests stay pending; re-checking every {AUTH_PROBE_INTERVAL:?}");
                 }
             }
@@ -341,11 +357,11 @@ impl Loop {
         .await
         {
             Ok(claimed) => {
-                self.metrics.set_database_ok(true);
+                self.health.set_database_ok(true);
                 claimed
             }
             Err(err) => {
-                self.metrics.set_database_ok(false);
+                self.health.set_database_ok(false);
                 let now = Instant::now();
                 if self
                     .last_db_error_log
@@ -381,7 +397,7 @@ impl Loop {
     async fn probe_auth(&mut self) -> bool {
         match self.provisioner.sequin().list_databases().await {
             Ok(_) => {
-                self.metrics.sequin_auth_ok.set(1);
+                self.health.set_sequin_auth_ok(true);
                 tracing::info!("Sequin accepts the API token again; resuming");
                 true
             }
@@ -575,7 +591,7 @@ async fn keep_leases(
     pool: Pool,
     config: Arc<Config>,
     leases: Leases,
-    metrics: Arc<Metrics>,
+    health: Arc<Health>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(config.lease / 3);
@@ -601,7 +617,7 @@ async fn keep_leases(
                 }
             }
             Err(err) => {
-                metrics.set_database_ok(false);
+                health.set_database_ok(false);
                 tracing::warn!(error = %err, "could not renew leases; will retry");
             }
         }

@@ -205,7 +205,6 @@ impl App {
             provisioner,
             writer,
             tasks: JoinSet::new(),
-            in_flight: HashMap::new(),
             leases: leases.clone(),
             last_db_error_log: None,
         };
@@ -261,8 +260,7 @@ struct Loop {
     writer: Writer,
     tasks: JoinSet<(i64, bool)>,
     /// Claimed and not yet written back: id → attempts (the fence).
-    in_flight: HashMap<i64, i32>,
-    /// The leases the keeper renews, with the signal that tells a task its lease was lost.
+    /// Claimed and not yet written back, shared with the keeper that renews the leases.
     leases: Leases,
     last_db_error_log: Option<Instant>,
 }
@@ -273,7 +271,7 @@ impl Loop {
     }
 
     fn capacity(&self) -> usize {
-        self.config.concurrency.saturating_sub(self.in_flight.len())
+        self.config.concurrency.saturating_sub(self.leases.len())
     }
 
     async fn run(&mut self, shutdown: impl Future<Output = ()>, wake: &Notify) {
@@ -317,7 +315,7 @@ impl Loop {
                     while let Some(joined) = self.tasks.try_join_next() {
                         self.finished(joined);
                     }
-                    claim_now = self.in_flight.is_empty() || self.capacity() >= batch_threshold;
+                    claim_now = self.leases.is_empty() || self.capacity() >= batch_threshold;
                 }
                 _ = auth_probe.tick(), if !self.auth_ok() => {
                     if self.probe_auth().await {
@@ -331,8 +329,7 @@ impl Loop {
     fn finished(&mut self, joined: Result<(i64, bool), tokio::task::JoinError>) {
         match joined {
             Ok((id, auth_rejected)) => {
-                self.in_flight.remove(&id);
-                self.leases.unregister(id);
+                self.leases.finish(id);
                 if auth_rejected && self.health.set_sequin_auth_ok(false) {
                     tracing::error!("Sequin rejects the API token; claiming paused, requests stay pending; re-checking every {AUTH_PROBE_INTERVAL:?}");
                 }
@@ -342,7 +339,7 @@ impl Loop {
                 tracing::error!(error = %err, "request task failed");
             }
         }
-        self.metrics.in_flight.set(self.in_flight.len() as i64);
+        self.metrics.in_flight.set(self.leases.len() as i64);
     }
 
     /// Claim up to the free capacity; returns when the next pending request becomes due.
@@ -377,8 +374,7 @@ impl Loop {
             if request.attempts == 1 {
                 self.metrics.queue_wait.observe(request.waited);
             }
-            self.in_flight.insert(request.id, request.attempts);
-            let lease_lost = self.leases.register(request.id, request.attempts);
+            let lease_lost = self.leases.hold(request.id, request.attempts);
             let provisioner = self.provisioner.clone();
             let writer = self.writer.clone();
             let metrics = self.metrics.clone();
@@ -389,7 +385,7 @@ impl Loop {
                 (id, auth_rejected)
             });
         }
-        self.metrics.in_flight.set(self.in_flight.len() as i64);
+        self.metrics.in_flight.set(self.leases.len() as i64);
         claimed.next_due_in.map(|d| tokio::time::Instant::now() + d)
     }
 
@@ -416,7 +412,7 @@ impl Loop {
     /// back the rest.
     async fn drain(&mut self) {
         if !self.tasks.is_empty() {
-            tracing::info!(in_flight = self.in_flight.len(), grace = ?self.config.shutdown_grace, "shutting down: finishing in-flight requests");
+            tracing::info!(in_flight = self.leases.len(), grace = ?self.config.shutdown_grace, "shutting down: finishing in-flight requests");
         }
         let deadline = tokio::time::sleep(self.config.shutdown_grace);
         tokio::pin!(deadline);
@@ -431,7 +427,7 @@ impl Loop {
         }
         self.tasks.abort_all();
         while self.tasks.join_next().await.is_some() {}
-        let unfinished: Vec<(i64, i32)> = self.in_flight.drain().collect();
+        let unfinished = self.leases.take_all();
         for (id, attempts) in &unfinished {
             match queue::release(&self.pool, &self.config.worker_id, *id, *attempts).await {
                 Ok(_) => {}
@@ -556,32 +552,85 @@ fn log_outcome(request: &Request, outcome: &Outcome, elapsed: Duration) {
     }
 }
 
-/// Leases of the requests this worker holds. One keeper task renews all of them with one
+/// The requests this worker holds: claimed and not yet written back, each with its lease.
+/// The loop counts them for its capacity; one keeper task renews all their leases with one
 /// statement every lease/3, so an attempt that makes several slow Sequin calls keeps its
 /// request (without renewal, another worker would take it over mid-flight and fence off
 /// every attempt's write-back: a livelock).
 #[derive(Clone, Default)]
-struct Leases(Arc<std::sync::Mutex<LeaseMap>>);
+struct Leases(Arc<std::sync::Mutex<HashMap<i64, Lease>>>);
 
-/// id → (attempts, lost signal).
-type LeaseMap = HashMap<i64, (i32, oneshot::Sender<()>)>;
+struct Lease {
+    /// The claim's attempt count: the fence of renewal, write-back and release.
+    attempts: i32,
+    /// Tells the task its lease was lost. Taken when that happens: the request is no longer
+    /// renewed, but stays held until its task has stopped.
+    lost: Option<oneshot::Sender<()>>,
+}
 
 impl Leases {
-    fn lock(&self) -> std::sync::MutexGuard<'_, LeaseMap> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i64, Lease>> {
         self.0
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Start renewing; the receiver fires if the lease is found lost.
-    fn register(&self, id: i64, attempts: i32) -> oneshot::Receiver<()> {
+    /// Hold a claimed request; the receiver fires if its lease is found lost.
+    fn hold(&self, id: i64, attempts: i32) -> oneshot::Receiver<()> {
         let (lost, receiver) = oneshot::channel();
-        self.lock().insert(id, (attempts, lost));
+        self.lock().insert(
+            id,
+            Lease {
+                attempts,
+                lost: Some(lost),
+            },
+        );
         receiver
     }
 
-    fn unregister(&self, id: i64) {
+    /// Its task has ended (written back, or abandoned).
+    fn finish(&self, id: i64) {
         self.lock().remove(&id);
+    }
+
+    fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
+    /// (id, attempts) of the leases still to renew.
+    fn renewable(&self) -> Vec<(i64, i32)> {
+        self.lock()
+            .iter()
+            .filter(|(_, lease)| lease.lost.is_some())
+            .map(|(id, lease)| (*id, lease.attempts))
+            .collect()
+    }
+
+    /// Another worker owns these claims now: tell their tasks. A claim is named with its
+    /// attempts, so a later claim of the same request is not mistaken for it.
+    fn lost(&self, claims: impl IntoIterator<Item = (i64, i32)>) {
+        let mut held = self.lock();
+        for (id, attempts) in claims {
+            let signal = held
+                .get_mut(&id)
+                .filter(|lease| lease.attempts == attempts)
+                .and_then(|lease| lease.lost.take());
+            if let Some(signal) = signal {
+                let _ = signal.send(());
+            }
+        }
+    }
+
+    /// Stop holding everything (shutdown): (id, attempts) of each, to put back.
+    fn take_all(&self) -> Vec<(i64, i32)> {
+        self.lock()
+            .drain()
+            .map(|(id, lease)| (id, lease.attempts))
+            .collect()
     }
 }
 
@@ -602,24 +651,36 @@ async fn keep_leases(
             _ = stop.changed() => return,
             _ = tick.tick() => {}
         }
-        let held: Vec<(i64, i32)> = leases
-            .lock()
-            .iter()
-            .map(|(id, (attempts, _))| (*id, *attempts))
-            .collect();
+        let held = leases.renewable();
         match queue::extend_leases(&pool, &config.worker_id, &held, config.lease).await {
-            Ok(lost) => {
-                let mut held = leases.lock();
-                for id in lost {
-                    if let Some((_, signal)) = held.remove(&id) {
-                        let _ = signal.send(());
-                    }
-                }
-            }
+            Ok(lost) => leases.lost(held.into_iter().filter(|(id, _)| lost.contains(id))),
             Err(err) => {
                 health.set_database_ok(false);
                 tracing::warn!(error = %err, "could not renew leases; will retry");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lost_lease_stops_renewal_but_stays_held_until_its_task_ends() {
+        let leases = Leases::default();
+        let mut first = leases.hold(1, 3);
+        let _second = leases.hold(2, 1);
+        assert_eq!(leases.renewable().len(), 2);
+        // A loss reported for another claim of the request (other attempts) is not this one's.
+        leases.lost([(1, 2)]);
+        assert!(first.try_recv().is_err());
+        leases.lost([(1, 3)]);
+        assert_eq!(first.try_recv(), Ok(()));
+        assert_eq!(leases.renewable(), [(2, 1)]);
+        assert_eq!(leases.len(), 2, "still held: counts against the capacity");
+        leases.finish(1);
+        assert_eq!(leases.take_all(), [(2, 1)]);
+        assert!(leases.is_empty());
     }
 }

@@ -91,13 +91,11 @@ pub async fn claim(
         let Some(id) = row.get::<_, Option<i64>>("id") else {
             continue;
         };
-        let action_text: String = row.get("action");
-        // The CHECK constraint makes an unknown action impossible; a row that somehow has one
-        // is failed by the worker rather than crashing it.
-        let action = Action::parse(&action_text).unwrap_or(Action::Subscribe);
+        // The CHECK constraint makes an unknown action impossible at the INSERT; a row that
+        // has one anyway (a newer schema, a dropped constraint) is failed by the provisioner.
         requests.push(Request {
             id,
-            action,
+            action: Action::parse(row.get("action")),
             user_id: row.get("user_id"),
             webhook_url: row.get("webhook_url"),
             subscription_id: row.get("subscription_id"),

@@ -482,7 +482,7 @@ async fn process(
             None
         }
     };
-    let action = request.action.as_str();
+    let action = request.action_label();
     let elapsed = started.elapsed();
     metrics
         .request_duration
@@ -514,7 +514,7 @@ async fn process(
 
 fn log_outcome(request: &Request, outcome: &Outcome, elapsed: Duration) {
     let duration_ms = elapsed.as_millis() as u64;
-    let action = request.action.as_str();
+    let action = request.action_label();
     tracing::debug!(request_id = request.id, user_id = %request.user_id, "request user");
     match outcome {
         Outcome::Succeeded { .. } => tracing::info!(

@@ -310,6 +310,55 @@ async fn hostile_options_fail_with_a_reason_and_never_block_other_rows() {
     worker.stop().await;
 }
 
+/// An action this worker does not know (a newer schema's, or one past a dropped CHECK) fails
+/// the request with a reason, instead of running as another action.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_action_fails_naming_the_actions_this_worker_knows() {
+    let db = TestDb::new().await;
+    let emulator = start_emulator().await;
+    db.client()
+        .await
+        .batch_execute(
+            "alter table userhooks.subscription_requests
+               drop constraint subscription_requests_action_check",
+        )
+        .await
+        .expect("drop the action CHECK");
+    let worker = start_worker(config(&db, &emulator)).await;
+    let unknown = db
+        .insert(
+            "frobnicate",
+            "unknown-action",
+            Some("https://hooks.example.com/unknown-action"),
+            json!({}),
+        )
+        .await;
+    let good = good_row(&db, "unknown-action").await;
+
+    let row = db.finished(unknown, WAIT).await;
+    assert_eq!(row.status, "failed", "{row:?}");
+    assert_eq!(
+        row.last_error.as_deref(),
+        Some(
+            "unknown action \"frobnicate\": this worker knows subscribe, unsubscribe, backfill, \
+             update, pause, resume (upgrade the worker?)"
+        )
+    );
+    let result = row.result.expect("failure result");
+    assert_eq!(result["error"]["kind"], "invalid_request", "{result}");
+    assert_eq!(row.attempts, 1, "not retried");
+    assert_eq!(db.finished(good, WAIT).await.status, "succeeded");
+    // Nothing was provisioned for it: only the good row has an endpoint, a sink and a row.
+    assert_eq!(emulator.endpoints().len(), 1);
+    assert_eq!(emulator.sinks().len(), 1);
+    assert_eq!(
+        db.scalar_i64("select count(*) from userhooks.webhook_subscriptions")
+            .await,
+        1
+    );
+    worker.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strange_user_ids_keep_sequin_names_valid_and_reach_the_annotation_verbatim() {
     let db = TestDb::new().await;

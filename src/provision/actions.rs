@@ -71,7 +71,7 @@ impl Provisioner {
                     Err(ProvisionError::NotFound(format!(
                         "user {} has no live subscription{which}; nothing to {}",
                         quoted(&request.user_id),
-                        request.action.as_str()
+                        request.action_label()
                     )))
                 } else {
                     Err(ProvisionError::NotReady(format!(

@@ -143,8 +143,20 @@ impl Provisioner {
 
     /// Carry out one claimed request and decide its outcome. Never panics, never loses it.
     pub async fn handle(&self, request: &Request) -> Outcome {
+        let action = match &request.action {
+            Ok(action) => *action,
+            Err(unknown) => {
+                return Outcome::Failed {
+                    kind: "invalid_request",
+                    message: unknown.to_string(),
+                    status: None,
+                    details: None,
+                    changes: Vec::new(),
+                }
+            }
+        };
         let mut created = Created::default();
-        let result = match request.action {
+        let result = match action {
             Action::Subscribe => self.subscribe(request, &mut created).await,
             Action::Unsubscribe => self.unsubscribe(request).await,
             Action::Backfill => self.backfill(request).await,

@@ -220,6 +220,13 @@ fn compare(
         ));
         return out;
     };
+    out.extend(compare_sink(config, sub, s));
+    out
+}
+
+/// Compare an existing sink's fields with what `sub` asks for.
+fn compare_sink(config: &Config, sub: &Sub, s: &Value) -> Vec<Drift> {
+    let mut out = Vec::new();
     let name = &sub.names.sink;
     let status = s.get("status").cloned().unwrap_or(Value::Null);
     if status != json!(sub.status) {

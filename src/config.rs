@@ -1,5 +1,5 @@
-//! Worker configuration: flags with environment fallbacks (DESIGN.md §4), validated once at
-//! start-up with one clear message per problem.
+//! Worker configuration: flags with environment fallbacks (docs/architecture.md, section 6),
+//! validated once at start-up with one clear message per problem.
 
 use std::fmt;
 use std::net::SocketAddr;

@@ -25,7 +25,7 @@ pub struct Claimed {
 ///   so `LIMIT` and `SKIP LOCKED` apply before the update (no over-claiming).
 /// - `offset 0` keeps the per-user check a per-row probe of `user_open_idx`. Without it the
 ///   planner may turn it into a hash anti-join, which reads and sorts every open request on
-///   each claim (44 ms instead of 2 ms with 20,000 open requests).
+///   each claim.
 /// - The update finds its rows by `id = any(array(...))`, not by joining `due`: a join is
 ///   planned from table statistics, and on a large or never-analysed table it became a hash
 ///   join over a sequential scan of every row. An id list always probes the primary key.
@@ -142,8 +142,8 @@ pub async fn write_back(
 /// `uncount` gives back the attempt of an auth rejection (not the request's fault);
 /// a `pending` outcome keeps the previous result and is due after `delay`.
 ///
-/// The plan is fenced, because the planner misjudged this statement badly (40 ms for 200
-/// rows of 20,000). It took the lease check (`locked_by = $8 and status = 'running'`) to
+/// The plan is fenced, because the planner misjudged this statement badly (the numbers are
+/// in docs/performance.md). It took the lease check (`locked_by = $8 and status = 'running'`) to
 /// match about one row, since statistics of a hot queue table are always stale, and so
 /// joined in a nested loop that reads the whole batch once per row. Now:
 /// - `r.id = any($1)`, redundant with the join, lets it fetch the rows by primary key;
@@ -154,8 +154,8 @@ pub async fn write_back(
 /// same `id = any($1)`.
 ///
 /// It also sends `userhooks_request_done` for each request it finishes, the payload the row
-/// trigger would send: from the statement this costs half as much as the trigger (migration
-/// 0006), which [`NOTIFIES_DONE_SQL`] turns off for the transaction.
+/// trigger would send: from the statement this skips the trigger's per-row machinery
+/// (migration 0006), and [`NOTIFIES_DONE_SQL`] turns the trigger off for the transaction.
 pub const WRITE_BACK_SQL: &str = "
 update userhooks.subscription_requests r
    set status = u.status,

@@ -285,8 +285,7 @@ impl Loop {
         let mut polls: u32 = 0;
         // Claiming in batches: after a completion, wait until a sixteenth of the capacity is
         // free (or nothing runs) before the next claim, instead of one query per completion.
-        // A quarter left too many slots idle while they waited: with 20 ms Sequin calls and
-        // 256 slots, ~14 % fewer subscribes per second.
+        // A larger share leaves slots idle while they wait for it (docs/performance.md).
         let batch_threshold = (self.config.concurrency / 16).max(1);
         loop {
             if claim_now && self.auth_ok() && self.capacity() > 0 {

@@ -1,4 +1,4 @@
-//! Real-HTTP tests of the Sequin API emulator: one test per rule of `sequin-api.md`.
+//! Real-HTTP tests of the Sequin API emulator: one test per rule of Sequin's API it models.
 
 use reqwest::{Client, Method, StatusCode};
 use sequin_emulator::{

@@ -1,5 +1,5 @@
-//! What operators see: `/metrics` as DESIGN.md §6 promises, `/readyz` that names the failing
-//! check, and logs that never carry a secret.
+//! What operators see: `/metrics` as docs/architecture.md (section 8) promises, `/readyz`
+//! that names the failing check, and logs that never carry a secret.
 
 mod common;
 mod prom;
@@ -12,7 +12,7 @@ use sequin_emulator::Faults;
 use serde_json::{json, Value};
 use tokio::io::AsyncReadExt;
 
-/// Every metric of DESIGN.md §6, as sample names (histograms by their `_count`).
+/// Every metric of docs/architecture.md (section 8), as sample names (histograms by their `_count`).
 const DESIGN_METRICS: &[&str] = &[
     "userhooks_requests_total",
     "userhooks_request_duration_seconds_count",

@@ -1,4 +1,5 @@
-//! `userhooks bench`: the end-to-end benchmark (DESIGN.md §8).
+//! `userhooks bench`: the end-to-end benchmark (docs/architecture.md, section 10; method and
+//! history in docs/performance.md).
 //!
 //! The worker runs as a separate process (this binary's `run`), so its RSS and connections
 //! are its own; the emulator runs in the bench process (or at `--sequin-url`). Everything

@@ -225,10 +225,10 @@ pub const ROLES_SQL: &str = include_str!("../sql/roles.sql");
 /// - `random_page_cost`: the default (4.0) models spinning disks. Our tables are small, hot
 ///   and cached, and with 4.0 the planner preferred scanning all 20,000 rows of the queue
 ///   over fetching 200 of them by primary key. 1.1 is the usual value for SSDs.
-/// - `plan_cache_mode`: the claim took 0.8 ms to plan and was re-planned on every call (a
-///   custom plan each time), about 9 µs of Postgres CPU per subscribe. Every statement is
-///   prepared once per connection and fenced to keep its plan whatever the parameters
-///   (tests/plans.rs checks the generic plans), so plan them once.
+/// - `plan_cache_mode`: otherwise the claim is re-planned on every call (a custom plan each
+///   time), and planning it costs more than running it. Every statement is prepared once
+///   per connection and fenced to keep its plan whatever the parameters (tests/plans.rs
+///   checks the generic plans), so plan them once.
 ///
 /// Sent as `SET`, not as startup `options`, which PgBouncer refuses by default. A setting the
 /// connection string already gives (`options=-c ...`) is left as the user chose it.

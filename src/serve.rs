@@ -25,6 +25,7 @@ use tokio::sync::broadcast;
 use tokio_postgres::AsyncMessage;
 
 use crate::db;
+use crate::subscriptions;
 
 pub const DONE_CHANNEL: &str = "userhooks_request_done";
 
@@ -330,24 +331,16 @@ async fn token_rejected(state: &AppState, row: &RequestRow) -> bool {
 
 async fn subscription_json(state: &AppState, id: i64) -> Result<Value> {
     let client = state.pool.get().await?;
-    let row = client
-        .query_opt(
-            "select user_id, endpoint, sequin_sink_id::text, sink_name, sequin_endpoint_id::text,
-                    endpoint_name, status, created_at
-               from userhooks.webhook_subscriptions where id = $1",
-            &[&id],
-        )
-        .await?;
-    Ok(match row {
-        Some(r) => json!({
+    Ok(match subscriptions::by_id(&client, id).await? {
+        Some(s) => json!({
             "subscriptionId": id,
-            "userId": r.get::<_, String>(0),
-            "webhookUrl": r.get::<_, String>(1),
-            "sinkId": r.get::<_, Option<String>>(2),
-            "sinkName": r.get::<_, Option<String>>(3),
-            "endpointId": r.get::<_, Option<String>>(4),
-            "endpointName": r.get::<_, Option<String>>(5),
-            "status": r.get::<_, String>(6),
+            "userId": s.user_id,
+            "webhookUrl": s.endpoint,
+            "sinkId": s.sequin_sink_id,
+            "sinkName": s.sink_name,
+            "endpointId": s.sequin_endpoint_id,
+            "endpointName": s.endpoint_name,
+            "status": s.status,
         }),
         None => json!({"subscriptionId": id}),
     })
@@ -389,18 +382,9 @@ async fn subscribe_inner(state: &AppState, body: Bytes) -> Result<Reply> {
         .and_then(Value::as_i64)
         .unwrap_or(0);
     // A subscription older than this request existed already: the call was idempotent.
-    let existed: bool = {
+    let existed = {
         let client = state.pool.get().await?;
-        client
-            .query_one(
-                "select coalesce(s.created_at < r.created_at, false)
-                   from userhooks.subscription_requests r
-                   left join userhooks.webhook_subscriptions s on s.id = $2
-                  where r.id = $1",
-                &[&row.id, &sub_id],
-            )
-            .await?
-            .get(0)
+        subscriptions::created_before_request(&client, sub_id, row.id).await?
     };
     let mut out = subscription_json(state, sub_id).await?;
     out["message"] = json!(if existed {
@@ -479,20 +463,10 @@ async fn backfill_inner(state: &AppState, body: Bytes) -> Result<Reply> {
     };
     let (sub_id, user) = {
         let client = state.pool.get().await?;
-        let mut rows = client
-            .query(
-                "select id, user_id, sink_name from userhooks.webhook_subscriptions where sink_name = $1 and live",
-                &[&sink],
-            )
-            .await?;
+        let mut rows = subscriptions::live_by_sink_name(&client, &sink).await?;
         if rows.is_empty() {
             if let Some(user) = seed_sink_user(&sink) {
-                rows = client
-                    .query(
-                        "select id, user_id, sink_name from userhooks.webhook_subscriptions where user_id = $1 and live order by id",
-                        &[&user],
-                    )
-                    .await?;
+                rows = subscriptions::live_of_user(&client, user).await?;
             }
         }
         match rows.as_slice() {
@@ -502,9 +476,9 @@ async fn backfill_inner(state: &AppState, body: Bytes) -> Result<Reply> {
                     format!("no live subscription has the sink `{sink}`"),
                 ))
             }
-            [one] => (one.get::<_, i64>(0), one.get::<_, String>(1)),
+            [one] => (one.id, one.user_id.clone()),
             many => {
-                let names: Vec<Option<String>> = many.iter().map(|r| r.get(2)).collect();
+                let names: Vec<Option<String>> = many.iter().map(|s| s.sink_name.clone()).collect();
                 return Err(Reply::new(
                     StatusCode::CONFLICT,
                     json!({

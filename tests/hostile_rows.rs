@@ -296,6 +296,52 @@ async fn hostile_options_fail_with_a_reason_and_never_block_other_rows() {
     app.stop().await;
 }
 
+/// An action this worker does not know (a newer schema's, or one past a dropped CHECK) fails
+/// the request with a reason, instead of running as another action.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_action_fails_naming_the_actions_this_worker_knows() {
+    let app = TestApp::builder()
+        .setup_sql(
+            "alter table userhooks.subscription_requests
+               drop constraint subscription_requests_action_check",
+        )
+        .spawn()
+        .await;
+    let unknown = app
+        .db
+        .insert(
+            "frobnicate",
+            "unknown-action",
+            Some("https://hooks.example.com/unknown-action"),
+            json!({}),
+        )
+        .await;
+    let good = good_row(&app, "unknown-action").await;
+
+    let row = app.finished(unknown).await;
+    assert_eq!(row.status, "failed", "{row:?}");
+    assert_eq!(
+        row.last_error.as_deref(),
+        Some(
+            "unknown action \"frobnicate\": this worker knows subscribe, unsubscribe, backfill, \
+             update, pause, resume (upgrade the worker?)"
+        )
+    );
+    let result = row.result.expect("failure result");
+    assert_eq!(result["error"]["kind"], "invalid_request", "{result}");
+    assert_eq!(row.attempts, 1, "not retried");
+    assert_eq!(app.finished(good).await.status, "succeeded");
+    // Nothing was provisioned for it: only the good row has an endpoint, a sink and a row.
+    assert_eq!(app.endpoints().len(), 1);
+    assert_eq!(app.sinks().len(), 1);
+    assert_eq!(
+        app.scalar("select count(*) from userhooks.webhook_subscriptions")
+            .await,
+        1
+    );
+    app.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strange_user_ids_keep_sequin_names_valid_and_reach_the_annotation_verbatim() {
     let app = TestApp::spawn().await;

@@ -462,7 +462,8 @@ async fn request_with_live_lease_is_not_taken() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn write_back_with_a_stale_attempt_is_refused() {
-    use userhooks::queue::{self, Outcome, WriteBack};
+    use userhooks::model::Outcome;
+    use userhooks::queue::{self, WriteBack};
     let db = TestDb::new().await;
     db.insert(
         "subscribe",

@@ -590,7 +590,7 @@ async fn claim_cost(admin_url: &str, finished: i64, claims: u32) -> Result<Value
         let claimed = crate::queue::claim(&pool, 64, "bench", Duration::from_secs(60)).await?;
         samples.push(t.elapsed().as_secs_f64() * 1000.0);
         for request in &claimed.requests {
-            let outcome = crate::queue::Outcome::Succeeded {
+            let outcome = crate::model::Outcome::Succeeded {
                 result: json!({}),
                 changes: vec![],
             };

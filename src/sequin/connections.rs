@@ -2,9 +2,9 @@
 //! connections, one request at a time on each.
 //!
 //! Why not hyper's pooled client: it keeps a connection task, a request channel and two
-//! buffers for every connection, ~35 KiB each (heap profile, 2026-11-24), so the worker's
-//! memory grew by ~50 KiB per Sequin call in flight and concurrency 1,024 needed ~70 MiB.
-//! Every call also crossed two tasks (the caller's and the connection's). Here a call
+//! buffers for every connection, so the worker's memory grew with every Sequin call in
+//! flight (the heap profile is in docs/performance.md). Every call also crossed two tasks
+//! (the caller's and the connection's). Here a call
 //! writes its request and reads the answer in the caller's own task, and an idle
 //! connection is only its socket.
 //!

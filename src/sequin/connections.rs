@@ -1,13 +1,15 @@
 //! The Sequin client's HTTP/1.1 connections to one origin: hyper's connection API
-//! (`hyper::client::conn::http1`) under a stack of idle keep-alive connections of our own,
-//! one request at a time on each.
+//! (`hyper::client::conn::http1`) over a stack of idle keep-alive sockets of our own, one
+//! request at a time on each.
 //!
 //! Why not hyper-util's pooled client: it spawns a task per connection and keeps a pool
-//! entry, a request channel and buffers for each, so at 1,024 calls in flight its memory
-//! was several times ours, and every call crossed two tasks. Here hyper's side of a
-//! connection (its `Connection` future) is kept next to its `SendRequest` and is polled by
-//! the call that uses it, in the caller's own task; an idle connection is those two values
-//! on a stack, polled by nobody. See `docs/decisions.md` ("The Sequin HTTP client").
+//! entry, a request channel and two buffers for each for as long as the connection lives,
+//! and every call crosses from the caller's task to the connection's and back. Here a call
+//! takes an idle socket, sets up hyper's state for it (a handshake that does no I/O), and
+//! polls hyper's side of the connection itself, in its own task, until the answer is read
+//! whole; then the socket goes back on the stack and hyper's state is freed. So an idle
+//! connection costs only its socket, and hyper's buffers (~25 KiB) exist only for calls in
+//! flight. See `docs/decisions.md` ("The Sequin HTTP client").
 //!
 //! Redirects are returned to the caller, never followed; answer bodies are read whole, up
 //! to a limit.
@@ -71,10 +73,11 @@ pub struct Answer {
 }
 
 type Body = Full<Bytes>;
-type Driver = http1::Connection<TokioIo<Stream>, Body>;
+type Io = TokioIo<Stream>;
+type Driver = http1::Connection<Io, Body>;
 
-/// One connection: where requests go in, and hyper's side that reads and writes the socket
-/// (only while someone polls it).
+/// One connection in use: where the request goes in, and hyper's side that reads and
+/// writes the socket (only while someone polls it).
 struct Conn {
     sender: http1::SendRequest<Body>,
     /// `None` once it finished (closed or failed); dropping it hands any request it never
@@ -82,8 +85,12 @@ struct Conn {
     driver: Option<Driver>,
 }
 
+/// An idle connection is only its socket: hyper's state for it (buffers, the request
+/// channel) is made for each exchange and freed after it, so memory follows the calls in
+/// flight, not the connections open. Keeping that state with idle connections measured
+/// lower peaks in a burst but held ~25 KiB per idle connection until it closed.
 struct Idle {
-    conn: Conn,
+    io: Io,
     since: Instant,
 }
 
@@ -109,8 +116,8 @@ pub struct Connections {
 
 /// How a request on one connection ended.
 enum Outcome {
-    /// The answer, and whether the connection can carry another request.
-    Answered(Answer, bool),
+    /// The answer, and the connection if it can carry another request.
+    Answered(Answer, Option<Io>),
     /// The connection closed before hyper began writing the request: it can go elsewhere.
     NotSent(Box<http::Request<Body>>, hyper::Error),
     Failed(HttpError),
@@ -157,22 +164,21 @@ impl Connections {
     /// never sent twice. Dropping the future mid-exchange drops its connection.
     pub async fn exchange(&self, request: http::Request<Bytes>) -> Result<Answer, HttpError> {
         let request = request.map(Full::new);
-        let (mut conn, reused) = match self.take_idle() {
-            Some(conn) => (conn, true),
+        let (io, reused) = match self.take_idle() {
+            Some(io) => (io, true),
             None => (self.connect().await?, false),
         };
-        let outcome = match self.send(&mut conn, request).await {
+        let outcome = match self.send(io, request).await {
             Outcome::NotSent(request, _) if reused => {
-                drop(conn);
-                conn = self.connect().await?;
-                self.send(&mut conn, *request).await
+                let io = self.connect().await?;
+                self.send(io, *request).await
             }
             outcome => outcome,
         };
         match outcome {
             Outcome::Answered(answer, reusable) => {
-                if reusable {
-                    self.put_idle(conn);
+                if let Some(io) = reusable {
+                    self.put_idle(io);
                 }
                 Ok(answer)
             }
@@ -182,7 +188,16 @@ impl Connections {
     }
 
     /// One request on one connection, driving the connection in this task meanwhile.
-    async fn send(&self, conn: &mut Conn, request: http::Request<Body>) -> Outcome {
+    async fn send(&self, io: Io, request: http::Request<Body>) -> Outcome {
+        // hyper's HTTP/1 handshake only sets up its state; it does no I/O and cannot fail.
+        let (sender, driver) = match self.http.handshake(io).await {
+            Ok(parts) => parts,
+            Err(error) => return Outcome::Failed(HttpError::Io(describe(&error))),
+        };
+        let mut conn = Conn {
+            sender,
+            driver: Some(driver),
+        };
         let response = conn.sender.try_send_request(request);
         let max_body = self.max_body;
         let answer = conn
@@ -199,10 +214,7 @@ impl Connections {
             })
             .await;
         match answer {
-            Ok(answer) => {
-                let reusable = conn.settle().await;
-                Outcome::Answered(answer, reusable)
-            }
+            Ok(answer) => Outcome::Answered(answer, conn.settle().await),
             Err(outcome) => outcome,
         }
     }
@@ -213,11 +225,11 @@ impl Connections {
 
     /// The most recently used idle connection, unless it has been idle too long (then
     /// all of them have; they are closed). Sockets are closed after the lock is released.
-    fn take_idle(&self) -> Option<Conn> {
+    fn take_idle(&self) -> Option<Io> {
         let mut stack = self.lock();
         let newest = stack.idle.pop()?;
         if newest.since.elapsed() <= self.idle_timeout {
-            return Some(newest.conn);
+            return Some(newest.io);
         }
         let expired = std::mem::take(&mut stack.idle);
         drop(stack);
@@ -225,10 +237,10 @@ impl Connections {
         None
     }
 
-    fn put_idle(&self, conn: Conn) {
+    fn put_idle(&self, io: Io) {
         let mut stack = self.lock();
         stack.idle.push(Idle {
-            conn,
+            io,
             since: Instant::now(),
         });
         if !stack.reaper {
@@ -239,7 +251,7 @@ impl Connections {
         }
     }
 
-    async fn connect(&self) -> Result<Conn, HttpError> {
+    async fn connect(&self) -> Result<Io, HttpError> {
         let target = &self.target;
         let timed_out = || HttpError::ConnectTimeout {
             target: target.clone(),
@@ -275,16 +287,7 @@ impl Connections {
                 }
             }
         };
-        // hyper's HTTP/1 handshake only sets up state; it does no I/O.
-        let (sender, driver) = self
-            .http
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| HttpError::Io(describe(&e)))?;
-        Ok(Conn {
-            sender,
-            driver: Some(driver),
-        })
+        Ok(TokioIo::new(stream))
     }
 }
 
@@ -354,15 +357,19 @@ impl Conn {
     }
 
     /// After an answer was read whole: let hyper finish the exchange (it asks for the next
-    /// request, or closes on `Connection: close`), then say whether the connection is open
-    /// and ready for another request.
-    async fn settle(&mut self) -> bool {
+    /// request, or closes on `Connection: close`), then hand back the socket if it is open,
+    /// ready for another request, and holds no bytes past the answer.
+    async fn settle(mut self) -> Option<Io> {
         poll_fn(|cx| {
             self.poll_driver(cx);
             Poll::Ready(())
         })
         .await;
-        self.driver.is_some() && self.sender.is_ready()
+        if !self.sender.is_ready() {
+            return None;
+        }
+        let parts = self.driver?.into_parts();
+        parts.read_buf.is_empty().then_some(parts.io)
     }
 }
 

@@ -5,15 +5,22 @@
 # --- build ------------------------------------------------------------------------------
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
-# Dependencies first, so a source change does not rebuild every crate.
+# Dependencies first, so a source change does not rebuild every crate. Only the worker is
+# built: --no-default-features leaves out the demo, the emulator and the benchmark (the
+# emulator's manifest is copied because the workspace lists it; its code is never compiled).
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir src && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
-    && cargo build --release --locked \
+COPY crates/sequin-emulator/Cargo.toml crates/sequin-emulator/Cargo.toml
+RUN mkdir -p src crates/sequin-emulator/src \
+    && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
+    && echo 'fn main() {}' > crates/sequin-emulator/src/main.rs \
+    && touch crates/sequin-emulator/src/lib.rs \
+    && cargo build --release --locked --no-default-features --bin userhooks \
     && rm -rf src
 COPY src ./src
 # The migrations are embedded in the binary (include_str!).
 COPY sql ./sql
-RUN touch src/main.rs src/lib.rs && cargo build --release --locked --bin userhooks
+RUN touch src/main.rs src/lib.rs \
+    && cargo build --release --locked --no-default-features --bin userhooks
 
 # --- runtime ----------------------------------------------------------------------------
 FROM debian:bookworm-slim AS runtime

@@ -1,7 +1,5 @@
 //! Command-line interface (clap): flags with environment fallbacks.
 
-use std::net::SocketAddr;
-
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{DatabaseArgs, WorkerArgs};
@@ -26,31 +24,121 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// Parse the command line, or exit. A value clap refuses is reported on one line, under the
+/// environment variable it came from when no flag gave it (clap names the flag either way).
+pub fn parse() -> Cli {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    match Cli::try_parse_from(&args) {
+        Ok(cli) => cli,
+        Err(err) => match refused_value(&err, &args) {
+            Some(line) => {
+                eprintln!("error: {line}");
+                std::process::exit(2);
+            }
+            None => err.exit(),
+        },
+    }
+}
+
+/// `NAME: invalid value 'V': reason` for a refused value, where NAME is the variable that
+/// gave it or else the flag; `None` for every other kind of error.
+pub fn refused_value(err: &clap::Error, args: &[std::ffi::OsString]) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if !matches!(
+        err.kind(),
+        ErrorKind::ValueValidation | ErrorKind::InvalidValue
+    ) {
+        return None;
+    }
+    let Some(ContextValue::String(shown)) = err.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    let value = match err.get(ContextKind::InvalidValue) {
+        Some(ContextValue::String(v)) => v.clone(),
+        _ => String::new(),
+    };
+    let reason = match (
+        std::error::Error::source(err),
+        err.get(ContextKind::ValidValue),
+    ) {
+        (Some(source), _) => source.to_string(),
+        (None, Some(ContextValue::Strings(valid))) => format!("use one of {}", valid.join(", ")),
+        (None, _) => "not accepted".to_string(),
+    };
+    let long = shown
+        .strip_prefix("--")
+        .and_then(|rest| rest.split([' ', '=']).next());
+    let Some(arg) = long.and_then(|long| find_arg(long, args)) else {
+        return Some(format!("{shown}: invalid value '{value}': {reason}"));
+    };
+    let flag = format!("--{}", arg.get_long().unwrap_or_default());
+    let on_command_line = args.iter().filter_map(|a| a.to_str()).any(|a| {
+        a == flag
+            || a.strip_prefix(flag.as_str())
+                .is_some_and(|r| r.starts_with('='))
+    });
+    let from_env = arg
+        .get_env()
+        .filter(|var| !on_command_line && std::env::var_os(var).is_some());
+    let name = match from_env {
+        Some(var) => var.to_string_lossy().into_owned(),
+        None => flag,
+    };
+    if arg.is_hide_env_values_set() {
+        // The value may be a secret: name it, never print it.
+        return Some(format!("{name}: invalid value: {reason}"));
+    }
+    Some(format!("{name}: invalid value '{value}': {reason}"))
+}
+
+/// The argument `--long` of the subcommand on the command line, or of the top level.
+fn find_arg(long: &str, args: &[std::ffi::OsString]) -> Option<clap::Arg> {
+    use clap::CommandFactory;
+    let top = Cli::command();
+    let sub = args
+        .iter()
+        .skip(1)
+        .filter_map(|a| a.to_str())
+        .find_map(|a| top.find_subcommand(a));
+    let found = sub
+        .into_iter()
+        .chain(std::iter::once(&top))
+        .flat_map(|c| c.get_arguments())
+        .find(|a| a.get_long() == Some(long))
+        .cloned();
+    found
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Create or upgrade the userhooks schema (safe to run twice, or from two processes).
     Migrate(MigrateArgs),
     /// Run the worker.
     Run(Box<WorkerArgs>),
-    /// Run the strict Sequin Management API emulator.
-    Emulator(EmulatorArgs),
-    /// Show the whole flow on this machine: emulator with delivery, worker, a few users.
-    Demo(DemoArgs),
-    /// Insert notifications for random existing users (the seed's generator).
-    GenerateNotifications(GenerateArgs),
     /// Serve the tutorial's HTTP API (POST /subscribe, POST /backfill, ...) over the outbox.
     Serve(ServeArgs),
     /// Compare webhook_subscriptions with Sequin; report drift, fix it with --repair.
     Reconcile(ReconcileArgs),
+    /// Check everything the worker needs (Postgres, schema, Sequin, token, SEQUIN_DATABASE,
+    /// source table, filter function, replica identity); exits non-zero if a check fails.
+    Doctor(DoctorArgs),
     /// Queue by action and status, subscriptions by status, open backfills.
     Status(DatabaseArgs),
     /// Re-queue failed requests: one by id, or all with --failed.
+    ///
+    /// A failed request is re-queued only while no later request of the same user has
+    /// succeeded or is pending or running: running it again would reorder that user's
+    /// requests. Those are listed with the later request that supersedes them; insert a new
+    /// request instead.
     Retry(RetryArgs),
-    /// End-to-end benchmark (burn-down, pickup, idle, claim).
-    Bench(crate::bench::BenchArgs),
+    /// Development tools: the demo, the Sequin emulator, the generator, the benchmark.
+    #[cfg(feature = "dev")]
+    #[command(flatten)]
+    Dev(crate::dev::DevCommand),
 }
 
 #[derive(Args, Debug)]
+#[command(mut_args(hide_unless_reconcile_reads_it))]
 pub struct ReconcileArgs {
     #[command(flatten)]
     pub worker: Box<WorkerArgs>,
@@ -65,6 +153,33 @@ pub struct ReconcileArgs {
     pub parallel: usize,
 }
 
+/// The worker settings `reconcile` reads (and its own flags). The others keep their defaults
+/// and stay out of `reconcile --help`, where they would only mislead.
+const RECONCILE_READS: &[&str] = &[
+    "database_url",
+    "sequin_api_url",
+    "sequin_api_token",
+    "sequin_api_token_file",
+    "sequin_database",
+    "source_table",
+    "filter_function",
+    "name_prefix",
+    "http_timeout",
+    "max_retry_count",
+    "load_shedding",
+    "repair",
+    "json",
+    "parallel",
+];
+
+fn hide_unless_reconcile_reads_it(arg: clap::Arg) -> clap::Arg {
+    if RECONCILE_READS.contains(&arg.get_id().as_str()) {
+        arg
+    } else {
+        arg.hide(true)
+    }
+}
+
 /// `userhooks reconcile`: exits non-zero while differences remain.
 pub async fn run_reconcile(args: ReconcileArgs) -> Result<(), CliError> {
     let config = args
@@ -74,7 +189,7 @@ pub async fn run_reconcile(args: ReconcileArgs) -> Result<(), CliError> {
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
         indicatif::ProgressStyle::with_template(
-            "[{bar:40}] {pos}/{len} subscriptions checked ({per_sec}, {eta} left)",
+            "[{bar:40}] {pos}/{len} subscriptions checked ({eta} left)",
         )
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
         .progress_chars("=> "),
@@ -88,7 +203,7 @@ pub async fn run_reconcile(args: ReconcileArgs) -> Result<(), CliError> {
         bar.set_position(done);
     })
     .await
-    .map_err(|e| CliError(e.to_string()))?;
+    .map_err(|e| CliError(crate::telemetry::error_chain(&e)))?;
     bar.finish_and_clear();
     if args.json {
         println!(
@@ -113,12 +228,44 @@ pub async fn run_reconcile(args: ReconcileArgs) -> Result<(), CliError> {
 }
 
 #[derive(Args, Debug)]
+pub struct DoctorArgs {
+    /// The worker's settings (the same flags and environment as `userhooks run`).
+    #[command(flatten)]
+    pub worker: Box<WorkerArgs>,
+    /// Print one JSON document (`{"ok": ..., "checks": [...]}`) instead of lines.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `userhooks doctor`: one line per check (or one JSON document); fails if any check fails.
+pub async fn run_doctor(args: DoctorArgs) -> Result<(), CliError> {
+    let config = args
+        .worker
+        .into_config()
+        .map_err(|e| CliError(e.to_string()))?;
+    let report = crate::doctor::run(&config).await;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
+    } else {
+        print!("{}", report.render());
+    }
+    match report.failed() {
+        0 => Ok(()),
+        n => Err(CliError(format!("{n} check(s) failed"))),
+    }
+}
+
+#[derive(Args, Debug)]
 pub struct ServeArgs {
     #[command(flatten)]
     pub db: DatabaseArgs,
-    /// Address to listen on (the tutorial's app used port 3333).
+    /// Address to listen on, host:port (the tutorial's app used port 3333). No authentication
+    /// unless USERHOOKS_SERVE_TOKEN is set: keep it on a private address.
     #[arg(long, env = "USERHOOKS_SERVE_LISTEN", default_value = "127.0.0.1:3333")]
-    pub listen: SocketAddr,
+    pub listen: String,
     /// Longest wait for a request to finish before answering 202 with its id.
     #[arg(long, default_value = "10s", value_parser = crate::config::parse_duration)]
     pub wait: std::time::Duration,
@@ -132,6 +279,45 @@ pub struct ServeArgs {
     /// File holding the token.
     #[arg(long, env = "SEQUIN_API_TOKEN_FILE")]
     pub sequin_api_token_file: Option<std::path::PathBuf>,
+    /// Bearer token every call must carry (`Authorization: Bearer <token>`); /healthz stays open.
+    #[arg(
+        long,
+        env = "USERHOOKS_SERVE_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "serve_token_file"
+    )]
+    pub serve_token: Option<String>,
+    /// File holding the bearer token.
+    #[arg(long, env = "USERHOOKS_SERVE_TOKEN_FILE")]
+    pub serve_token_file: Option<std::path::PathBuf>,
+}
+
+/// A token from its variable or from the file its `_FILE` variable names.
+fn read_token(
+    value: Option<&str>,
+    file: Option<&std::path::Path>,
+    file_var: &str,
+) -> Result<Option<String>, CliError> {
+    let token = match (value, file) {
+        (Some(t), _) => t.trim().to_string(),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map_err(|e| {
+                CliError(format!(
+                    "{file_var} {}: cannot be read: {e}",
+                    path.display()
+                ))
+            })?
+            .trim()
+            .to_string(),
+        (None, None) => return Ok(None),
+    };
+    if token.is_empty() {
+        return Err(CliError(format!(
+            "{} is empty",
+            file_var.trim_end_matches("_FILE")
+        )));
+    }
+    Ok(Some(token))
 }
 
 /// `userhooks serve`: until `shutdown`.
@@ -139,28 +325,23 @@ pub async fn run_serve(
     args: ServeArgs,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), CliError> {
-    let listener = tokio::net::TcpListener::bind(args.listen)
+    // A host name (localhost:3333) is resolved, as people type it.
+    let listener = tokio::net::TcpListener::bind(args.listen.as_str())
         .await
         .map_err(|e| CliError(format!("cannot listen on {}: {e}", args.listen)))?;
-    eprintln!(
-        "userhooks serve listening on http://{} (POST /subscribe, DELETE /subscribe, POST /backfill, GET /backfill/{{id}}, GET /requests/{{id}})",
-        args.listen
-    );
-    let token = match (&args.sequin_api_token, &args.sequin_api_token_file) {
-        (Some(t), _) => Some(t.trim().to_string()),
-        (None, Some(path)) => Some(
-            std::fs::read_to_string(path)
-                .map_err(|e| {
-                    CliError(format!(
-                        "SEQUIN_API_TOKEN_FILE {}: cannot be read: {e}",
-                        path.display()
-                    ))
-                })?
-                .trim()
-                .to_string(),
-        ),
-        (None, None) => None,
-    };
+    let local = listener
+        .local_addr()
+        .map_err(|e| CliError(format!("cannot listen on {}: {e}", args.listen)))?;
+    let token = read_token(
+        args.sequin_api_token.as_deref(),
+        args.sequin_api_token_file.as_deref(),
+        "SEQUIN_API_TOKEN_FILE",
+    )?;
+    let serve_token = read_token(
+        args.serve_token.as_deref(),
+        args.serve_token_file.as_deref(),
+        "USERHOOKS_SERVE_TOKEN_FILE",
+    )?;
     let sequin = match (args.sequin_api_url, token) {
         (Some(url), Some(token)) => Some(
             crate::sequin::SequinClient::new(
@@ -173,37 +354,37 @@ pub async fn run_serve(
         ),
         _ => None,
     };
-    crate::serve::serve(
-        crate::serve::ServeConfig {
-            database_url: args.db.database_url,
-            wait: args.wait,
-            sequin,
-        },
-        listener,
-        shutdown,
-    )
-    .await
-    .map_err(|e| CliError(e.to_string()))
+    let auth = if serve_token.is_some() {
+        "bearer token required (USERHOOKS_SERVE_TOKEN)"
+    } else {
+        "no authentication: keep this address private, or set USERHOOKS_SERVE_TOKEN"
+    };
+    let sequin_note = if sequin.is_some() {
+        "asks Sequin when a request waits, to answer 503 if Sequin rejects the token"
+    } else {
+        "no SEQUIN_API_URL/SEQUIN_API_TOKEN: a rejected Sequin token is seen only once the worker records it"
+    };
+    let config = crate::serve::ServeConfig {
+        database_url: args.db.database_url,
+        wait: args.wait,
+        sequin,
+        token: serve_token.map(crate::config::Secret::new),
+    };
+    let fail = |e: crate::serve::ServeError| CliError(crate::telemetry::error_chain(&e));
+    let server = crate::serve::prepare(config).await.map_err(fail)?;
+    eprintln!(
+        "userhooks serve listening on http://{local} (POST /subscribe, DELETE /subscribe, POST /backfill, GET /backfill/{{id}}, GET /requests/{{id}}); {auth}; {sequin_note}"
+    );
+    server.run(listener, shutdown).await.map_err(fail)
 }
 
 #[derive(Args, Debug)]
-pub struct GenerateArgs {
-    #[command(flatten)]
-    pub db: DatabaseArgs,
-    /// Notifications per second.
-    #[arg(long, default_value_t = 100.0)]
-    pub rate: f64,
-    /// Stop after this long (e.g. 30s, 5m); default: until Ctrl-C.
-    #[arg(long, value_parser = crate::config::parse_duration)]
-    pub duration: Option<std::time::Duration>,
-}
-
-#[derive(Args, Debug)]
+#[group(id = "which", required = true, args = ["id", "failed"])]
 pub struct RetryArgs {
     #[command(flatten)]
     pub db: DatabaseArgs,
     /// The request to re-queue.
-    #[arg(conflicts_with = "failed", required_unless_present = "failed")]
+    #[arg(conflicts_with = "failed")]
     pub id: Option<i64>,
     /// Re-queue every failed request.
     #[arg(long)]
@@ -224,135 +405,6 @@ pub struct MigrateArgs {
     /// their privileges (sql/roles.sql; needs CREATEROLE).
     #[arg(long)]
     pub roles: bool,
-}
-
-#[derive(Args, Debug)]
-pub struct EmulatorArgs {
-    /// Address to listen on.
-    #[arg(long, env = "EMULATOR_LISTEN", default_value = "127.0.0.1:7376")]
-    pub listen: SocketAddr,
-    /// The one API token the emulator accepts.
-    #[arg(long, env = "SEQUIN_API_TOKEN", hide_env_values = true)]
-    pub token: String,
-    /// Sequin's name of the source database.
-    #[arg(long, env = "SEQUIN_DATABASE", default_value = "app")]
-    pub database: String,
-    /// Tables known in that database (repeat the flag for more).
-    #[arg(long = "table", default_value = "public.notifications")]
-    pub tables: Vec<String>,
-    /// Initial faults as JSON (same shape as PUT /_emulator/faults).
-    #[arg(long)]
-    pub faults: Option<String>,
-    /// Deliver webhooks: follow the source tables in this Postgres database and POST
-    /// Sequin-shaped messages to each sink's endpoint (off by default).
-    #[arg(long, value_name = "DATABASE_URL", hide_env_values = true)]
-    pub deliver_from: Option<String>,
-    /// Column compared with each sink's `annotations.user_id` when delivering.
-    #[arg(long, default_value = "user_id")]
-    pub user_column: String,
-    /// How often delivery polls the source tables.
-    #[arg(long, default_value = "200ms", value_parser = crate::config::parse_duration)]
-    pub delivery_poll_interval: std::time::Duration,
-}
-
-#[derive(Args, Debug)]
-pub struct DemoArgs {
-    /// Postgres server to use; the demo creates (and recreates) its own database on it.
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/postgres",
-        hide_env_values = true
-    )]
-    pub database_url: String,
-    /// Name of the demo database (dropped and recreated).
-    #[arg(long, default_value = "userhooks_demo")]
-    pub demo_database: String,
-    /// Leave everything running (with /metrics on 127.0.0.1:9610) until Ctrl-C.
-    #[arg(long)]
-    pub keep_running: bool,
-    /// Notifications per second while generating.
-    #[arg(long, default_value_t = 200.0)]
-    pub rate: f64,
-    /// How long to generate notifications.
-    #[arg(long, default_value = "3s", value_parser = crate::config::parse_duration)]
-    pub generate_for: std::time::Duration,
-}
-
-/// `userhooks generate-notifications`: insert until the duration passes or Ctrl-C.
-pub async fn run_generate(args: GenerateArgs) -> Result<(), CliError> {
-    let client = crate::db::connect(&args.db.database_url, "userhooks-generate")
-        .await
-        .map_err(|e| CliError(e.to_string()))?;
-    let bar = indicatif::ProgressBar::new_spinner();
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{spinner} {msg}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
-    );
-    bar.enable_steady_tick(std::time::Duration::from_millis(120));
-    let rate = args.rate;
-    let stop = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let mut last_print = std::time::Instant::now();
-    let hidden = bar.is_hidden();
-    let total = crate::generate::run(&client, rate, args.duration, stop, |sent, elapsed| {
-        let secs = elapsed.as_secs_f64().max(0.001);
-        let line = format!(
-            "inserted {sent} notifications in {secs:.1}s ({:.0}/s, target {rate}/s)",
-            sent as f64 / secs
-        );
-        if hidden {
-            // Not a terminal: one line every few seconds instead of a spinner.
-            if last_print.elapsed() >= std::time::Duration::from_secs(5) {
-                eprintln!("{line}");
-                last_print = std::time::Instant::now();
-            }
-        } else {
-            bar.set_message(line);
-        }
-    })
-    .await
-    .map_err(|e| CliError(e.to_string()))?;
-    bar.finish_and_clear();
-    println!("inserted {total} notifications");
-    Ok(())
-}
-
-/// `userhooks emulator`: serve the emulator until `shutdown`.
-pub async fn run_emulator(
-    args: EmulatorArgs,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<(), CliError> {
-    let faults = match &args.faults {
-        Some(text) => serde_json::from_str(text)
-            .map_err(|e| CliError(format!("--faults is not valid faults JSON: {e}")))?,
-        None => crate::emulator::Faults::default(),
-    };
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .map_err(|e| CliError(format!("cannot listen on {}: {e}", args.listen)))?;
-    let config = crate::emulator::EmulatorConfig {
-        token: args.token,
-        database: args.database,
-        tables: args.tables,
-        faults,
-        delivery: args
-            .deliver_from
-            .map(|url| crate::emulator::DeliveryConfig {
-                user_column: args.user_column,
-                poll_interval: args.delivery_poll_interval,
-                ..crate::emulator::DeliveryConfig::new(url)
-            }),
-        ..crate::emulator::EmulatorConfig::default()
-    };
-    eprintln!(
-        "Sequin emulator listening on http://{}/api (control routes under /_emulator/)",
-        args.listen
-    );
-    crate::emulator::serve(config, listener, shutdown)
-        .await
-        .map_err(|e| CliError(e.to_string()))
 }
 
 #[derive(Debug, thiserror::Error)]

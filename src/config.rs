@@ -8,6 +8,11 @@ use std::time::Duration;
 
 use clap::Args;
 
+/// The default of `USERHOOKS_LISTENER_PING`: how often an idle LISTEN connection is checked.
+/// A connection that silently stopped delivering (a network partition, a stuck backend)
+/// fails the check and is replaced.
+pub const LISTENER_PING: Duration = Duration::from_secs(30);
+
 /// A value that must never reach a log line: `Debug` and `Display` print a placeholder.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
@@ -34,7 +39,8 @@ impl fmt::Display for Secret {
     }
 }
 
-/// Parse `500ms`, `30s`, `2m`, `1h`, `7d` (a bare number means seconds).
+/// Parse `500ms`, `30s`, `2m`, `1h`, `7d`. A bare number other than 0 is refused: `30` could
+/// mean seconds or milliseconds, and a wrong guess is a lease 1,000 times off.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
@@ -46,7 +52,13 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     })?;
     let seconds = match unit.trim() {
         "ms" => value / 1000.0,
-        "" | "s" => value,
+        "" if value == 0.0 => 0.0,
+        "" => {
+            return Err(format!(
+                "`{text}` has no unit: write {number}s for seconds (or 500ms, 2m, 1h, 7d)"
+            ))
+        }
+        "s" => value,
         "m" => value * 60.0,
         "h" => value * 3600.0,
         "d" => value * 86400.0,
@@ -60,6 +72,51 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         return Err(format!("`{text}` is out of range"));
     }
     Ok(Duration::from_secs_f64(seconds))
+}
+
+/// `USERHOOKS_SEQUIN_MAX_WRITES_PER_SECOND`: a positive number, or `unlimited`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum WriteRate {
+    Unlimited,
+    PerSecond(f64),
+}
+
+impl WriteRate {
+    /// Safe for a small self-hosted Sequin: its Postgres pool defaults to 10 connections
+    /// (`PG_POOL_SIZE`), a sink create is a transaction that also creates the sink's
+    /// partition and queues a job, and that job reloads every sink of the slot to refresh
+    /// routing. At 10 writes/s a subscribe (two writes) runs 5 times a second: 10,000 users
+    /// onboard in about 35 minutes.
+    pub const DEFAULT: WriteRate = WriteRate::PerSecond(10.0);
+}
+
+impl std::str::FromStr for WriteRate {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        if text.eq_ignore_ascii_case("unlimited") {
+            return Ok(WriteRate::Unlimited);
+        }
+        match text.parse::<f64>() {
+            Ok(rate) if rate.is_finite() && (0.01..=1_000_000.0).contains(&rate) => {
+                Ok(WriteRate::PerSecond(rate))
+            }
+            _ => Err(format!(
+                "`{text}` is not a rate: write a number of writes per second between 0.01 and 1000000, or `unlimited`"
+            )),
+        }
+    }
+}
+
+/// Default minimum time between two writes that restart something in Sequin. A replication
+/// restart stops and starts the slot's processor and one message store per sink on it;
+/// spacing restarts lets one finish before the next begins.
+pub const DEFAULT_RESTART_SPACING: Duration = Duration::from_secs(5);
+
+/// For clap.
+pub fn parse_write_rate(text: &str) -> Result<WriteRate, String> {
+    text.parse()
 }
 
 /// Booleans as `true`/`false`, also `1`/`0` (and yes/no, on/off, which people type).
@@ -121,15 +178,31 @@ pub struct WorkerArgs {
     /// Prefix of every Sequin resource name userhooks creates.
     #[arg(long, env = "USERHOOKS_NAME_PREFIX", default_value = "userhooks")]
     pub name_prefix: String,
-    /// Requests processed at once.
-    #[arg(long, env = "USERHOOKS_CONCURRENCY", default_value_t = 64)]
+    /// Requests processed at once. Sequin writes are paced anyway
+    /// (--sequin-max-writes-per-second): more in flight only means more requests claimed
+    /// and waiting.
+    #[arg(long, env = "USERHOOKS_CONCURRENCY", default_value_t = 16)]
     pub concurrency: usize,
+    /// Writes per second to Sequin's Management API from this process (a number, or
+    /// `unlimited`); reads are not paced.
+    #[arg(
+        long,
+        env = "USERHOOKS_SEQUIN_MAX_WRITES_PER_SECOND",
+        default_value = "10",
+        value_parser = parse_write_rate
+    )]
+    pub sequin_max_writes_per_second: WriteRate,
+    /// Minimum time between two writes that make Sequin restart replication or pipelines
+    /// (sink and endpoint updates, filter function updates). `0s` turns it off.
+    #[arg(long, env = "USERHOOKS_SEQUIN_RESTART_SPACING", default_value = "5s", value_parser = parse_duration)]
+    pub sequin_restart_spacing: Duration,
     /// Fallback poll when no NOTIFY arrives.
     #[arg(long, env = "USERHOOKS_POLL_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub poll_interval: Duration,
-    /// How long a claim is held before another worker may take the request.
-    #[arg(long, env = "USERHOOKS_LEASE", default_value = "60s", value_parser = parse_duration)]
-    pub lease: Duration,
+    /// How long a claim is held before another worker may take the request [default: 60s,
+    /// or twice USERHOOKS_HTTP_TIMEOUT when that is longer].
+    #[arg(long, env = "USERHOOKS_LEASE", value_parser = parse_duration)]
+    pub lease: Option<Duration>,
     /// Finished requests older than this are deleted.
     #[arg(long, env = "USERHOOKS_RETENTION", default_value = "7d", value_parser = parse_duration)]
     pub retention: Duration,
@@ -151,14 +224,16 @@ pub struct WorkerArgs {
     /// How often the idle LISTEN connection is checked (a silently dead one is replaced).
     #[arg(long, env = "USERHOOKS_LISTENER_PING", default_value = "30s", value_parser = parse_duration)]
     pub listener_ping: Duration,
-    /// Timeout of one Sequin API call.
-    #[arg(long, env = "USERHOOKS_HTTP_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
-    pub http_timeout: Duration,
+    /// Timeout of one Sequin API call [default: 10s, or half of USERHOOKS_LEASE when that is
+    /// shorter].
+    #[arg(long, env = "USERHOOKS_HTTP_TIMEOUT", value_parser = parse_duration)]
+    pub http_timeout: Option<Duration>,
     /// Sink max_retry_count (Sequin's default: retry forever).
     #[arg(long, env = "USERHOOKS_MAX_RETRY_COUNT")]
     pub max_retry_count: Option<u32>,
-    /// Sink load_shedding_policy: pause_on_full (Sequin's default) or discard_on_full.
-    #[arg(long, env = "USERHOOKS_LOAD_SHEDDING")]
+    /// Removed: kept only to refuse it, so a deployment that sets it learns it has no effect
+    /// instead of being silently ignored.
+    #[arg(long, env = "USERHOOKS_LOAD_SHEDDING", hide = true)]
     pub load_shedding: Option<String>,
     /// Identifies this process in `locked_by` (default: hostname-pid).
     #[arg(long, env = "USERHOOKS_WORKER_ID")]
@@ -177,6 +252,8 @@ pub struct Config {
     pub filter_function: String,
     pub name_prefix: String,
     pub concurrency: usize,
+    pub sequin_max_writes_per_second: WriteRate,
+    pub sequin_restart_spacing: Duration,
     pub poll_interval: Duration,
     pub lease: Duration,
     pub retention: Duration,
@@ -188,14 +265,21 @@ pub struct Config {
     pub http_timeout: Duration,
     pub listener_ping: Duration,
     pub max_retry_count: Option<u32>,
-    pub load_shedding: Option<String>,
     pub worker_id: String,
 }
 
-/// All the problems found in a configuration, one per line.
+/// All the problems found in a configuration: one on one line, several one per line.
 #[derive(Debug, thiserror::Error)]
-#[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
 pub struct ConfigError(pub Vec<String>);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0.as_slice() {
+            [one] => write!(f, "invalid configuration: {one}"),
+            many => write!(f, "invalid configuration:\n  - {}", many.join("\n  - ")),
+        }
+    }
+}
 
 static NAME_RE: std::sync::LazyLock<regex::Regex> =
     std::sync::LazyLock::new(|| regex::Regex::new(r"^[A-Za-z0-9_.-]+$").expect("valid regex"));
@@ -285,17 +369,15 @@ impl WorkerArgs {
         if self.poll_interval < Duration::from_millis(10) {
             problems.push("USERHOOKS_POLL_INTERVAL must be at least 10ms".to_string());
         }
-        if self.lease < Duration::from_secs(1) {
-            problems.push("USERHOOKS_LEASE must be at least 1s".to_string());
-        }
+        let (lease, http_timeout) = match lease_and_http_timeout(self.lease, self.http_timeout) {
+            Ok(pair) => pair,
+            Err(problem) => {
+                problems.push(problem);
+                (DEFAULT_LEASE, DEFAULT_HTTP_TIMEOUT)
+            }
+        };
         if self.listener_ping < Duration::from_millis(100) {
             problems.push("USERHOOKS_LISTENER_PING must be at least 100ms".to_string());
-        }
-        if self.http_timeout >= self.lease {
-            problems.push(format!(
-                "USERHOOKS_HTTP_TIMEOUT ({:?}) must be shorter than USERHOOKS_LEASE ({:?}) so a call cannot outlive its claim",
-                self.http_timeout, self.lease
-            ));
         }
         let metrics_addr = if self.metrics_addr.eq_ignore_ascii_case("off") {
             None
@@ -316,12 +398,12 @@ impl WorkerArgs {
                 "USERHOOKS_MAX_RETRY_COUNT must be greater than 0 (Sequin refuses 0)".to_string(),
             );
         }
-        if let Some(policy) = &self.load_shedding {
-            if !matches!(policy.as_str(), "pause_on_full" | "discard_on_full") {
-                problems.push(format!(
-                    "USERHOOKS_LOAD_SHEDDING `{policy}` must be pause_on_full or discard_on_full"
-                ));
-            }
+        if self.load_shedding.is_some() {
+            // Sequin v0.14.6 validates and stores load_shedding_policy, but no runtime code
+            // reads it (`git grep load_shedding v0.14.6 -- lib`): it isolates nothing.
+            problems.push(
+                "USERHOOKS_LOAD_SHEDDING is no longer supported: Sequin ignores load_shedding_policy at runtime; remove it, and set USERHOOKS_MAX_RETRY_COUNT so a failing endpoint's messages are dropped after that many attempts".to_string(),
+            );
         }
         if !problems.is_empty() {
             return Err(ConfigError(problems));
@@ -337,20 +419,52 @@ impl WorkerArgs {
             filter_function: self.filter_function,
             name_prefix: self.name_prefix,
             concurrency: self.concurrency,
+            sequin_max_writes_per_second: self.sequin_max_writes_per_second,
+            sequin_restart_spacing: self.sequin_restart_spacing,
             poll_interval: self.poll_interval,
-            lease: self.lease,
+            lease,
             retention: self.retention,
             metrics_addr,
             allow_private_urls: self.allow_private_urls,
             require_https: self.require_https,
             shutdown_grace: self.shutdown_grace,
             backfill_poll_interval: self.backfill_poll_interval,
-            http_timeout: self.http_timeout,
+            http_timeout,
             listener_ping: self.listener_ping,
             max_retry_count: self.max_retry_count,
-            load_shedding: self.load_shedding,
             worker_id,
         })
+    }
+}
+
+/// `USERHOOKS_LEASE` when it is not set (and `USERHOOKS_HTTP_TIMEOUT` allows it).
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
+/// `USERHOOKS_HTTP_TIMEOUT` when it is not set (and `USERHOOKS_LEASE` allows it).
+pub const DEFAULT_HTTP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The lease and the Sequin call timeout, from what the user set.
+///
+/// A call must end before its claim can expire, so the timeout must be shorter than the
+/// lease. Each default gives way to a value the user set: a lease of 5s alone gets a
+/// timeout of 2.5s (half the lease, leaving the other half for the write-back), a timeout
+/// of 45s alone gets a lease of 90s. Only two values that were both set can conflict.
+fn lease_and_http_timeout(
+    lease: Option<Duration>,
+    http_timeout: Option<Duration>,
+) -> Result<(Duration, Duration), String> {
+    if lease.is_some_and(|lease| lease < Duration::from_secs(1)) {
+        return Err("USERHOOKS_LEASE must be at least 1s".to_string());
+    }
+    match (lease, http_timeout) {
+        (Some(lease), Some(timeout)) if timeout >= lease => Err(format!(
+            "USERHOOKS_HTTP_TIMEOUT ({timeout:?}) must be shorter than USERHOOKS_LEASE ({lease:?}) \
+             so a call cannot outlive its claim: lower the timeout or raise the lease \
+             (unset either one and it is derived from the other)"
+        )),
+        (Some(lease), Some(timeout)) => Ok((lease, timeout)),
+        (Some(lease), None) => Ok((lease, DEFAULT_HTTP_TIMEOUT.min(lease / 2))),
+        (None, Some(timeout)) => Ok((DEFAULT_LEASE.max(timeout.saturating_mul(2)), timeout)),
+        (None, None) => Ok((DEFAULT_LEASE, DEFAULT_HTTP_TIMEOUT)),
     }
 }
 
@@ -387,19 +501,20 @@ impl Config {
             user_column: "user_id".to_string(),
             filter_function: "userhooks-user-filter".to_string(),
             name_prefix: "userhooks".to_string(),
-            concurrency: 64,
+            concurrency: 16,
+            sequin_max_writes_per_second: WriteRate::DEFAULT,
+            sequin_restart_spacing: DEFAULT_RESTART_SPACING,
             poll_interval: Duration::from_secs(1),
-            lease: Duration::from_secs(60),
+            lease: DEFAULT_LEASE,
             retention: Duration::from_secs(7 * 86400),
             metrics_addr: None,
             allow_private_urls: true,
             require_https: false,
             shutdown_grace: Duration::from_secs(30),
             backfill_poll_interval: Duration::from_secs(2),
-            http_timeout: Duration::from_secs(10),
-            listener_ping: crate::listener::PING_INTERVAL,
+            http_timeout: DEFAULT_HTTP_TIMEOUT,
+            listener_ping: LISTENER_PING,
             max_retry_count: None,
-            load_shedding: None,
             worker_id: default_worker_id(),
         }
     }
@@ -416,7 +531,14 @@ mod tests {
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
         assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86400)));
-        assert_eq!(parse_duration("5"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+    }
+
+    #[test]
+    fn a_bare_number_is_refused_with_the_unit_to_add() {
+        let err = parse_duration("30").unwrap_err();
+        assert!(err.contains("write 30s"), "{err}");
+        assert!(parse_duration("1.5").unwrap_err().contains("write 1.5s"));
     }
 
     #[test]
@@ -435,6 +557,123 @@ mod tests {
         assert_eq!(parse_bool("FALSE"), Ok(false));
         assert_eq!(parse_bool("0"), Ok(false));
         assert!(parse_bool("maybe").is_err());
+    }
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        worker: WorkerArgs,
+    }
+
+    fn parse(extra: &[&str]) -> Result<Result<Config, ConfigError>, clap::Error> {
+        let mut argv = vec![
+            "userhooks",
+            "--sequin-api-url",
+            "http://sequin:7376/api",
+            "--sequin-api-token",
+            "t",
+            "--sequin-database",
+            "app",
+        ];
+        argv.extend(extra);
+        <Cli as clap::Parser>::try_parse_from(argv).map(|cli| cli.worker.into_config())
+    }
+
+    #[test]
+    fn pacing_defaults_match_the_documented_constants() {
+        let config = parse(&[]).unwrap().unwrap();
+        assert_eq!(config.sequin_max_writes_per_second, WriteRate::DEFAULT);
+        assert_eq!(config.sequin_restart_spacing, DEFAULT_RESTART_SPACING);
+        assert_eq!(config.concurrency, 16);
+        let local = Config::for_local("postgres://x/y", "http://s/api", "t", "app");
+        assert_eq!(local.sequin_max_writes_per_second, WriteRate::DEFAULT);
+        assert_eq!(local.concurrency, config.concurrency);
+        let config = parse(&["--sequin-max-writes-per-second", "unlimited"])
+            .unwrap()
+            .unwrap();
+        assert_eq!(config.sequin_max_writes_per_second, WriteRate::Unlimited);
+        let config = parse(&["--sequin-max-writes-per-second", "2.5"])
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            config.sequin_max_writes_per_second,
+            WriteRate::PerSecond(2.5)
+        );
+        let err = parse(&["--sequin-max-writes-per-second", "0"])
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("or `unlimited`"), "{err}");
+    }
+
+    #[test]
+    fn load_shedding_is_refused_with_what_to_use_instead() {
+        let err = parse(&["--load-shedding", "discard_on_full"])
+            .unwrap()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("USERHOOKS_LOAD_SHEDDING"), "{err}");
+        assert!(err.contains("USERHOOKS_MAX_RETRY_COUNT"), "{err}");
+    }
+
+    /// `userhooks run` with the required settings and `flags`, as clap parses it.
+    fn run_config(flags: &[&str]) -> Result<Config, ConfigError> {
+        #[derive(clap::Parser)]
+        struct Run {
+            #[command(flatten)]
+            args: WorkerArgs,
+        }
+        let required = [
+            "run",
+            "--sequin-api-url=http://localhost:7376/api",
+            "--sequin-api-token=t",
+            "--sequin-database=app",
+        ];
+        let parsed = <Run as clap::Parser>::try_parse_from(required.iter().chain(flags))
+            .expect("flags parse");
+        parsed.args.into_config()
+    }
+
+    #[test]
+    fn a_short_lease_alone_gets_a_shorter_http_timeout() {
+        let config = run_config(&["--lease=5s"]).expect("a 5s lease alone is valid");
+        assert_eq!(config.lease, Duration::from_secs(5));
+        assert!(config.http_timeout < config.lease, "{config:?}");
+        assert_eq!(config.http_timeout, Duration::from_millis(2500));
+        let config = run_config(&["--lease=1s"]).expect("the shortest lease is valid");
+        assert!(config.http_timeout < config.lease, "{config:?}");
+    }
+
+    #[test]
+    fn a_long_http_timeout_alone_gets_a_longer_lease() {
+        let config = run_config(&["--http-timeout=45s"]).expect("a 45s timeout alone is valid");
+        assert_eq!(config.http_timeout, Duration::from_secs(45));
+        assert_eq!(config.lease, Duration::from_secs(90));
+    }
+
+    #[test]
+    fn unset_lease_and_timeout_keep_their_defaults() {
+        let config = run_config(&[]).unwrap();
+        assert_eq!(config.lease, Duration::from_secs(60));
+        assert_eq!(config.http_timeout, Duration::from_secs(10));
+        let config = run_config(&["--lease=120s"]).unwrap();
+        assert_eq!(config.http_timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn a_timeout_and_lease_both_set_in_conflict_are_refused_naming_both() {
+        for flags in [
+            ["--lease=5s", "--http-timeout=10s"],
+            ["--lease=5s", "--http-timeout=5s"],
+        ] {
+            let err = run_config(&flags).unwrap_err().to_string();
+            assert!(
+                err.contains("USERHOOKS_HTTP_TIMEOUT (") && err.contains("USERHOOKS_LEASE ("),
+                "{err}"
+            );
+        }
+        let err = run_config(&["--lease=500ms"]).unwrap_err().to_string();
+        assert!(err.contains("USERHOOKS_LEASE must be at least 1s"), "{err}");
+        assert!(run_config(&["--lease=5s", "--http-timeout=4s"]).is_ok());
     }
 
     #[test]

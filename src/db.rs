@@ -1,20 +1,146 @@
 //! Connections and migrations.
+//!
+//! Every connection (the pool, the LISTEN connections, the CLI tools) is opened here, over
+//! TLS as the connection string's `sslmode` asks ([`tls`]).
 
 use std::str::FromStr;
 
 use deadpool_postgres::{Hook, Manager, ManagerConfig, Pool, RecyclingMethod};
-use tokio_postgres::NoTls;
+use tokio_postgres::{Client, Connection, Socket};
+
+mod conninfo;
+mod tls;
+
+use self::tls::MakePgTls;
+pub use self::tls::{PgTlsStream, Roots, SslMode, TlsError, TlsSettings};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     #[error("DATABASE_URL is not a valid Postgres connection string: {0}")]
     BadUrl(#[source] tokio_postgres::Error),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     #[error("could not build the connection pool: {0}")]
     Pool(String),
     #[error(transparent)]
     Postgres(#[from] tokio_postgres::Error),
     #[error("could not get a database connection: {0}")]
-    Checkout(#[from] deadpool_postgres::PoolError),
+    Checkout(deadpool_postgres::PoolError),
+    /// The server could not be reached (or refused us): names where, never with a password.
+    #[error("cannot connect to Postgres at {target}: {reason}")]
+    Connect { target: String, reason: String },
+    #[error("the userhooks schema is {0} in this database: run `userhooks migrate` first")]
+    NotMigrated(String),
+}
+
+impl From<deadpool_postgres::PoolError> for DbError {
+    fn from(err: deadpool_postgres::PoolError) -> DbError {
+        match err {
+            deadpool_postgres::PoolError::Backend(err) => match TlsError::behind(&err) {
+                Some(tls) => DbError::Tls(tls),
+                None => DbError::Checkout(deadpool_postgres::PoolError::Backend(err)),
+            },
+            other => DbError::Checkout(other),
+        }
+    }
+}
+
+impl DbError {
+    /// A failed connect: a TLS problem said as such, anything else naming the server.
+    fn connect(config: &tokio_postgres::Config, err: &tokio_postgres::Error) -> Self {
+        match TlsError::behind(err) {
+            Some(tls) => DbError::Tls(tls),
+            None => DbError::Connect {
+                target: describe_target(config),
+                reason: crate::telemetry::error_chain(err),
+            },
+        }
+    }
+
+    /// A pool's failure to open a connection, naming the server like [`connect`] does.
+    pub fn from_checkout(database_url: &str, err: deadpool_postgres::PoolError) -> Self {
+        use deadpool_postgres::PoolError;
+        let Ok(config) = pg_config(database_url, "userhooks") else {
+            return DbError::from(err);
+        };
+        match err {
+            PoolError::Backend(err) => DbError::connect(&config, &err),
+            PoolError::Timeout(_) => DbError::Connect {
+                target: describe_target(&config),
+                reason: "no connection within the timeout".to_string(),
+            },
+            other => DbError::Checkout(other),
+        }
+    }
+}
+
+/// Where a connection string points, for messages: hosts, ports and database, never the
+/// user's password.
+pub fn describe_target(config: &tokio_postgres::Config) -> String {
+    use tokio_postgres::config::Host;
+    let ports = config.get_ports();
+    let port = |i: usize| ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+    let mut hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(i, host)| match host {
+            Host::Tcp(name) => format!("{name}:{}", port(i)),
+            #[cfg(unix)]
+            Host::Unix(path) => format!("{}/.s.PGSQL.{}", path.display(), port(i)),
+        })
+        .collect();
+    if hosts.is_empty() {
+        hosts = config
+            .get_hostaddrs()
+            .iter()
+            .enumerate()
+            .map(|(i, addr)| format!("{addr}:{}", port(i)))
+            .collect();
+    }
+    // Postgres defaults the database to the user name.
+    let database = config.get_dbname().or(config.get_user()).unwrap_or("?");
+    format!("{}, database `{database}`", hosts.join(","))
+}
+
+/// Refuse to go on without the userhooks schema, or with one older than this binary's: every
+/// statement would fail with a bare "db error" otherwise.
+pub async fn require_schema(client: &tokio_postgres::Client) -> Result<(), DbError> {
+    let present: bool = client
+        .query_one(
+            "select to_regclass('userhooks.subscription_requests') is not null
+                and to_regclass('userhooks.schema_migrations') is not null",
+            &[],
+        )
+        .await?
+        .get(0);
+    if !present {
+        return Err(DbError::NotMigrated("missing".to_string()));
+    }
+    let version: i32 = match client
+        .query_one(
+            "select coalesce(max(version), 0) from userhooks.schema_migrations",
+            &[],
+        )
+        .await
+    {
+        Ok(row) => row.get(0),
+        // userhooks_app may not read the migrations table: the schema is there, which is
+        // as much as that role can know.
+        Err(err)
+            if err.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) =>
+        {
+            return Ok(())
+        }
+        Err(err) => return Err(err.into()),
+    };
+    let expected = MIGRATIONS.last().map_or(0, |(version, _, _)| *version);
+    if version < expected {
+        return Err(DbError::NotMigrated(format!(
+            "at version {version} (this userhooks needs {expected})"
+        )));
+    }
+    Ok(())
 }
 
 /// The migrations, embedded so the binary alone can set up a database.
@@ -49,6 +175,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         7,
         "subscriptions_update_in_place",
         include_str!("../sql/migrations/0007_subscriptions_update_in_place.sql"),
+    ),
+    (
+        9,
+        "retry_respects_history",
+        include_str!("../sql/migrations/0009_retry_respects_history.sql"),
     ),
 ];
 
@@ -92,26 +223,101 @@ async fn apply_session_settings(client: &tokio_postgres::Client, sql: &str) {
     }
 }
 
-/// Parse a connection string and tag the connections with `application_name`.
-pub fn pg_config(
-    database_url: &str,
-    application_name: &str,
-) -> Result<tokio_postgres::Config, DbError> {
-    let mut config = tokio_postgres::Config::from_str(database_url).map_err(DbError::BadUrl)?;
+/// A parsed connection string: where to connect, and how TLS is done.
+struct Target {
+    config: tokio_postgres::Config,
+    tls: TlsSettings,
+}
+
+fn target(database_url: &str, application_name: &str) -> Result<Target, DbError> {
+    // tokio-postgres refuses `verify-ca`, `verify-full` and `sslrootcert`: they are ours.
+    let split = conninfo::split(database_url);
+    let tls = TlsSettings::from_params(split.sslmode.as_deref(), split.sslrootcert.as_deref())?;
+    let mut config = tokio_postgres::Config::from_str(&split.rest).map_err(DbError::BadUrl)?;
     config.application_name(application_name);
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(std::time::Duration::from_secs(5));
     }
-    Ok(config)
+    config.ssl_mode(tls.mode.postgres());
+    // libpq: TLS is not used over Unix-domain sockets, whatever the sslmode.
+    #[cfg(unix)]
+    if config.get_hostaddrs().is_empty()
+        && !config.get_hosts().is_empty()
+        && config
+            .get_hosts()
+            .iter()
+            .all(|host| matches!(host, tokio_postgres::config::Host::Unix(_)))
+    {
+        config.ssl_mode(tokio_postgres::config::SslMode::Disable);
+    }
+    Ok(Target { config, tls })
+}
+
+/// Parse a connection string and tag the connections with `application_name`. The TLS
+/// verification asked for (`verify-ca`, `verify-full`, `sslrootcert`) is not in the result:
+/// connect through [`connect`], [`connect_raw`] or [`pool`].
+pub fn pg_config(
+    database_url: &str,
+    application_name: &str,
+) -> Result<tokio_postgres::Config, DbError> {
+    Ok(target(database_url, application_name)?.config)
+}
+
+/// Connect with `tls`. As libpq does with `sslmode=prefer`, a failed TLS handshake is tried
+/// again without TLS.
+async fn open(
+    config: &tokio_postgres::Config,
+    tls: &MakePgTls,
+) -> Result<(Client, Connection<Socket, PgTlsStream>), tokio_postgres::Error> {
+    match config.connect(tls.clone()).await {
+        Err(err)
+            if config.get_ssl_mode() == tokio_postgres::config::SslMode::Prefer
+                && TlsError::behind(&err).is_some() =>
+        {
+            tracing::warn!(error = %err, "sslmode=prefer: connecting without TLS");
+            let mut plain = config.clone();
+            plain.ssl_mode(tokio_postgres::config::SslMode::Disable);
+            plain.connect(tls.clone()).await
+        }
+        result => result,
+    }
+}
+
+/// How the pool opens its connections: [`open`], the connection driven on its own task.
+struct PoolConnect {
+    tls: MakePgTls,
+}
+
+impl deadpool_postgres::Connect for PoolConnect {
+    fn connect(
+        &self,
+        config: &tokio_postgres::Config,
+    ) -> futures_util::future::BoxFuture<
+        '_,
+        Result<(Client, tokio::task::JoinHandle<()>), tokio_postgres::Error>,
+    > {
+        let config = config.clone();
+        Box::pin(async move {
+            let (client, connection) = open(&config, &self.tls).await?;
+            let driver = tokio::spawn(async move {
+                if let Err(err) = connection.await {
+                    tracing::debug!(error = %err, "database connection closed");
+                }
+            });
+            Ok((client, driver))
+        })
+    }
 }
 
 /// A pool of `userhooks-worker` connections.
 pub fn pool(database_url: &str, max_size: usize) -> Result<Pool, DbError> {
-    let config = pg_config(database_url, "userhooks-worker")?;
+    let Target { config, tls } = target(database_url, "userhooks-worker")?;
     let settings: std::sync::Arc<str> = session_sql(&config).into();
-    let manager = Manager::from_config(
+    let manager = Manager::from_connect(
         config,
-        NoTls,
+        PoolConnect {
+            tls: tls.connector()?,
+        },
         ManagerConfig {
             // A cheap check on checkout, so a connection killed by a Postgres restart is
             // replaced instead of failing the next query.
@@ -135,13 +341,24 @@ pub fn pool(database_url: &str, max_size: usize) -> Result<Pool, DbError> {
         .map_err(|e| DbError::Pool(e.to_string()))
 }
 
-/// One direct connection (CLI tools, listener), driven on a background task.
-pub async fn connect(
+/// One direct connection whose driver the caller polls: a LISTEN connection reads its
+/// notifications there. No planner settings are applied.
+pub async fn connect_raw(
     database_url: &str,
     application_name: &str,
-) -> Result<tokio_postgres::Client, DbError> {
-    let config = pg_config(database_url, application_name)?;
-    let (client, connection) = config.connect(NoTls).await?;
+) -> Result<(Client, Connection<Socket, PgTlsStream>), DbError> {
+    let Target { config, tls } = target(database_url, application_name)?;
+    open(&config, &tls.connector()?)
+        .await
+        .map_err(|e| DbError::connect(&config, &e))
+}
+
+/// One direct connection (CLI tools), driven on a background task.
+pub async fn connect(database_url: &str, application_name: &str) -> Result<Client, DbError> {
+    let Target { config, tls } = target(database_url, application_name)?;
+    let (client, connection) = open(&config, &tls.connector()?)
+        .await
+        .map_err(|e| DbError::connect(&config, &e))?;
     tokio::spawn(async move {
         if let Err(err) = connection.await {
             tracing::debug!(error = %err, "database connection closed");
@@ -207,6 +424,16 @@ pub async fn apply_roles(database_url: &str) -> Result<(), DbError> {
     Ok(())
 }
 
+/// The tutorial's application tables (`users`, `notifications`), for `migrate --example-app`.
+pub const EXAMPLE_APP_SQL: &str = include_str!("../sql/example_app.sql");
+
+/// Create the example application's tables (`users`, `notifications`).
+pub async fn create_example_app(database_url: &str) -> Result<(), DbError> {
+    let client = connect(database_url, "userhooks-migrate").await?;
+    client.batch_execute(EXAMPLE_APP_SQL).await?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -226,6 +453,18 @@ mod tests {
     }
 
     #[test]
+    fn the_target_names_host_port_and_database_but_never_the_password() {
+        let config = pg_config("postgres://me:hunter2@db.internal:6543/orders", "t").unwrap();
+        let target = describe_target(&config);
+        assert_eq!(target, "db.internal:6543, database `orders`");
+        let config = pg_config("host=/run/postgresql user=app password=hunter2", "t").unwrap();
+        assert_eq!(
+            describe_target(&config),
+            "/run/postgresql/.s.PGSQL.5432, database `app`"
+        );
+    }
+
+    #[test]
     fn a_setting_given_in_the_url_is_left_as_the_user_chose_it() {
         let config = pg_config(
             "postgres://u@localhost/db?options=-c%20random_page_cost%3D2%20-c%20statement_timeout%3D5s",
@@ -235,6 +474,54 @@ mod tests {
         assert_eq!(
             session_sql(&config),
             "set plan_cache_mode = 'force_generic_plan';"
+        );
+    }
+
+    #[test]
+    fn tls_parameters_tokio_postgres_refuses_are_taken_care_of() {
+        use tokio_postgres::config::SslMode as Pg;
+        let config = pg_config(
+            "postgres://u@db.example.com/app?sslmode=verify-full&sslrootcert=/ca.pem&connect_timeout=3",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(config.get_ssl_mode(), Pg::Require);
+        assert_eq!(config.get_dbname(), Some("app"));
+        assert_eq!(
+            config.get_connect_timeout(),
+            Some(&std::time::Duration::from_secs(3))
+        );
+        let config = pg_config("host=db.example.com sslmode=verify-ca dbname=app", "t").unwrap();
+        assert_eq!(config.get_ssl_mode(), Pg::Require);
+        assert_eq!(config.get_dbname(), Some("app"));
+        let config = pg_config("postgres://u@h/app", "t").unwrap();
+        assert_eq!(config.get_ssl_mode(), Pg::Prefer, "libpq's default");
+    }
+
+    #[test]
+    fn unix_sockets_go_without_tls_as_in_libpq() {
+        use tokio_postgres::config::SslMode as Pg;
+        for url in [
+            "postgres://u@%2Fvar%2Frun%2Fpostgresql/db?sslmode=require",
+            "host=/tmp dbname=db sslmode=verify-full",
+        ] {
+            assert_eq!(
+                pg_config(url, "t").unwrap().get_ssl_mode(),
+                Pg::Disable,
+                "{url}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_bad_sslmode_says_what_to_fix_and_not_the_password() {
+        let err = pg_config("postgres://u:hunter2@h/db?sslmode=on", "t")
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("hunter2"), "{err}");
+        assert!(
+            err.contains("use one of disable, prefer, require, verify-ca, verify-full"),
+            "{err}"
         );
     }
 }

@@ -1,6 +1,7 @@
 //! Background chores of a running worker: gauges read from the database on a timer (not per
 //! scrape), backfill progress, and retention of finished requests.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,9 +43,9 @@ pub async fn run(
         tokio::select! {
             _ = stop.changed() => return,
             _ = gauges.tick() => {
-                let slow = tick % SLOW_GAUGE_EVERY == 0;
+                let slow = tick.is_multiple_of(SLOW_GAUGE_EVERY);
                 tick = tick.wrapping_add(1);
-                match refresh_gauges(&pool, &metrics, slow).await {
+                match refresh_gauges(&pool, &metrics, &config.source_table, slow).await {
                     Ok(()) => metrics.set_database_ok(true),
                     Err(err) => {
                         metrics.set_database_ok(false);
@@ -58,7 +59,7 @@ pub async fn run(
                 backfill_ticks = backfill_ticks.wrapping_add(1);
                 let due = backfills_open
                     || provisioner.take_backfill_hint()
-                    || backfill_ticks % DISCOVER_EVERY == 0;
+                    || backfill_ticks.is_multiple_of(DISCOVER_EVERY);
                 if due {
                     match crate::backfills::poll_due(
                         &pool,
@@ -82,7 +83,12 @@ pub async fn run(
     }
 }
 
-async fn refresh_gauges(pool: &Pool, metrics: &Metrics, slow: bool) -> Result<(), DbError> {
+async fn refresh_gauges(
+    pool: &Pool,
+    metrics: &Metrics,
+    source_table: &str,
+    slow: bool,
+) -> Result<(), DbError> {
     let client = pool.get().await?;
     let open = client
         .prepare_cached(
@@ -93,7 +99,7 @@ async fn refresh_gauges(pool: &Pool, metrics: &Metrics, slow: bool) -> Result<()
               group by status",
         )
         .await?;
-    let mut counts = std::collections::HashMap::new();
+    let mut counts = HashMap::new();
     let mut oldest = 0.0;
     for row in client.query(&open, &[]).await? {
         let status: String = row.get(0);
@@ -123,16 +129,50 @@ async fn refresh_gauges(pool: &Pool, metrics: &Metrics, slow: bool) -> Result<()
         )
         .await?;
     set_all(&metrics.queue_depth, &REQUEST_STATUSES[2..], &terminal);
-    let subscriptions = client
-        .query(&grouped("webhook_subscriptions", "status"), &[])
-        .await?;
-    set_all(
-        &metrics.subscriptions,
-        SUBSCRIPTION_STATUSES,
-        &subscriptions,
-    );
+    set_subscription_gauges(&client, metrics, source_table).await?;
     let backfills = client.query(&grouped("backfills", "state"), &[]).await?;
     set_all(&metrics.backfills, BACKFILL_STATES, &backfills);
+    Ok(())
+}
+
+/// Subscriptions by status, and live ones by source table, from one pass over the table.
+/// Every table that has had a subscription keeps its series (zero once none is live), and
+/// this worker's table has one from the start.
+async fn set_subscription_gauges(
+    client: &deadpool_postgres::Client,
+    metrics: &Metrics,
+    source_table: &str,
+) -> Result<(), DbError> {
+    let rows = client
+        .query(
+            "select status, source_table, live, count(*)::float8
+               from userhooks.webhook_subscriptions group by status, source_table, live",
+            &[],
+        )
+        .await?;
+    let mut by_status: HashMap<&str, f64> = HashMap::new();
+    let mut live: HashMap<&str, f64> = HashMap::from([(source_table, 0.0)]);
+    for row in &rows {
+        let count: f64 = row.get(3);
+        *by_status.entry(row.get(0)).or_default() += count;
+        let table = live.entry(row.get(1)).or_default();
+        if row.get::<_, bool>(2) {
+            *table += count;
+        }
+    }
+    for status in SUBSCRIPTION_STATUSES {
+        let count = by_status.get(status).copied().unwrap_or(0.0);
+        metrics
+            .subscriptions
+            .with_label_values(&[status])
+            .set(count);
+    }
+    for (table, count) in live {
+        metrics
+            .live_subscriptions
+            .with_label_values(&[table])
+            .set(count);
+    }
     Ok(())
 }
 

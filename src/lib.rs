@@ -5,13 +5,12 @@
 
 pub mod backfills;
 pub mod batch;
-pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod db;
-pub mod demo;
-pub mod emulator;
-pub mod generate;
+#[cfg(feature = "dev")]
+pub mod dev;
+pub mod doctor;
 pub mod housekeeping;
 pub mod listener;
 pub mod metrics;
@@ -24,6 +23,7 @@ pub mod sequin;
 pub mod serve;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tls;
 pub mod webhook_url;
 pub mod worker;
 pub mod writeback;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use tokio::sync::{watch, Notify};
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 
 use crate::db;
 use crate::metrics::Metrics;
@@ -15,10 +15,6 @@ use crate::retry::RetryPolicy;
 
 pub const REQUESTS_CHANNEL: &str = "userhooks_requests";
 
-/// The default of `USERHOOKS_LISTENER_PING`: how often an idle LISTEN connection is checked.
-/// A connection that silently stopped delivering (a network partition, a stuck backend)
-/// fails the check and is replaced.
-pub const PING_INTERVAL: Duration = Duration::from_secs(30);
 const PING_TIMEOUT: Duration = Duration::from_secs(5);
 
 const RECONNECT: RetryPolicy = RetryPolicy {
@@ -48,7 +44,7 @@ pub async fn run(
                     failures = 0; // it was up: this is a fresh loss, not a streak
                 }
                 metrics.listener_connected.set(0);
-                if failures == 0 || failures % 20 == 0 {
+                if failures == 0 || failures.is_multiple_of(20) {
                     tracing::warn!(error = %crate::telemetry::error_chain(&err), failures, "LISTEN connection lost; reconnecting (polling meanwhile)");
                 }
                 // Claim now: whatever was notified while we were down is in the table.
@@ -86,8 +82,7 @@ async fn listen_once(
     metrics: &Metrics,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), ListenError> {
-    let config = db::pg_config(database_url, "userhooks-listener")?;
-    let (client, mut connection) = config.connect(NoTls).await?;
+    let (client, mut connection) = db::connect_raw(database_url, "userhooks-listener").await?;
     // Drive the connection on its own task and forward notifications.
     // The driver wakes the worker itself: one task hop less between NOTIFY and the claim.
     let driver_wake = wake.clone();

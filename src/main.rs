@@ -1,18 +1,31 @@
 //! Thin entry point: parse the command line, set up logging, hand over to the library.
 
 use anyhow::Context;
-use clap::Parser;
-use userhooks::cli::{Cli, Command};
+use userhooks::cli::Command;
 
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// Errors end the process with one line, `error: what: why`, and exit code 1: no `Debug`
+/// rendering, no backtrace whatever RUST_BACKTRACE says.
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+async fn main() -> std::process::ExitCode {
+    match run(userhooks::cli::parse()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            let line = userhooks::telemetry::error_chain(err.as_ref());
+            eprintln!("error: {line}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: userhooks::cli::Cli) -> anyhow::Result<()> {
     // The demo prints its own story; only warnings from the parts interleave with it.
-    let default_filter = match cli.command {
-        Command::Demo(_) | Command::Bench(_) => "warn",
+    let default_filter = match &cli.command {
+        #[cfg(feature = "dev")]
+        Command::Dev(dev) if dev.prints_its_own_story() => "warn",
+        Command::Doctor(_) => "warn",
         _ => "info,tokio_postgres=warn",
     };
     userhooks::telemetry::init(cli.log_format, default_filter);
@@ -28,7 +41,7 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .context("migration failed")?;
             if args.example_app {
-                userhooks::demo::create_example_app(&args.db.database_url)
+                userhooks::db::create_example_app(&args.db.database_url)
                     .await
                     .context("could not create the example application tables")?;
             }
@@ -50,39 +63,40 @@ async fn main() -> anyhow::Result<()> {
             let app = userhooks::build(config).await?;
             app.run(shutdown).await?;
         }
-        Command::Emulator(args) => {
-            let shutdown = userhooks::shutdown::on_signal()?;
-            userhooks::cli::run_emulator(args, shutdown).await?;
-        }
-        Command::Demo(args) => {
-            userhooks::demo::run(args).await?;
-        }
         Command::Reconcile(args) => {
             userhooks::cli::run_reconcile(args).await?;
+        }
+        Command::Doctor(args) => {
+            userhooks::cli::run_doctor(args).await?;
         }
         Command::Serve(args) => {
             let shutdown = userhooks::shutdown::on_signal()?;
             userhooks::cli::run_serve(args, shutdown).await?;
         }
-        Command::GenerateNotifications(args) => {
-            userhooks::cli::run_generate(args).await?;
-        }
-        Command::Bench(args) => {
-            userhooks::bench::run(args).await?;
-        }
+        #[cfg(feature = "dev")]
+        Command::Dev(dev) => dev.run().await?,
         Command::Status(args) => {
             print!("{}", userhooks::ops::status(&args.database_url).await?);
         }
         Command::Retry(args) => {
-            let selection = match args.id {
+            let one = args.id;
+            let selection = match one {
                 Some(id) => userhooks::ops::RetrySelection::One(id),
                 None => userhooks::ops::RetrySelection::Failed { since: args.since },
             };
-            let ids = userhooks::ops::retry(&args.db.database_url, selection).await?;
-            if ids.is_empty() {
-                println!("nothing to retry (only failed requests can be retried)");
-            } else {
+            let report = userhooks::ops::retry(&args.db.database_url, selection).await?;
+            if let (Some(_), Some(skipped)) = (one, report.skipped.first()) {
+                // The one request asked for was not re-queued: that is the command failing.
+                anyhow::bail!("{}", skipped.reason);
+            }
+            if !report.requeued.is_empty() {
+                let ids = &report.requeued;
                 println!("re-queued {} request(s): {ids:?}", ids.len());
+            } else if report.skipped.is_empty() {
+                println!("nothing to retry: no failed requests");
+            }
+            for skipped in &report.skipped {
+                println!("{}", skipped.reason);
             }
         }
     }

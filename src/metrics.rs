@@ -47,6 +47,8 @@ pub const OPERATIONS: &[&str] = &[
     "get_backfill",
     "update_backfill",
     "config_apply",
+    "config_plan",
+    "config_export",
     "list_databases",
 ];
 
@@ -69,7 +71,12 @@ pub struct Metrics {
     pub oldest_pending_age: Gauge,
     pub sequin_requests_total: IntCounterVec,
     pub sequin_request_duration: HistogramVec,
+    /// Time a Sequin write waited for the pacer, by kind (`write`, `restarting`).
+    pub sequin_write_wait: HistogramVec,
     pub subscriptions: GaugeVec,
+    /// Live subscriptions by source table: each is a sink that Sequin stores and filters
+    /// every change of that table for, so Sequin's cost per change grows with it.
+    pub live_subscriptions: GaugeVec,
     pub backfills: GaugeVec,
     pub listener_connected: IntGauge,
     pub sequin_auth_ok: IntGauge,
@@ -163,11 +170,34 @@ impl Metrics {
             )
             .expect("valid metric"),
         );
+        let sequin_write_wait = register(
+            r,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "userhooks_sequin_write_wait_seconds",
+                    "Time a Sequin write waited for USERHOOKS_SEQUIN_MAX_WRITES_PER_SECOND (and the restart spacing), by kind",
+                )
+                .buckets(WAIT_BUCKETS.to_vec()),
+                &["kind"],
+            )
+            .expect("valid metric"),
+        );
         let subscriptions = register(
             r,
             GaugeVec::new(
                 Opts::new("userhooks_subscriptions", "Subscriptions by status"),
                 &["status"],
+            )
+            .expect("valid metric"),
+        );
+        let live_subscriptions = register(
+            r,
+            GaugeVec::new(
+                Opts::new(
+                    "userhooks_live_subscriptions",
+                    "Live subscriptions (provisioning, active or paused) by source table",
+                ),
+                &["source_table"],
             )
             .expect("valid metric"),
         );
@@ -227,6 +257,9 @@ impl Metrics {
         for operation in OPERATIONS {
             sequin_request_duration.with_label_values(&[operation]);
         }
+        for kind in ["write", "restarting"] {
+            sequin_write_wait.with_label_values(&[kind]);
+        }
         sequin_auth_ok.set(1);
         Arc::new(Metrics {
             registry,
@@ -237,7 +270,9 @@ impl Metrics {
             oldest_pending_age,
             sequin_requests_total,
             sequin_request_duration,
+            sequin_write_wait,
             subscriptions,
+            live_subscriptions,
             backfills,
             listener_connected,
             sequin_auth_ok,

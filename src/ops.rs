@@ -8,6 +8,7 @@ use crate::db::{self, DbError};
 /// A printable summary of the queue, subscriptions and open backfills.
 pub async fn status(database_url: &str) -> Result<String, DbError> {
     let client = db::connect(database_url, "userhooks-cli").await?;
+    db::require_schema(&client).await?;
     let mut out = String::new();
     let queue = client
         .query(
@@ -111,6 +112,21 @@ fn human_age(seconds: f64) -> String {
     }
 }
 
+/// Why an operator command could not do what it was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum OpsError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("no such request {0}")]
+    NoSuchRequest(i64),
+}
+
+impl From<tokio_postgres::Error> for OpsError {
+    fn from(err: tokio_postgres::Error) -> Self {
+        OpsError::Db(DbError::Postgres(err))
+    }
+}
+
 /// Which failed requests to re-queue.
 pub enum RetrySelection {
     One(i64),
@@ -120,14 +136,52 @@ pub enum RetrySelection {
     },
 }
 
-/// Re-queue failed requests (fresh attempt budget). Returns the ids re-queued.
-pub async fn retry(database_url: &str, selection: RetrySelection) -> Result<Vec<i64>, DbError> {
+/// What `retry` did.
+#[derive(Debug, Default)]
+pub struct RetryReport {
+    /// Re-queued, oldest first.
+    pub requeued: Vec<i64>,
+    /// Left as they are, each with a one-line reason.
+    pub skipped: Vec<Skipped>,
+}
+
+#[derive(Debug)]
+pub struct Skipped {
+    pub id: i64,
+    pub reason: String,
+}
+
+/// Re-queue failed requests (fresh attempt budget) through `userhooks.retry(id)`, which
+/// refuses a request that a later request of the same user supersedes (migration 0009).
+///
+/// One at a time, oldest first: a user's failed requests are re-queued in the order they
+/// were made, so each one's later requests are still failed when it is judged, and the
+/// worker runs them again in that order.
+pub async fn retry(database_url: &str, selection: RetrySelection) -> Result<RetryReport, OpsError> {
     let client = db::connect(database_url, "userhooks-cli").await?;
-    let rows = match selection {
+    db::require_schema(&client).await?;
+    let ids: Vec<i64> = match selection {
         RetrySelection::One(id) => {
-            client
-                .query("select $1::bigint where userhooks.retry($1)", &[&id])
+            let status: String = client
+                .query_opt(
+                    "select status from userhooks.subscription_requests where id = $1",
+                    &[&id],
+                )
                 .await?
+                .ok_or(OpsError::NoSuchRequest(id))?
+                .get(0);
+            if status != "failed" {
+                return Ok(RetryReport {
+                    requeued: Vec::new(),
+                    skipped: vec![Skipped {
+                        id,
+                        reason: format!(
+                            "request {id} not re-queued: it is {status}; only failed requests can be retried"
+                        ),
+                    }],
+                });
+            }
+            vec![id]
         }
         RetrySelection::Failed { since } => {
             let since = since.map(|d| d.as_secs_f64());
@@ -136,11 +190,39 @@ pub async fn retry(database_url: &str, selection: RetrySelection) -> Result<Vec<
                     "select id from userhooks.subscription_requests
                       where status = 'failed'
                         and ($1::float8 is null or finished_at >= now() - make_interval(secs => $1))
-                        and userhooks.retry(id)",
+                      order by id",
                     &[&since],
                 )
                 .await?
+                .iter()
+                .map(|row| row.get(0))
+                .collect()
         }
     };
-    Ok(rows.iter().map(|r| r.get(0)).collect())
+    let mut report = RetryReport::default();
+    let statement = client.prepare("select userhooks.retry($1)").await?;
+    for id in ids {
+        match client.query_one(&statement, &[&id]).await {
+            Ok(row) if row.get::<_, bool>(0) => report.requeued.push(id),
+            // Changed since it was listed (another retry, a DBA, retention).
+            Ok(_) => report.skipped.push(Skipped {
+                id,
+                reason: format!("request {id} not re-queued: it is no longer failed"),
+            }),
+            // The function's refusals (a later request of the user, an erased secret): the
+            // message says what to do instead.
+            Err(err)
+                if err.code()
+                    == Some(&tokio_postgres::error::SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE) =>
+            {
+                let reason = err
+                    .as_db_error()
+                    .map(|e| e.message().to_string())
+                    .unwrap_or_else(|| err.to_string());
+                report.skipped.push(Skipped { id, reason });
+            }
+            Err(err) => return Err(err.into()),
+        }
+    }
+    Ok(report)
 }

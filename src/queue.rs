@@ -309,9 +309,12 @@ update userhooks.webhook_subscriptions s
        as u(id, endpoint_id, sink_id, endpoint_name, sink_name)
  where s.id = any($1) and s.id = u.id";
 
+/// A `paused` subscription has no sink in Sequin (pause deletes it), so its sink id is
+/// cleared rather than left naming a deleted sink; resume records the new one (`Activate`).
 const SET_STATUS_SQL: &str = "
 update userhooks.webhook_subscriptions s
    set status = u.status, updated_at = now(),
+       sequin_sink_id = case when u.status = 'paused' then null else s.sequin_sink_id end,
        deleted_at = case when u.status = 'deleted' then now() else s.deleted_at end
   from unnest($1::bigint[], $2::text[]) as u(id, status)
  where s.id = any($1) and s.id = u.id";

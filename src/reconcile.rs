@@ -3,9 +3,15 @@
 //!
 //! Each live subscription (`active` or `paused`) is checked by name — `GET` of its endpoint
 //! and its sink, with bounded concurrency — because Sequin's list calls are unreliable for
-//! proving absence. Orphans (Sequin resources named with our prefix that no subscription
-//! owns) come from one list of endpoints and one of sinks. `provisioning` and `deleting`
-//! subscriptions are in flight: their resources are neither checked nor orphans.
+//! proving absence. A `paused` subscription has an endpoint and no sink (pause deletes it).
+//! Orphans (our resources that no subscription owns) come from one list of endpoints and
+//! one of sinks. `provisioning` and `deleting` subscriptions are in flight: their resources
+//! are neither checked nor orphans.
+//!
+//! Ours means named exactly `{prefix}-{digits}-endpoint` or `{prefix}-{digits}-sink`, and, for
+//! a sink, on this deployment's `SEQUIN_DATABASE` (for an endpoint, not used by a sink that
+//! is not ours). Everything else in the account is reported as foreign and never touched:
+//! `userhooks-staging-1-sink` belongs to someone else even though it starts with `userhooks-`.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -17,7 +23,7 @@ use serde_json::{json, Value};
 use crate::config::Config;
 use crate::db::{self, DbError};
 use crate::provision::Names;
-use crate::sequin::{Resource, SequinClient, SequinError};
+use crate::sequin::{Pacer, Resource, SequinClient, SequinError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
@@ -41,7 +47,8 @@ pub struct Options {
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct Drift {
     /// `missing_endpoint`, `missing_sink`, `url`, `status`, `filter`, `annotations`, `source`,
-    /// `destination`, `orphan_endpoint`, `orphan_sink`.
+    /// `destination`, `paused_sink` (a paused subscription that still has a sink),
+    /// `orphan_endpoint`, `orphan_sink`.
     pub kind: &'static str,
     pub subscription_id: Option<i64>,
     pub user_id: Option<String>,
@@ -63,6 +70,19 @@ pub struct Report {
     pub drifts: Vec<Drift>,
     /// Subscriptions that could not be checked (Sequin errors), with the reason.
     pub errors: Vec<String>,
+    /// Resources of the account that are not userhooks' (of this deployment): reported,
+    /// never touched, not a difference.
+    pub foreign: Vec<Foreign>,
+}
+
+/// A Sequin resource that is not ours.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Foreign {
+    /// `endpoint` or `sink`.
+    pub kind: &'static str,
+    pub name: String,
+    /// Why it is not ours.
+    pub reason: String,
 }
 
 impl Report {
@@ -144,9 +164,6 @@ fn sink_body(config: &Config, sub: &Sub) -> Value {
     if let Some(count) = config.max_retry_count {
         body["max_retry_count"] = json!(count);
     }
-    if let Some(policy) = &config.load_shedding {
-        body["load_shedding_policy"] = json!(policy);
-    }
     body
 }
 
@@ -178,6 +195,19 @@ fn compare(
                 ));
             }
         }
+    }
+    if sub.status == "paused" {
+        // Pause deletes the sink; one still there is routed every change and buffers it.
+        if let Some(s) = sink {
+            out.push(drift(
+                "paused_sink",
+                Some(sub),
+                &sub.names.sink,
+                Value::Null,
+                s.get("status").cloned().unwrap_or(Value::Null),
+            ));
+        }
+        return out;
     }
     let Some(s) = sink else {
         out.push(drift(
@@ -255,6 +285,7 @@ fn compare(
 
 async fn load(config: &Config) -> Result<(Vec<Sub>, HashSet<String>, usize), ReconcileError> {
     let client = db::connect(&config.database_url, "userhooks-reconcile").await?;
+    db::require_schema(&client).await?;
     let rows = client
         .query(
             "select id, user_id, endpoint, status, sink_name, endpoint_name, source_table,
@@ -340,6 +371,14 @@ async fn repair_subscription(
         };
         mark(drifts, &["url"], &outcome);
     }
+    if has("paused_sink") {
+        let outcome = match sequin.delete_sink(&sub.names.sink).await {
+            Ok(_) => "repaired".to_string(),
+            Err(e) => format!("not repaired: {e}"),
+        };
+        mark(drifts, &["paused_sink"], &outcome);
+        return;
+    }
     let desired = sink_body(config, sub);
     if has("missing_sink") {
         let outcome = match sequin.create_sink(&desired).await {
@@ -379,6 +418,101 @@ async fn repair_subscription(
     mark(drifts, &kinds, &outcome);
 }
 
+/// Which resources of the account are ours.
+struct Ownership {
+    /// `^{prefix}-[0-9]+-(endpoint|sink)$`
+    name: regex::Regex,
+    database: String,
+}
+
+/// The account's resources, split.
+#[derive(Debug, Default)]
+struct Scan {
+    /// (`orphan_sink` / `orphan_endpoint`, name, id), sinks first.
+    ours: Vec<(&'static str, String, Value)>,
+    foreign: Vec<Foreign>,
+}
+
+impl Ownership {
+    fn new(config: &Config) -> Self {
+        let pattern = format!(
+            "^{}-[0-9]+-(endpoint|sink)$",
+            regex::escape(&config.name_prefix)
+        );
+        Ownership {
+            name: regex::Regex::new(&pattern).expect("an escaped prefix makes a valid regex"),
+            database: config.sequin_database.clone(),
+        }
+    }
+
+    fn named_ours(&self, name: &str, kind: &str) -> bool {
+        self.name
+            .captures(name)
+            .is_some_and(|c| c.get(1).is_some_and(|k| k.as_str() == kind))
+    }
+
+    fn scan(&self, sinks: &[Value], endpoints: &[Value]) -> Scan {
+        let mut scan = Scan::default();
+        // Endpoints that a sink which is not ours sends to are not ours either.
+        let mut used_by_foreign = HashSet::new();
+        for sink in sinks {
+            let name = sink.get("name").and_then(Value::as_str).unwrap_or("");
+            let database = sink.get("database").and_then(Value::as_str).unwrap_or("");
+            let reason = if !self.named_ours(name, "sink") {
+                Some(format!("name is not {}", self.name.as_str()))
+            } else if database != self.database {
+                Some(format!(
+                    "on database {database:?}, not SEQUIN_DATABASE {:?}",
+                    self.database
+                ))
+            } else {
+                None
+            };
+            match reason {
+                None => scan
+                    .ours
+                    .push(("orphan_sink", name.to_string(), json!(sink.get("id")))),
+                Some(reason) => {
+                    if let Some(e) = sink
+                        .pointer("/destination/http_endpoint")
+                        .and_then(Value::as_str)
+                    {
+                        used_by_foreign.insert(e.to_string());
+                    }
+                    scan.foreign.push(Foreign {
+                        kind: "sink",
+                        name: name.to_string(),
+                        reason,
+                    });
+                }
+            }
+        }
+        for endpoint in endpoints {
+            let name = endpoint.get("name").and_then(Value::as_str).unwrap_or("");
+            let reason = if !self.named_ours(name, "endpoint") {
+                Some(format!("name is not {}", self.name.as_str()))
+            } else if used_by_foreign.contains(name) {
+                Some("used by a sink that is not ours".to_string())
+            } else {
+                None
+            };
+            match reason {
+                None => scan.ours.push((
+                    "orphan_endpoint",
+                    name.to_string(),
+                    json!(endpoint.get("id")),
+                )),
+                Some(reason) => scan.foreign.push(Foreign {
+                    kind: "endpoint",
+                    name: name.to_string(),
+                    reason,
+                }),
+            }
+        }
+        scan
+    }
+}
+
 /// Compare (and with `repair`, fix). `progress` is called with (done, total) as
 /// subscriptions are checked.
 pub async fn reconcile(
@@ -391,7 +525,12 @@ pub async fn reconcile(
         config.sequin_token.clone(),
         config.http_timeout,
         crate::metrics::Metrics::new(),
-    );
+    )
+    // A repair can be a mass update: paced like the worker's writes.
+    .with_pacer(Pacer::new(
+        config.sequin_max_writes_per_second,
+        config.sequin_restart_spacing,
+    ));
     let (subs, known, in_flight) = load(config).await?;
     let mut report = Report {
         checked: subs.len(),
@@ -436,22 +575,16 @@ pub async fn reconcile(
     }
     drop(results);
 
-    // Orphans: our prefix, no subscription. Sinks first, so their endpoints can go too.
-    let prefix = format!("{}-", config.name_prefix);
+    // Orphans: ours, no subscription. Sinks first, so their endpoints can go too.
+    let scan =
+        Ownership::new(config).scan(&sequin.list_sinks().await?, &sequin.list_endpoints().await?);
     let mut orphans = Vec::new();
-    for (kind, list) in [
-        ("orphan_sink", sequin.list_sinks().await?),
-        ("orphan_endpoint", sequin.list_endpoints().await?),
-    ] {
-        for item in list {
-            let Some(name) = item.get("name").and_then(Value::as_str) else {
-                continue;
-            };
-            if name.starts_with(&prefix) && !known.contains(name) {
-                orphans.push(drift(kind, None, name, Value::Null, json!(item.get("id"))));
-            }
+    for (kind, name, id) in scan.ours {
+        if !known.contains(&name) {
+            orphans.push(drift(kind, None, &name, Value::Null, id));
         }
     }
+    report.foreign = scan.foreign;
     if options.repair {
         for o in &mut orphans {
             let result = if o.kind == "orphan_sink" {
@@ -501,6 +634,18 @@ pub fn render(report: &Report, repair: bool) -> String {
     }
     for e in &report.errors {
         out.push_str(&format!("  not checked: {e}\n"));
+    }
+    if !report.foreign.is_empty() {
+        out.push_str(&format!(
+            "{} resources in the account are not this deployment's (left alone):\n",
+            report.foreign.len()
+        ));
+        for f in &report.foreign {
+            out.push_str(&format!(
+                "  foreign {:<8} {:<28} {}\n",
+                f.kind, f.name, f.reason
+            ));
+        }
     }
     out
 }
@@ -576,5 +721,97 @@ mod tests {
             .map(|d| d.kind)
             .collect();
         assert_eq!(kinds, ["missing_endpoint", "missing_sink"]);
+    }
+
+    #[test]
+    fn a_paused_subscription_expects_no_sink() {
+        let paused = Sub {
+            status: "paused".into(),
+            ..sub()
+        };
+        let e = json!({"url": "https://hooks.example.com/a"});
+        assert_eq!(compare(&config(), &paused, Some(&e), None), vec![]);
+        let mut s = good_sink();
+        s["status"] = json!("paused");
+        let drifts = compare(&config(), &paused, Some(&e), Some(&s));
+        assert_eq!(drifts.len(), 1, "{drifts:?}");
+        assert_eq!(drifts[0].kind, "paused_sink");
+        assert_eq!(drifts[0].actual, json!("paused"));
+    }
+
+    #[test]
+    fn only_exact_names_on_our_database_are_ours() {
+        let sink = |name: &str, database: &str, endpoint: &str| {
+            json!({"id": name, "name": name, "database": database,
+                   "destination": {"type": "webhook", "http_endpoint": endpoint}})
+        };
+        let endpoint = |name: &str| json!({"id": name, "name": name});
+        let sinks = [
+            sink("userhooks-1-sink", "app", "userhooks-1-endpoint"),
+            sink(
+                "userhooks-staging-1-sink",
+                "app",
+                "userhooks-staging-1-endpoint",
+            ),
+            sink("userhooks-5-sink", "other-db", "userhooks-5-endpoint"),
+            sink("userhooks-2-sink-old", "app", "userhooks-2-endpoint"),
+            sink("userhooks-3-endpoint", "app", "userhooks-3-endpoint"),
+        ];
+        let endpoints = [
+            endpoint("userhooks-1-endpoint"),
+            endpoint("userhooks-staging-1-endpoint"),
+            endpoint("userhooks-5-endpoint"),
+            endpoint("other-1-endpoint"),
+            endpoint("xuserhooks-7-endpoint"),
+            endpoint("userhooks-7-endpoint"),
+        ];
+        let mut config = config();
+        config.name_prefix = "userhooks".into();
+        let scan = Ownership::new(&config).scan(&sinks, &endpoints);
+        let ours: Vec<&str> = scan.ours.iter().map(|(_, n, _)| n.as_str()).collect();
+        assert_eq!(
+            ours,
+            [
+                "userhooks-1-sink",
+                "userhooks-1-endpoint",
+                "userhooks-7-endpoint"
+            ]
+        );
+        let foreign: Vec<(&str, &str)> = scan
+            .foreign
+            .iter()
+            .map(|f| (f.kind, f.name.as_str()))
+            .collect();
+        assert_eq!(
+            foreign,
+            [
+                ("sink", "userhooks-staging-1-sink"),
+                ("sink", "userhooks-5-sink"),
+                ("sink", "userhooks-2-sink-old"),
+                ("sink", "userhooks-3-endpoint"),
+                ("endpoint", "userhooks-staging-1-endpoint"),
+                ("endpoint", "userhooks-5-endpoint"),
+                ("endpoint", "other-1-endpoint"),
+                ("endpoint", "xuserhooks-7-endpoint"),
+            ]
+        );
+        assert!(
+            scan.foreign[1].reason.contains("other-db"),
+            "{:?}",
+            scan.foreign[1]
+        );
+        assert!(
+            scan.foreign[5].reason.contains("used by a sink"),
+            "{:?}",
+            scan.foreign[5]
+        );
+        // A prefix with regex characters is matched literally.
+        config.name_prefix = "a.b".into();
+        let scan = Ownership::new(&config).scan(
+            &[],
+            &[endpoint("axb-1-endpoint"), endpoint("a.b-1-endpoint")],
+        );
+        assert_eq!(scan.ours.len(), 1);
+        assert_eq!(scan.ours[0].1, "a.b-1-endpoint");
     }
 }

@@ -22,7 +22,7 @@ use deadpool_postgres::Pool;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use tokio::sync::broadcast;
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 
 use crate::db;
 
@@ -37,6 +37,8 @@ pub struct ServeConfig {
     /// Sequin's API and the worker's token, when known: used only to tell "still running"
     /// (202) from "Sequin rejects the token" (503) for a request that is still pending.
     pub sequin: Option<crate::sequin::SequinClient>,
+    /// When set, every route but `/healthz` needs `Authorization: Bearer <token>`.
+    pub token: Option<crate::config::Secret>,
 }
 
 struct AppState {
@@ -624,14 +626,60 @@ async fn get_request(State(state): State<Shared>, Path(id): Path<i64>) -> Reply 
     }
 }
 
-/// The routes, for embedding and tests.
-fn router(state: Shared) -> Router {
-    Router::new()
+/// Does `headers` carry `Authorization: Bearer <expected>`? The digests are compared in
+/// constant time, so neither the token's bytes nor its length leak through timing.
+fn bearer_matches(headers: &axum::http::HeaderMap, expected: &crate::config::Secret) -> bool {
+    use sha2::{Digest, Sha256};
+    use subtle::ConstantTimeEq;
+    let Some(given) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    let given = Sha256::digest(given.trim().as_bytes());
+    let expected = Sha256::digest(expected.expose().as_bytes());
+    given.ct_eq(&expected).into()
+}
+
+async fn require_token(
+    State(token): State<Arc<crate::config::Secret>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if bearer_matches(request.headers(), &token) {
+        return next.run(request).await;
+    }
+    let mut resp = Reply::error(
+        StatusCode::UNAUTHORIZED,
+        "missing or wrong token: send `Authorization: Bearer <USERHOOKS_SERVE_TOKEN>`",
+    )
+    .into_response();
+    resp.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    resp
+}
+
+/// The routes, for embedding and tests. `/healthz` stays open for load balancers.
+fn router(state: Shared, token: Option<crate::config::Secret>) -> Router {
+    let api = Router::new()
         .route("/subscribe", post(subscribe).delete(unsubscribe))
         .route("/backfill", post(backfill))
         .route("/backfill/{id}", get(get_backfill))
         .route("/requests/{id}", get(get_request))
-        .with_state(state)
+        .with_state(state);
+    let api = match token {
+        Some(token) => api.layer(axum::middleware::from_fn_with_state(
+            Arc::new(token),
+            require_token,
+        )),
+        None => api,
+    };
+    api.route(
+        "/healthz",
+        get(|| async { axum::Json(json!({"ok": true})) }),
+    )
 }
 
 /// Keep a LISTEN connection on `userhooks_request_done` and publish finished request ids.
@@ -648,8 +696,8 @@ async fn listen_once(
     database_url: &str,
     done: &broadcast::Sender<i64>,
 ) -> std::result::Result<(), db::DbError> {
-    let config = db::pg_config(database_url, "userhooks-serve-listener")?;
-    let (client, mut connection) = config.connect(NoTls).await?;
+    let (client, mut connection) =
+        db::connect_raw(database_url, "userhooks-serve-listener").await?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<i64>();
     let driver = tokio::spawn(async move {
         let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
@@ -676,15 +724,25 @@ async fn listen_once(
     Ok(())
 }
 
-/// Serve on `listener` until `shutdown` resolves.
-pub async fn serve(
-    config: ServeConfig,
-    listener: tokio::net::TcpListener,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::result::Result<(), ServeError> {
+/// A server whose database answered and has the userhooks schema, ready to `run`.
+pub struct Server {
+    state: Shared,
+    database_url: String,
+    token: Option<crate::config::Secret>,
+}
+
+/// Connect and check the schema: an unreachable server or an unmigrated database fails here,
+/// naming the server, rather than as a 503 on every call.
+pub async fn prepare(config: ServeConfig) -> std::result::Result<Server, ServeError> {
     let pool = db::pool(&config.database_url, 16)?;
+    {
+        let client = pool
+            .get()
+            .await
+            .map_err(|e| db::DbError::from_checkout(&config.database_url, e))?;
+        db::require_schema(&client).await?;
+    }
     let (done, _) = broadcast::channel(1024);
-    let listen_task = tokio::spawn(listen(config.database_url.clone(), done.clone()));
     let state = Arc::new(AppState {
         pool,
         done,
@@ -692,11 +750,36 @@ pub async fn serve(
         sequin: config.sequin,
         token_check: tokio::sync::Mutex::new(None),
     });
-    let result = axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await;
-    listen_task.abort();
-    result.map_err(ServeError::Io)
+    Ok(Server {
+        state,
+        database_url: config.database_url,
+        token: config.token,
+    })
+}
+
+impl Server {
+    /// Serve on `listener` until `shutdown` resolves.
+    pub async fn run(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::result::Result<(), ServeError> {
+        let listen_task = tokio::spawn(listen(self.database_url, self.state.done.clone()));
+        let result = axum::serve(listener, router(self.state, self.token))
+            .with_graceful_shutdown(shutdown)
+            .await;
+        listen_task.abort();
+        result.map_err(ServeError::Io)
+    }
+}
+
+/// [`prepare`], then [`Server::run`].
+pub async fn serve(
+    config: ServeConfig,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::result::Result<(), ServeError> {
+    prepare(config).await?.run(listener, shutdown).await
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -730,6 +813,21 @@ mod tests {
         assert!(user_id(None).is_none());
         assert!(user_id(Some(&json!(1.5))).unwrap().is_err());
         assert!(user_id(Some(&json!({"id": 1}))).unwrap().is_err());
+    }
+
+    #[test]
+    fn only_the_exact_bearer_token_passes() {
+        let token = crate::config::Secret::new("s3cret");
+        let with = |value: &str| {
+            let mut h = axum::http::HeaderMap::new();
+            h.insert(header::AUTHORIZATION, HeaderValue::from_str(value).unwrap());
+            h
+        };
+        assert!(bearer_matches(&with("Bearer s3cret"), &token));
+        assert!(!bearer_matches(&with("Bearer s3cre"), &token));
+        assert!(!bearer_matches(&with("Bearer s3cret2"), &token));
+        assert!(!bearer_matches(&with("Basic s3cret"), &token));
+        assert!(!bearer_matches(&axum::http::HeaderMap::new(), &token));
     }
 
     #[test]

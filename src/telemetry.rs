@@ -17,8 +17,11 @@ pub fn init(format: LogFormat, default_filter: &str) {
         .map(|f| with_quiet_driver(&f))
         .and_then(|f| EnvFilter::try_new(f).ok())
         .unwrap_or_else(|| EnvFilter::new(default_filter));
+    // Colour codes only for a person at a terminal: in a file, a pipe or a log collector they
+    // are noise around every field.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),

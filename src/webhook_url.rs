@@ -6,7 +6,9 @@
 //! (loopback, RFC 1918, cloud metadata at 169.254.169.254, ...).
 //!
 //! * [`parse`] checks the syntax and IP literals, without DNS.
-//! * [`validate`] also resolves a host name and refuses it when any address is non-public.
+//! * [`validate`] also resolves a host name and refuses it when any address is non-public. A
+//!   lookup that fails is reported apart ([`UrlError::is_resolution_failure`]): DNS may answer
+//!   on a later attempt, so the worker retries it instead of failing the request.
 //! * [`normalize`] renders a URL the way Sequin returns it, to compare a stored URL with Sequin's.
 //!
 //! The URL is parsed with the WHATWG parser of the `url` crate, so decimal (`2130706433`),
@@ -20,6 +22,8 @@
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use url::{Host, Url};
@@ -30,13 +34,15 @@ pub const MAX_URL_CHARS: usize = 2048;
 /// How long [`validate`] waits for the resolver before giving up.
 pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// What a URL may point at.
+/// What a URL may point at, and how its host is looked up.
 #[derive(Clone, Debug, Default)]
 pub struct UrlPolicy {
     /// `USERHOOKS_ALLOW_PRIVATE_URLS`: accept loopback, private, link-local, ... hosts and skip DNS.
     pub allow_private: bool,
     /// Accept `https` only.
     pub require_https: bool,
+    /// Resolves host names for [`validate`]: the system resolver unless replaced (tests).
+    pub resolver: Resolver,
 }
 
 /// A URL that passed validation, in the normalized form Sequin returns (`URI.to_string`: default
@@ -130,15 +136,30 @@ pub enum UrlError {
         ip: IpAddr,
         reason: &'static str,
     },
+    /// DNS did not answer, or answered with an error that may go away (a timeout, a server
+    /// failure, the network down).
     #[error("webhook_url host {host} could not be resolved: {reason}")]
     Unresolvable { host: String, reason: String },
+    /// DNS answered that the name does not exist (or has no address).
+    #[error("webhook_url host \"{host}\" does not exist (DNS: {reason}); check the URL")]
+    NoSuchHost { host: String, reason: String },
 }
 
 impl UrlError {
-    /// True when the refusal came from a failed DNS lookup, which may succeed later; every other
-    /// refusal is about the URL itself and will not change on retry.
+    /// True when the refusal came from a DNS lookup, whose answer may change on a later attempt
+    /// (a server recovers, a new record propagates); every other refusal is about the URL
+    /// itself and will not change on retry.
     pub fn is_resolution_failure(&self) -> bool {
-        matches!(self, UrlError::Unresolvable { .. })
+        matches!(
+            self,
+            UrlError::Unresolvable { .. } | UrlError::NoSuchHost { .. }
+        )
+    }
+
+    /// True when DNS answered that the host does not exist: once retries run out, the URL is
+    /// what must change.
+    pub fn host_does_not_exist(&self) -> bool {
+        matches!(self, UrlError::NoSuchHost { .. })
     }
 }
 
@@ -414,6 +435,9 @@ pub trait Resolve {
 }
 
 /// The system resolver (`getaddrinfo` through [`tokio::net::lookup_host`]).
+///
+/// A name that does not exist is an error whose text comes from `gai_strerror` (the standard
+/// library keeps no error code); [`lookup_error`] reads it.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SystemResolver;
 
@@ -431,49 +455,143 @@ impl Resolve for SystemResolver {
     }
 }
 
-/// [`parse`], then resolve the host (unless it is an IP literal or `allow_private`) and refuse
-/// it if ANY resolved address is non-public, or if it does not resolve within
-/// [`RESOLVE_TIMEOUT`]. Uses the system resolver.
-pub async fn validate(raw: &str, policy: &UrlPolicy) -> Result<WebhookUrl, UrlError> {
-    validate_with(raw, policy, &SystemResolver).await
+/// The future a [`DynResolve`] returns.
+pub type ResolveFuture<'a> =
+    Pin<Box<dyn Future<Output = std::io::Result<Vec<IpAddr>>> + Send + 'a>>;
+
+/// [`Resolve`] in a form that can sit behind `dyn` (any `Resolve + Send + Sync` is one).
+pub trait DynResolve: Send + Sync {
+    fn resolve_boxed<'a>(&'a self, host: &'a str, port: u16) -> ResolveFuture<'a>;
 }
 
-/// Same as [`validate`] with an injectable resolver (for tests).
+impl<R: Resolve + Send + Sync> DynResolve for R {
+    fn resolve_boxed<'a>(&'a self, host: &'a str, port: u16) -> ResolveFuture<'a> {
+        Box::pin(self.resolve(host, port))
+    }
+}
+
+/// The resolver a [`UrlPolicy`] uses, and how long it may take to answer.
+#[derive(Clone)]
+pub struct Resolver {
+    inner: Arc<dyn DynResolve>,
+    timeout: Duration,
+}
+
+impl Resolver {
+    /// `resolver`, given [`RESOLVE_TIMEOUT`] to answer.
+    pub fn new(resolver: impl Resolve + Send + Sync + 'static) -> Self {
+        Resolver {
+            inner: Arc::new(resolver),
+            timeout: RESOLVE_TIMEOUT,
+        }
+    }
+
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+}
+
+impl Default for Resolver {
+    fn default() -> Self {
+        Resolver::new(SystemResolver)
+    }
+}
+
+impl std::fmt::Debug for Resolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resolver")
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Resolve for Resolver {
+    fn resolve(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> impl Future<Output = std::io::Result<Vec<IpAddr>>> + Send {
+        let (inner, host) = (self.inner.clone(), host.to_owned());
+        async move { inner.resolve_boxed(&host, port).await }
+    }
+}
+
+/// The `gai_strerror` texts (glibc, musl, macOS, Windows) of "this name does not exist" and
+/// "this name has no address": answers from DNS, not failures to reach it. Every other error
+/// (`EAI_AGAIN` "Temporary failure in name resolution", `EAI_FAIL`, an I/O error) may pass.
+const NO_SUCH_HOST_TEXTS: &[&str] = &[
+    "name or service not known",
+    "no address associated with hostname",
+    "name does not resolve",
+    "name has no usable address",
+    "nodename nor servname provided, or not known",
+    "no such host is known",
+];
+
+/// The standard library's prefix of every `getaddrinfo` error, noise in a `last_error`.
+const LOOKUP_PREFIX: &str = "failed to lookup address information: ";
+
+/// Classify a failed lookup of `host`: an answer that the name does not exist (an
+/// [`std::io::ErrorKind::NotFound`] error, or one of the system resolver's texts for it), or a
+/// failure that may be temporary.
+pub fn lookup_error(host: &str, err: &std::io::Error) -> UrlError {
+    let text = err.to_string();
+    let lower = text.to_ascii_lowercase();
+    let reason = text.strip_prefix(LOOKUP_PREFIX).unwrap_or(&text).to_owned();
+    if err.kind() == std::io::ErrorKind::NotFound
+        || NO_SUCH_HOST_TEXTS.iter().any(|known| lower.contains(known))
+    {
+        UrlError::NoSuchHost {
+            host: host.to_owned(),
+            reason,
+        }
+    } else {
+        UrlError::Unresolvable {
+            host: host.to_owned(),
+            reason: format!("DNS error ({reason}), which may be temporary"),
+        }
+    }
+}
+
+/// [`parse`], then resolve the host with the policy's resolver (unless it is an IP literal or
+/// `allow_private`) and refuse it if ANY resolved address is non-public. A lookup that fails,
+/// or gets no answer within the resolver's timeout, is a [`UrlError::is_resolution_failure`].
+pub async fn validate(raw: &str, policy: &UrlPolicy) -> Result<WebhookUrl, UrlError> {
+    validate_with(raw, policy, &policy.resolver).await
+}
+
+/// Same as [`validate`] with another resolver, given the policy's resolver's timeout.
 pub async fn validate_with<R: Resolve>(
     raw: &str,
     policy: &UrlPolicy,
     resolver: &R,
-) -> Result<WebhookUrl, UrlError> {
-    validate_with_timeout(raw, policy, resolver, RESOLVE_TIMEOUT).await
-}
-
-async fn validate_with_timeout<R: Resolve>(
-    raw: &str,
-    policy: &UrlPolicy,
-    resolver: &R,
-    timeout: Duration,
 ) -> Result<WebhookUrl, UrlError> {
     let parsed = parse_inner(raw, policy)?;
     if parsed.ip_literal || policy.allow_private {
         return Ok(parsed.url);
     }
     let host = parsed.url.host();
-    let unresolvable = |reason: String| UrlError::Unresolvable {
-        host: host.to_owned(),
-        reason,
-    };
+    let timeout = policy.resolver.timeout();
     let addrs = match tokio::time::timeout(timeout, resolver.resolve(host, parsed.port)).await {
         Err(_) => {
-            return Err(unresolvable(format!(
-                "no answer within {} ms",
-                timeout.as_millis()
-            )))
+            return Err(UrlError::Unresolvable {
+                host: host.to_owned(),
+                reason: format!("DNS timeout (no answer within {} ms)", timeout.as_millis()),
+            })
         }
-        Ok(Err(err)) => return Err(unresolvable(err.to_string())),
+        Ok(Err(err)) => return Err(lookup_error(host, &err)),
         Ok(Ok(addrs)) => addrs,
     };
     if addrs.is_empty() {
-        return Err(unresolvable("no addresses".to_owned()));
+        return Err(UrlError::NoSuchHost {
+            host: host.to_owned(),
+            reason: "no addresses".to_owned(),
+        });
     }
     if let Some((ip, reason)) = addrs
         .iter()
@@ -639,21 +757,59 @@ mod tests {
 
     #[tokio::test]
     async fn a_resolver_that_never_answers_times_out_as_unresolvable() {
-        let err = validate_with_timeout(
-            "https://slow.example/",
-            &UrlPolicy::default(),
-            &NeverAnswers,
-            Duration::from_millis(20),
-        )
-        .await
-        .unwrap_err();
+        let policy = UrlPolicy {
+            resolver: Resolver::new(NeverAnswers).with_timeout(Duration::from_millis(20)),
+            ..UrlPolicy::default()
+        };
+        let err = validate("https://slow.example/", &policy)
+            .await
+            .unwrap_err();
         assert_eq!(
             err,
             UrlError::Unresolvable {
                 host: "slow.example".into(),
-                reason: "no answer within 20 ms".into()
+                reason: "DNS timeout (no answer within 20 ms)".into()
             }
         );
         assert!(err.is_resolution_failure());
+        assert!(!err.host_does_not_exist());
+    }
+
+    #[test]
+    fn lookup_errors_that_say_the_name_does_not_exist_are_told_apart() {
+        let gai = |text: &str| std::io::Error::other(format!("{LOOKUP_PREFIX}{text}"));
+        for text in [
+            "Name or service not known",
+            "No address associated with hostname",
+            "Name does not resolve",
+            "nodename nor servname provided, or not known",
+        ] {
+            let err = lookup_error("x.example", &gai(text));
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "webhook_url host \"x.example\" does not exist (DNS: {text}); check the URL"
+                )
+            );
+            assert!(err.host_does_not_exist());
+        }
+        for text in [
+            "Temporary failure in name resolution",
+            "Non-recoverable failure in name resolution",
+            "Try again",
+        ] {
+            let err = lookup_error("x.example", &gai(text));
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "webhook_url host x.example could not be resolved: DNS error ({text}), which may be temporary"
+                )
+            );
+            assert!(err.is_resolution_failure() && !err.host_does_not_exist());
+        }
+        let io = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert!(!lookup_error("x.example", &io).host_does_not_exist());
+        let not_found = std::io::Error::new(std::io::ErrorKind::NotFound, "no such host");
+        assert!(lookup_error("x.example", &not_found).host_does_not_exist());
     }
 }

@@ -15,12 +15,14 @@ use tokio::task::JoinSet;
 use crate::batch::Done;
 use crate::config::Config;
 use crate::db::{self, DbError};
+use crate::doctor;
 use crate::housekeeping;
 use crate::listener;
 use crate::metrics::{self, Metrics};
 use crate::provision::Provisioner;
 use crate::queue::{self, Outcome, Request, WriteBack};
-use crate::sequin::{ErrorClass, SequinClient};
+use crate::sequin::{ErrorClass, Pacer, SequinClient};
+use crate::webhook_url::Resolver;
 use crate::writeback::{WriteBackOp, Writer};
 
 /// At most one "request rescheduled" warning per interval (the rest go to debug).
@@ -37,8 +39,9 @@ const AUTH_PROBE_INTERVAL: Duration = Duration::from_secs(10);
 pub enum BuildError {
     #[error(transparent)]
     Db(#[from] DbError),
-    #[error("the userhooks schema is missing or outdated in this database; run `userhooks migrate` first ({0})")]
-    NotMigrated(String),
+    /// A start-up check that the worker cannot work around, in `userhooks doctor`'s words.
+    #[error(transparent)]
+    Preflight(#[from] doctor::PreflightError),
     #[error("cannot listen on USERHOOKS_METRICS_ADDR {addr}: {source}")]
     MetricsAddr {
         addr: SocketAddr,
@@ -55,34 +58,27 @@ pub struct App {
     metrics_listener: Option<tokio::net::TcpListener>,
 }
 
-/// Connect, check the schema, bind the metrics port. Fails fast with a clear message.
+/// Connect, run the start-up checks (see [`doctor`]), bind the metrics port. Fails fast with
+/// a clear message.
 pub async fn build(config: Config) -> Result<App, BuildError> {
+    build_with_resolver(config, Resolver::default()).await
+}
+
+/// [`build`], with webhook URL hosts looked up by `resolver` instead of the system resolver
+/// (tests inject DNS faults this way).
+pub async fn build_with_resolver(config: Config, resolver: Resolver) -> Result<App, BuildError> {
     let config = Arc::new(config);
     // Sized to the work, not to the concurrency: tasks spend their time waiting on Sequin
     // and hold a connection only for short statements.
     let pool = db::pool(&config.database_url, (config.concurrency + 2).min(POOL_MAX))?;
     {
-        let client = pool.get().await.map_err(DbError::from)?;
-        client
-            .query("select 1 from userhooks.subscription_requests limit 0", &[])
+        let client = pool
+            .get()
             .await
-            .map_err(|e| BuildError::NotMigrated(e.to_string()))?;
+            .map_err(|e| DbError::from_checkout(&config.database_url, e))?;
         // The statements are written for the latest schema: on an older one every subscribe
         // would fail and be retried until exhausted, so refuse to start instead.
-        let version: i32 = client
-            .query_one(
-                "select coalesce(max(version), 0) from userhooks.schema_migrations",
-                &[],
-            )
-            .await
-            .map_err(|e| BuildError::NotMigrated(e.to_string()))?
-            .get(0);
-        let expected = db::MIGRATIONS.last().map_or(0, |(version, _, _)| *version);
-        if version < expected {
-            return Err(BuildError::NotMigrated(format!(
-                "schema version {version}, this worker needs {expected}"
-            )));
-        }
+        db::require_schema(&client).await?;
     }
     let metrics = Metrics::new();
     let sequin = SequinClient::new(
@@ -90,8 +86,19 @@ pub async fn build(config: Config) -> Result<App, BuildError> {
         config.sequin_token.clone(),
         config.http_timeout,
         metrics.clone(),
-    );
-    let provisioner = Arc::new(Provisioner::new(config.clone(), pool.clone(), sequin));
+    )
+    .with_pacer(Pacer::new(
+        config.sequin_max_writes_per_second,
+        config.sequin_restart_spacing,
+    ));
+    let provisioner = Arc::new(Provisioner::new(
+        config.clone(),
+        pool.clone(),
+        sequin,
+        resolver,
+    ));
+    // Also puts the filter function in place (written only when missing or different).
+    doctor::at_worker_start(&config, &pool, &provisioner, &metrics).await?;
     let metrics_listener = match config.metrics_addr {
         Some(addr) => Some(
             metrics::bind(addr)
@@ -130,6 +137,7 @@ impl App {
             provisioner,
             metrics_listener,
         } = self;
+        let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
         let (stop_tx, stop_rx) = watch::channel(false);
         let wake = Arc::new(Notify::new());
         let mut background = JoinSet::new();
@@ -159,14 +167,6 @@ impl App {
             metrics.clone(),
             stop_rx.clone(),
         ));
-        // Create the filter function up front; a failure here is retried on first use.
-        if let Err(err) = provisioner.ensure_filter().await {
-            if err.class() == ErrorClass::Auth {
-                metrics.sequin_auth_ok.set(0);
-            }
-            tracing::warn!(error = %err, "could not create the filter function yet; will retry on the first subscribe");
-        }
-
         let leases = Leases::default();
         background.spawn(keep_leases(
             pool.clone(),
@@ -192,6 +192,7 @@ impl App {
             leases: leases.clone(),
             last_db_error_log: None,
         };
+        log_ready(&config, metrics_addr);
         state.run(shutdown, &wake).await;
         state.drain().await;
         // The last writer handle goes with the loop; the task ends once it has written all.
@@ -203,6 +204,35 @@ impl App {
         tracing::info!("worker stopped");
         Ok(())
     }
+}
+
+/// One line with what an operator checks first: where the metrics are and the settings that
+/// decide what the worker touches. Hosts and names only: no token, no password.
+fn log_ready(config: &Config, metrics_addr: Option<SocketAddr>) {
+    let metrics = metrics_addr.map_or_else(|| "off".to_string(), |a| format!("http://{a}/metrics"));
+    let sequin = url::Url::parse(&config.sequin_api_url)
+        .ok()
+        .and_then(|u| {
+            let host = u.host_str()?.to_string();
+            Some(match u.port_or_known_default() {
+                Some(port) => format!("{host}:{port}"),
+                None => host,
+            })
+        })
+        .unwrap_or_default();
+    let database = db::pg_config(&config.database_url, "userhooks-worker")
+        .map(|c| db::describe_target(&c))
+        .unwrap_or_default();
+    tracing::info!(
+        metrics = %metrics,
+        source_table = %config.source_table,
+        sequin = %sequin,
+        postgres = %database,
+        concurrency = config.concurrency,
+        lease = ?config.lease,
+        name_prefix = %config.name_prefix,
+        "worker ready"
+    );
 }
 
 struct Loop {
@@ -261,7 +291,7 @@ impl Loop {
                     // poll (for expired leases and lost notifications) runs every other
                     // tick then: an idle worker stays under one query per second.
                     polls = polls.wrapping_add(1);
-                    claim_now = self.metrics.listener_connected.get() == 0 || polls % 2 == 0;
+                    claim_now = self.metrics.listener_connected.get() == 0 || polls.is_multiple_of(2);
                 }
                 _ = due => { next_due = None; claim_now = true; }
                 Some(joined) = self.tasks.join_next(), if !self.tasks.is_empty() => {

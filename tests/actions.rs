@@ -6,8 +6,8 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use sequin_emulator::{EmulatorConfig, Faults, RouteFaults};
 use serde_json::{json, Value};
-use userhooks::emulator::{EmulatorConfig, Faults, RouteFaults};
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -29,7 +29,7 @@ async fn run(
     db.finished(id, WAIT).await
 }
 
-async fn apply_transform(emulator: &userhooks::emulator::EmulatorHandle, name: &str) {
+async fn apply_transform(emulator: &sequin_emulator::EmulatorHandle, name: &str) {
     let yaml = format!(
         "functions:\n  - name: \"{name}\"\n    type: \"transform\"\n    code: |-\n      def transform(action, record, changes, metadata) do\n        %{{message: record[\"message\"]}}\n      end\n"
     );
@@ -175,7 +175,7 @@ async fn unsubscribe_by_subscription_id_of_another_user_is_not_found() {
     worker.stop().await;
 }
 
-async fn slow_backfill_emulator(rows: u64, per_sec: u64) -> userhooks::emulator::EmulatorHandle {
+async fn slow_backfill_emulator(rows: u64, per_sec: u64) -> sequin_emulator::EmulatorHandle {
     start_emulator_with(EmulatorConfig {
         token: TOKEN.to_string(),
         database: SEQUIN_DB.to_string(),
@@ -437,37 +437,262 @@ async fn update_that_changes_nothing_makes_no_sequin_update_call() {
     worker.stop().await;
 }
 
+/// The subscription's row: status and sink id.
+async fn subscription_row(db: &TestDb, id: &Value) -> (String, Option<String>) {
+    let row = db
+        .client()
+        .await
+        .query_one(
+            "select status, sequin_sink_id::text from userhooks.webhook_subscriptions where id = $1",
+            &[&id.as_i64().unwrap()],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+/// Sinks with this name in the emulator.
+fn sinks_named(emulator: &sequin_emulator::EmulatorHandle, name: &str) -> Vec<Value> {
+    emulator
+        .sinks()
+        .into_iter()
+        .filter(|s| s["name"] == name)
+        .collect()
+}
+
+/// No PUT or PATCH of a sink: each one (but to `disabled`) restarts Sequin's replication.
+fn assert_no_sink_update(emulator: &sequin_emulator::EmulatorHandle) {
+    let updates: Vec<String> = emulator
+        .calls()
+        .iter()
+        .filter(|c| (c.method == "PUT" || c.method == "PATCH") && c.path.starts_with("/api/sinks"))
+        .map(|c| format!("{} {}", c.method, c.path))
+        .collect();
+    assert!(updates.is_empty(), "sink updates: {updates:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pause_then_resume_follows_the_sink_status() {
+async fn pause_deletes_the_sink_and_resume_creates_it_again_without_a_sink_update() {
     let db = TestDb::new().await;
     let emulator = start_emulator().await;
     let worker = start_worker(config(&db, &emulator)).await;
-    subscribe(&db, "u1", "https://hooks.example.com/a", json!({})).await;
-    let status = || async {
-        db.client()
-            .await
-            .query_one("select status from userhooks.webhook_subscriptions", &[])
-            .await
-            .unwrap()
-            .get::<_, String>(0)
-    };
-    assert_eq!(
-        run(&db, "pause", "u1", None, json!({})).await.status,
-        "succeeded"
+    let sub = subscribe(
+        &db,
+        "u1",
+        "https://hooks.example.com/a",
+        json!({"actions": ["insert"]}),
+    )
+    .await;
+    let name = sub["sink_name"].as_str().unwrap().to_string();
+    let endpoints = emulator.endpoints().len();
+    emulator.clear_calls();
+
+    let row = run(&db, "pause", "u1", None, json!({})).await;
+    assert_eq!(row.status, "succeeded", "{row:?}");
+    assert_eq!(row.result.unwrap()["changed"], json!(["status"]));
+    // No sink at all: not `paused` (routed and buffering), not `disabled`.
+    assert!(
+        sinks_named(&emulator, &name).is_empty(),
+        "{:?}",
+        emulator.sinks()
     );
-    assert_eq!(emulator.sinks()[0]["status"], "paused");
-    assert_eq!(status().await, "paused");
+    assert!(emulator.sinks().iter().all(|s| s["status"] != "paused"));
+    assert_eq!(emulator.endpoints().len(), endpoints, "the endpoint stays");
     assert_eq!(
-        run(&db, "resume", "u1", None, json!({})).await.status,
-        "succeeded"
+        subscription_row(&db, &sub["subscription_id"]).await,
+        ("paused".to_string(), None)
     );
-    assert_eq!(emulator.sinks()[0]["status"], "active");
-    assert_eq!(status().await, "active");
+
+    let row = run(&db, "resume", "u1", None, json!({})).await;
+    assert_eq!(row.status, "succeeded", "{row:?}");
+    let result = row.result.unwrap();
+    let sinks = sinks_named(&emulator, &name);
+    assert_eq!(sinks.len(), 1, "{sinks:?}");
+    assert_eq!(sinks[0]["status"], "active");
+    assert_eq!(sinks[0]["annotations"], json!({"user_id": "u1"}));
+    assert_eq!(
+        sinks[0]["actions"],
+        json!(["insert"]),
+        "recorded fields are kept"
+    );
+    assert_ne!(sinks[0]["id"], sub["sink_id"], "a new sink");
+    assert_eq!(result["sink_id"], sinks[0]["id"]);
+    assert_eq!(
+        subscription_row(&db, &sub["subscription_id"]).await,
+        (
+            "active".to_string(),
+            sinks[0]["id"].as_str().map(String::from)
+        )
+    );
+    assert!(result.get("backfill_id").is_none(), "{result}");
+    assert_no_sink_update(&emulator);
+
     // Resuming what runs is a no-op without a Sequin call.
     emulator.clear_calls();
     let row = run(&db, "resume", "u1", None, json!({})).await;
     assert_eq!(row.result.unwrap()["changed"], json!([]));
+    assert_eq!(emulator.call_count(), 0, "{:?}", emulator.calls());
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_with_replay_starts_a_backfill_of_the_new_sink() {
+    let db = TestDb::new().await;
+    let emulator = start_emulator().await;
+    let worker = start_worker(config(&db, &emulator)).await;
+    let sub = subscribe(&db, "u1", "https://hooks.example.com/a", json!({})).await;
+    let name = sub["sink_name"].as_str().unwrap().to_string();
+    assert_eq!(
+        run(&db, "pause", "u1", None, json!({})).await.status,
+        "succeeded"
+    );
+    // A paused subscription has no sink to backfill: say what to do instead.
+    let row = run(&db, "backfill", "u1", None, json!({})).await;
+    assert_eq!(row.status, "failed", "{row:?}");
+    assert!(row.last_error.unwrap().contains("\"replay\": true"));
+
+    let row = run(&db, "resume", "u1", None, json!({"replay": true})).await;
+    assert_eq!(row.status, "succeeded", "{row:?}");
+    let result = row.result.unwrap();
+    let backfills = emulator.backfills();
+    assert_eq!(backfills.len(), 1, "{backfills:?}");
+    assert_eq!(result["sequin_backfill_id"], backfills[0]["id"]);
+    let sink = &sinks_named(&emulator, &name)[0];
+    assert_eq!(backfills[0]["sink_consumer"], sink["name"], "{backfills:?}");
+    let recorded = db
+        .scalar_i64(&format!(
+            "select id from userhooks.backfills where sequin_backfill_id = '{}'",
+            backfills[0]["id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(result["backfill_id"], json!(recorded));
+    assert_no_sink_update(&emulator);
+
+    // A replay option that is not a boolean fails the request, and leaves it paused.
+    assert_eq!(
+        run(&db, "pause", "u1", None, json!({})).await.status,
+        "succeeded"
+    );
+    let row = run(&db, "resume", "u1", None, json!({"replay": "yes"})).await;
+    assert_eq!(row.status, "failed", "{row:?}");
+    assert!(sinks_named(&emulator, &name).is_empty());
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_subscription_can_be_updated_and_unsubscribed() {
+    let db = TestDb::new().await;
+    let emulator = start_emulator().await;
+    let worker = start_worker(config(&db, &emulator)).await;
+    let sub = subscribe(&db, "u1", "https://hooks.example.com/a", json!({})).await;
+    let name = sub["sink_name"].as_str().unwrap().to_string();
+    assert_eq!(
+        run(&db, "pause", "u1", None, json!({})).await.status,
+        "succeeded"
+    );
+    // Update while paused: recorded, and used when the sink is created again.
+    emulator.clear_calls();
+    let row = run(
+        &db,
+        "update",
+        "u1",
+        None,
+        json!({"actions": ["insert", "update"]}),
+    )
+    .await;
+    assert_eq!(row.status, "succeeded", "{row:?}");
     assert_eq!(count_calls(&emulator, "update_sink"), 0);
+    assert!(sinks_named(&emulator, &name).is_empty());
+    assert_eq!(
+        run(&db, "resume", "u1", None, json!({})).await.status,
+        "succeeded"
+    );
+    assert_eq!(
+        sinks_named(&emulator, &name)[0]["actions"],
+        json!(["insert", "update"])
+    );
+
+    assert_eq!(
+        run(&db, "pause", "u1", None, json!({})).await.status,
+        "succeeded"
+    );
+    emulator.clear_calls();
+    let row = run(&db, "unsubscribe", "u1", None, json!({})).await;
+    assert_eq!(row.status, "succeeded", "{row:?}");
+    assert_eq!(row.result.unwrap()["removed"], 1);
+    // The sink was already gone: its DELETE answered 404, which counts as gone.
+    let deletes: Vec<(String, u16)> = emulator
+        .calls()
+        .iter()
+        .filter(|c| c.method == "DELETE")
+        .map(|c| (c.operation.clone(), c.status))
+        .collect();
+    assert_eq!(
+        deletes,
+        [
+            ("delete_sink".to_string(), 404),
+            ("delete_endpoint".to_string(), 200)
+        ]
+    );
+    assert!(emulator.endpoints().is_empty() && emulator.sinks().is_empty());
+    assert_eq!(
+        subscription_row(&db, &sub["subscription_id"]).await.0,
+        "deleted"
+    );
+    worker.stop().await;
+}
+
+/// A subscription paused by an older userhooks has a sink in Sequin's `paused` status:
+/// pausing again removes it, and resume replaces such a sink instead of updating it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sinks_left_paused_in_sequin_are_removed_or_replaced_not_updated() {
+    let db = TestDb::new().await;
+    let emulator = start_emulator().await;
+    let worker = start_worker(config(&db, &emulator)).await;
+    let sub = subscribe(&db, "u1", "https://hooks.example.com/a", json!({})).await;
+    let name = sub["sink_name"].as_str().unwrap().to_string();
+    let legacy_pause = || async {
+        let response = reqwest::Client::new()
+            .patch(format!("{}/sinks/{name}", emulator.api_url()))
+            .bearer_auth(TOKEN)
+            .header("accept", "application/json")
+            .json(&json!({"status": "paused"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        db.client()
+            .await
+            .execute(
+                "update userhooks.webhook_subscriptions set status = 'paused'",
+                &[],
+            )
+            .await
+            .unwrap();
+    };
+    legacy_pause().await;
+    emulator.clear_calls();
+    let row = run(&db, "pause", "u1", None, json!({})).await;
+    assert_eq!(row.status, "succeeded", "{row:?}");
+    assert!(
+        sinks_named(&emulator, &name).is_empty(),
+        "{:?}",
+        emulator.sinks()
+    );
+
+    assert_eq!(
+        run(&db, "resume", "u1", None, json!({})).await.status,
+        "succeeded"
+    );
+    legacy_pause().await;
+    emulator.clear_calls();
+    let row = run(&db, "resume", "u1", None, json!({})).await;
+    assert_eq!(row.status, "succeeded", "{row:?}");
+    let sinks = sinks_named(&emulator, &name);
+    assert_eq!(sinks.len(), 1);
+    assert_eq!(sinks[0]["status"], "active");
+    assert_eq!(row.result.unwrap()["sink_id"], sinks[0]["id"]);
+    assert_no_sink_update(&emulator);
     worker.stop().await;
 }
 
@@ -701,5 +926,168 @@ async fn status_and_retry_commands_work_as_an_operator_uses_them() {
         db.scalar_i64("select count(*) from userhooks.subscription_requests where status = 'failed' and user_id = 'u2'")
             .await,
         1
+    );
+}
+
+/// Insert a request row as it would be after the worker finished it (or while it waits).
+async fn history_row(
+    client: &tokio_postgres::Client,
+    user: &str,
+    action: &str,
+    status: &str,
+) -> i64 {
+    let finished = matches!(status, "succeeded" | "failed" | "cancelled");
+    client
+        .query_one(
+            "insert into userhooks.subscription_requests
+                    (action, user_id, webhook_url, status, finished_at, last_error)
+             values ($1, $2, 'https://hooks.example.com/h', $3,
+                     case when $4 then now() end, case when $3 = 'failed' then 'boom' end)
+             returning id",
+            &[&action, &user, &status, &finished],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// `userhooks.retry(id)`: its refusal (SQLSTATE 55000) and message, or whether it re-queued.
+async fn sql_retry(client: &tokio_postgres::Client, id: i64) -> Result<bool, String> {
+    match client.query_one("select userhooks.retry($1)", &[&id]).await {
+        Ok(row) => Ok(row.get(0)),
+        Err(err) => {
+            let db_err = err.as_db_error().expect("a database error");
+            assert_eq!(
+                db_err.code(),
+                &tokio_postgres::error::SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE,
+                "{db_err}"
+            );
+            Err(db_err.message().to_string())
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_retry_refuses_a_request_that_a_later_request_of_the_user_supersedes() {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    // The issue's history: subscribed (failed during an outage), then unsubscribed.
+    let subscribe = history_row(&client, "1", "subscribe", "failed").await;
+    let unsubscribe = history_row(&client, "1", "unsubscribe", "succeeded").await;
+    assert_eq!(
+        sql_retry(&client, subscribe).await,
+        Err(format!(
+            "request {subscribe} not re-queued: user \"1\" has a later request {unsubscribe} \
+             (unsubscribe, succeeded); insert a new request instead"
+        ))
+    );
+    assert_eq!(
+        db.request(subscribe).await.status,
+        "failed",
+        "left as it was"
+    );
+
+    // A later request that is still to run (or running) counts too.
+    for later_status in ["pending", "running"] {
+        let user = format!("waiting-{later_status}");
+        let failed = history_row(&client, &user, "subscribe", "failed").await;
+        let later = history_row(&client, &user, "backfill", later_status).await;
+        let refused = sql_retry(&client, failed).await.unwrap_err();
+        assert!(
+            refused.contains(&format!("later request {later} (backfill, {later_status})")),
+            "{refused}"
+        );
+    }
+
+    // Later requests that failed or were cancelled had no effect: retrying is safe. So are
+    // requests of other users, and earlier requests of the same user.
+    let failed = history_row(&client, "2", "subscribe", "failed").await;
+    history_row(&client, "2", "unsubscribe", "failed").await;
+    history_row(&client, "2", "pause", "cancelled").await;
+    history_row(&client, "3", "unsubscribe", "succeeded").await;
+    assert_eq!(sql_retry(&client, failed).await, Ok(true));
+    let row = db.request(failed).await;
+    assert_eq!((row.status.as_str(), row.attempts), ("pending", 0));
+
+    // Not failed, or no such request: false, as before.
+    assert_eq!(sql_retry(&client, unsubscribe).await, Ok(false));
+    assert_eq!(sql_retry(&client, 99_999).await, Ok(false));
+}
+
+fn userhooks_cli(db: &TestDb, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_userhooks"))
+        .args(args)
+        .env("DATABASE_URL", &db.url)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_failed_skips_superseded_requests_and_says_why_and_keeps_each_users_order() {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    let subscribe = history_row(&client, "1", "subscribe", "failed").await;
+    let unsubscribe = history_row(&client, "1", "unsubscribe", "succeeded").await;
+    // User 2 failed twice in a row: both go back, and in their order (judged newest first,
+    // the older one would find the newer one pending and be refused).
+    let first = history_row(&client, "2", "subscribe", "failed").await;
+    let second = history_row(&client, "2", "unsubscribe", "failed").await;
+
+    let out = userhooks_cli(&db, &["retry", "--failed", "--since", "1h"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("re-queued 2 request(s): [{first}, {second}]")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!(
+            "request {subscribe} not re-queued: user \"1\" has a later request {unsubscribe} \
+             (unsubscribe, succeeded); insert a new request instead\n"
+        )),
+        "{stdout}"
+    );
+    assert_eq!(db.request(subscribe).await.status, "failed");
+    assert_eq!(db.request(first).await.status, "pending");
+    assert_eq!(db.request(second).await.status, "pending");
+
+    // One id: the refusal is the command's error.
+    let out = userhooks_cli(&db, &["retry", &subscribe.to_string()]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("request {subscribe} not re-queued: user \"1\"")),
+        "{stderr}"
+    );
+    let out = userhooks_cli(&db, &["retry", &unsubscribe.to_string()]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("it is succeeded; only failed requests"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_of_an_unknown_id_or_without_arguments_fails_with_a_clear_line() {
+    let db = TestDb::new().await;
+    let out = userhooks_cli(&db, &["retry", "99999"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no such request 99999"), "{stderr}");
+
+    let out = userhooks_cli(&db, &["retry"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let usage = stderr
+        .lines()
+        .find(|l| l.starts_with("Usage: userhooks retry"));
+    assert!(
+        usage.is_some_and(|line| line.ends_with("<ID|--failed>")),
+        "{stderr}"
     );
 }

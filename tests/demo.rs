@@ -57,4 +57,56 @@ async fn demo_runs_to_completion_and_its_check_passes() {
     let cols: Vec<&str> = grace.split_whitespace().collect();
     assert_eq!(cols[2], "none", "{grace}");
     assert_eq!(cols[5], "0", "Grace received webhooks: {grace}");
+
+    // Without a terminal the progress is plain lines, not bars that draw nothing.
+    let progress = |label: &str| {
+        stdout
+            .lines()
+            .filter(|l| l.starts_with("      ") && l.contains(label))
+            .count()
+    };
+    assert!(progress("notifications inserted") >= 1, "{stdout}");
+    assert!(progress("rows replayed") >= 1, "{stdout}");
+    // Rates are rounded, and nothing prints empty parentheses.
+    let unrounded = regex::Regex::new(r"\d\.\d{2,}/s").unwrap();
+    assert!(!unrounded.is_match(&stdout), "{stdout}");
+    assert!(!stdout.contains("()"), "{stdout}");
+    assert!(
+        stdout.contains("backfill differs from written: a backfill replays the user's rows that exist at that moment"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("dropdb "), "{stdout}");
+    assert!(stdout.contains(&format!(" {name}`")), "{stdout}");
+    assert!(stdout.contains("userhooks dev-stack"), "{stdout}");
+}
+
+#[tokio::test]
+async fn a_rate_of_zero_is_refused_before_anything_is_created() {
+    let name = format!("uh_demo_{}", uuid::Uuid::new_v4().simple());
+    let out = common::binary::run_userhooks(
+        &["demo", "--demo-database", &name, "--rate", "0"],
+        &[("DATABASE_URL", &common::server_url())],
+    )
+    .await;
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert_eq!(
+        out.error_line(),
+        "error: --rate: invalid value '0': must be a number of notifications per second greater than 0"
+    );
+    assert!(!out.stdout.contains("[1/7]"), "{}", out.stdout);
+    let admin = userhooks::db::connect(&common::server_url(), "userhooks-tests")
+        .await
+        .unwrap();
+    let exists: bool = admin
+        .query_one(
+            "select exists (select 1 from pg_database where datname = $1)",
+            &[&name],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        !exists,
+        "the demo created its database before refusing the rate"
+    );
 }

@@ -1,11 +1,11 @@
 //! Real-HTTP tests of the Sequin API emulator: one test per rule of `sequin-api.md`.
 
 use reqwest::{Client, Method, StatusCode};
-use serde_json::{json, Value};
-use std::time::Duration;
-use userhooks::emulator::{
+use sequin_emulator::{
     start, EmulatorConfig, EmulatorHandle, Faults, InjectedResponse, RouteFaults,
 };
+use serde_json::{json, Value};
+use std::time::Duration;
 
 const TOKEN: &str = "test-token";
 
@@ -1103,6 +1103,102 @@ async fn config_with_functions_and_transforms_is_500() {
     assert!(h.functions().is_empty());
 }
 
+#[tokio::test]
+async fn config_export_renders_every_resource_without_ids_or_the_database_password() {
+    let h = emu().await;
+    let api = Api::new(&h);
+    let yaml = "functions:\n  - name: f1\n    type: filter\n    description: keeps all\n    code: |-\n      def filter(action, record, changes, metadata) do\n        true\n      end\n";
+    assert_eq!(
+        api.post("/config/apply", json!({"yaml": yaml})).await.0,
+        200
+    );
+    api.endpoint("e1").await;
+    let (s, _) = api.post("/sinks", sink_body("s1", "e1")).await;
+    assert_eq!(s, 200);
+
+    let (s, b) = api.get("/config/export").await;
+    assert_eq!(s, 200);
+    let text = b["yaml"].as_str().expect("{\"yaml\": ...}");
+    let doc: serde_norway::Value = serde_norway::from_str(text).expect("YAML");
+    assert_eq!(
+        doc["functions"][0],
+        serde_norway::from_str::<serde_norway::Value>(
+            "{name: f1, type: filter, description: keeps all, code: \"def filter(action, record, changes, metadata) do\\n  true\\nend\"}"
+        )
+        .unwrap(),
+        "a function is exported with exactly the code that was applied"
+    );
+    assert_eq!(doc["http_endpoints"][0]["name"].as_str(), Some("e1"));
+    assert_eq!(doc["sinks"][0]["name"].as_str(), Some("s1"));
+    assert_eq!(doc["sinks"][0]["filter"].as_str(), Some("none"));
+    let database = &doc["databases"][0];
+    assert_eq!(database["name"].as_str(), Some("app"));
+    assert_eq!(database["publication"]["name"].as_str(), Some("sequin_pub"));
+    // `Map.delete(:id)` on every resource; secrets obfuscated, even when asked to show them.
+    for section in ["databases", "functions", "http_endpoints", "sinks"] {
+        assert!(doc[section][0].get("id").is_none(), "{section} has an id");
+    }
+    let (_, shown) = api.get("/config/export?show-sensitive=true").await;
+    for body in [&b, &shown] {
+        assert!(
+            !body.to_string().contains("emulator-secret-password"),
+            "{body}"
+        );
+    }
+    // Read-only: nothing changed, and an empty section is left out.
+    assert_eq!(h.functions().len(), 1);
+    let empty = emu().await;
+    let (_, b) = Api::new(&empty).get("/config/export").await;
+    let doc: serde_norway::Value = serde_norway::from_str(b["yaml"].as_str().unwrap()).unwrap();
+    assert!(
+        doc.get("functions").is_none() && doc.get("sinks").is_none(),
+        "{doc:?}"
+    );
+    assert_eq!(empty.calls()[0].operation, "config_export");
+}
+
+#[tokio::test]
+async fn without_the_functions_feature_apply_and_plan_refuse_functions_like_sequin() {
+    let h = emu_with(EmulatorConfig {
+        functions_enabled: false,
+        ..config()
+    })
+    .await;
+    let api = Api::new(&h);
+    let yaml = |kind: &str, def: &str| {
+        format!("functions:\n  - name: f1\n    type: {kind}\n    code: |-\n      def {def}(action, record, changes, metadata) do\n        true\n      end\n")
+    };
+    for path in ["/config/apply", "/config/plan"] {
+        let (s, b) = api
+            .post(path, json!({"yaml": yaml("filter", "filter")}))
+            .await;
+        assert_eq!(s, 400, "{path}: {b}");
+        let summary = b["summary"].as_str().unwrap();
+        assert!(
+            summary.starts_with("Error creating function 'f1': %{"),
+            "{summary}"
+        );
+        assert!(
+            summary.contains(
+                "type: [\"Filter functions are not enabled. Talk to the Sequin team to enable them.\"]"
+            ),
+            "{summary}"
+        );
+    }
+    let (s, b) = api
+        .post(
+            "/config/apply",
+            json!({"yaml": yaml("transform", "transform")}),
+        )
+        .await;
+    assert_eq!(s, 400);
+    assert!(b["summary"]
+        .as_str()
+        .unwrap()
+        .contains("Transform functions are not enabled."));
+    assert!(h.functions().is_empty());
+}
+
 // ---------------------------------------------------------------- backfills
 
 async fn sink_with_two_tables(api: &Api) {
@@ -1445,6 +1541,25 @@ async fn control_route_changes_faults_at_run_time() {
         .await
         .unwrap();
     assert_eq!(api.get("/sinks").await.0, 200);
+
+    // What cannot be meant is refused, naming the field, and changes nothing.
+    let r = api
+        .http
+        .put(format!("{base}/_emulator/faults"))
+        .json(&json!({"routes": {"create_sink": {"error_rate": 2}}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["summary"]
+            .as_str()
+            .unwrap()
+            .contains("routes.create_sink.error_rate must be a probability between 0 and 1"),
+        "{body}"
+    );
+    assert!(h.faults().routes.is_empty());
 }
 
 #[tokio::test]

@@ -18,8 +18,8 @@ use common::cluster::TempCluster;
 use common::invariants::*;
 use common::proxy::TcpProxy;
 use common::*;
+use sequin_emulator::{Faults, InjectedResponse, RouteFaults};
 use serde_json::json;
-use userhooks::emulator::{Faults, InjectedResponse, RouteFaults};
 
 /// One heavy test at a time (a tokio mutex works across the tests' runtimes).
 static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -519,7 +519,7 @@ async fn twenty_percent_5xx_on_every_route_still_completes_everything() {
 
 /// Record when each call of `operation` arrives (by polling the emulator's log).
 async fn arrivals(
-    emulator: &userhooks::emulator::EmulatorHandle,
+    emulator: &sequin_emulator::EmulatorHandle,
     operation: &str,
     n: usize,
     timeout: Duration,

@@ -5,12 +5,12 @@ mod common;
 use std::time::Duration;
 
 use common::TestDb;
-use userhooks::generate::{self, GenerateError};
+use userhooks::dev::generate::{self, GenerateError};
 
 #[tokio::test]
 async fn generator_inserts_at_the_rate_for_existing_users_only() {
     let db = TestDb::new().await;
-    userhooks::demo::create_example_app(&db.url).await.unwrap();
+    userhooks::db::create_example_app(&db.url).await.unwrap();
     let client = db.client().await;
     let err = generate::run(
         &client,
@@ -59,5 +59,20 @@ async fn generator_inserts_at_the_rate_for_existing_users_only() {
         generate::run(&client, 0.0, None, std::future::pending(), |_, _| {})
             .await
             .is_err()
+    );
+}
+
+#[tokio::test]
+async fn on_a_database_without_the_example_tables_it_says_to_migrate() {
+    let db = TestDb::unmigrated().await;
+    let out = common::binary::run_userhooks(
+        &["generate-notifications", "--duration", "1s"],
+        &[("DATABASE_URL", &db.url), ("RUST_BACKTRACE", "1")],
+    )
+    .await;
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert_eq!(
+        out.error_line(),
+        "error: the example application's tables (users, notifications) are missing in this database: run `userhooks migrate --example-app` first"
     );
 }

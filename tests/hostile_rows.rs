@@ -216,7 +216,48 @@ async fn hostile_options_fail_with_a_reason_and_never_block_other_rows() {
         (json!({ "headers": { sqlish: "v" } }), "invalid header"),
         (
             json!({ "headers": { "Authorization": "Bearer x" } }),
-            "must not set Authorization",
+            "must not set Authorization: use option `secret`",
+        ),
+        // Headers that belong to the HTTP client or to one connection, in any case.
+        (
+            json!({ "headers": { "Host": "internal.example" } }),
+            "must not set Host: the HTTP client sets it from webhook_url",
+        ),
+        (
+            json!({ "headers": { "content-length": "0" } }),
+            "must not set content-length: the HTTP client frames the body",
+        ),
+        (
+            json!({ "headers": { "Transfer-Encoding": "chunked" } }),
+            "must not set Transfer-Encoding: the HTTP client frames the body",
+        ),
+        (
+            json!({ "headers": { "CONNECTION": "close" } }),
+            "must not set CONNECTION: it is a hop-by-hop header",
+        ),
+        (
+            json!({ "headers": { "Keep-Alive": "timeout=5" } }),
+            "must not set Keep-Alive: it is a hop-by-hop header",
+        ),
+        (
+            json!({ "headers": { "Proxy-Authorization": "Basic x" } }),
+            "must not set Proxy-Authorization: it is a hop-by-hop header",
+        ),
+        (
+            json!({ "headers": { "te": "trailers" } }),
+            "must not set te: it is a hop-by-hop header",
+        ),
+        (
+            json!({ "headers": { "Trailer": "X-A" } }),
+            "must not set Trailer: it is a hop-by-hop header",
+        ),
+        (
+            json!({ "headers": { "Upgrade": "websocket" } }),
+            "must not set Upgrade: it is a hop-by-hop header",
+        ),
+        (
+            json!({ "headers": { "X-Tenant": "a", "x-tenant": "b" } }),
+            "sets X-Tenant and x-tenant: header names ignore case",
         ),
         (
             json!({ "secret": "bell\u{7}" }),
@@ -478,4 +519,67 @@ async fn private_and_metadata_urls_fail_end_to_end_without_allow_private() {
     assert_eq!(db.finished(public, WAIT).await.status, "succeeded");
     assert_eq!(emulator.endpoints().len(), 1);
     worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_at_more_than_30_days_ahead_is_refused_saying_it_would_block_the_user() {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    let insert_at = |ahead: &'static str| {
+        format!(
+            "insert into userhooks.subscription_requests (action, user_id, webhook_url, run_at)
+             values ('subscribe', 'u1', 'https://a.example/', now() + interval '{ahead}')
+             returning id"
+        )
+    };
+    let err = client
+        .query_one(&insert_at("31 days"), &[])
+        .await
+        .expect_err("31 days ahead is refused");
+    let db_err = err.as_db_error().expect("a database error");
+    assert_eq!(db_err.code(), &SqlState::CHECK_VIOLATION);
+    assert_eq!(
+        db_err.constraint(),
+        Some("subscription_requests_run_at_horizon_check")
+    );
+    assert!(
+        db_err.message().contains("is more than 30 days ahead: the request would hold back every later request of user \"u1\" until then"),
+        "{}",
+        db_err.message()
+    );
+    let id: i64 = client
+        .query_one(&insert_at("29 days"), &[])
+        .await
+        .expect("29 days ahead is accepted")
+        .get(0);
+
+    // Moving a request too far ahead later is refused the same way.
+    let err = client
+        .execute(
+            "update userhooks.subscription_requests set run_at = now() + interval '1 year' where id = $1",
+            &[&id],
+        )
+        .await
+        .expect_err("moving run_at a year ahead is refused");
+    assert_eq!(err.code(), Some(&SqlState::CHECK_VIOLATION));
+
+    // A row stored before the limit existed still takes every other update.
+    client
+        .batch_execute(
+            "set session_replication_role = replica;
+             insert into userhooks.subscription_requests (action, user_id, webhook_url, run_at)
+             values ('subscribe', 'u2', 'https://a.example/', now() + interval '1 year');
+             set session_replication_role = origin;
+             update userhooks.subscription_requests set run_at = run_at, status = 'cancelled'
+              where user_id = 'u2';",
+        )
+        .await
+        .expect("an old far-ahead row can still be updated");
+    assert_eq!(
+        db.scalar_i64(
+            "select count(*) from userhooks.subscription_requests where status = 'cancelled'"
+        )
+        .await,
+        1
+    );
 }

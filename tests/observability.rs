@@ -8,9 +8,9 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
+use sequin_emulator::Faults;
 use serde_json::{json, Value};
 use tokio::io::AsyncReadExt;
-use userhooks::emulator::Faults;
 
 /// Every metric of DESIGN.md §6, as sample names (histograms by their `_count`).
 const DESIGN_METRICS: &[&str] = &[
@@ -31,7 +31,7 @@ const DESIGN_METRICS: &[&str] = &[
 
 async fn worker_with_metrics(
     db: &TestDb,
-    emulator: &userhooks::emulator::EmulatorHandle,
+    emulator: &sequin_emulator::EmulatorHandle,
 ) -> RunningWorker {
     let mut config = config(db, emulator);
     config.allow_private_urls = true;
@@ -195,6 +195,22 @@ async fn scrape_after_subscribes_shows_every_design_metric_with_true_values_and_
             "operation {operation}"
         );
     }
+    // Every write went through the pacer: an endpoint and a sink per subscribe, and the
+    // filter function (a write that restarts replication when it changes a function).
+    assert_eq!(
+        v(
+            "userhooks_sequin_write_wait_seconds_count",
+            &[("kind", "write")]
+        ),
+        6.0
+    );
+    assert_eq!(
+        v(
+            "userhooks_sequin_write_wait_seconds_count",
+            &[("kind", "restarting")]
+        ),
+        1.0
+    );
     // Subscriptions and backfills, zero-filled.
     assert_eq!(v("userhooks_subscriptions", &[("status", "active")]), 3.0);
     assert_eq!(v("userhooks_subscriptions", &[("status", "failed")]), 0.0);
@@ -214,12 +230,74 @@ async fn scrape_after_subscribes_shows_every_design_metric_with_true_values_and_
     for sample in &scrape.samples {
         for key in sample.labels.keys() {
             assert!(
-                ["action", "outcome", "status", "operation", "state", "le"].contains(&key.as_str()),
+                // source_table: the configured table(s), never user data.
+                [
+                    "action",
+                    "outcome",
+                    "status",
+                    "operation",
+                    "state",
+                    "kind",
+                    "le",
+                    "source_table"
+                ]
+                .contains(&key.as_str()),
                 "unexpected label {key} on {}",
                 sample.name
             );
         }
     }
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_subscriptions_are_counted_per_source_table() {
+    let db = TestDb::new().await;
+    db.client()
+        .await
+        .batch_execute(
+            "insert into userhooks.webhook_subscriptions (user_id, endpoint, source_table, status)
+             values ('a', 'https://h.example/a', 'public.notifications', 'active'),
+                    ('b', 'https://h.example/b', 'public.notifications', 'paused'),
+                    ('c', 'https://h.example/c', 'public.notifications', 'provisioning'),
+                    ('d', 'https://h.example/d', 'public.notifications', 'deleted'),
+                    ('e', 'https://h.example/e', 'public.notifications', 'failed'),
+                    ('f', 'https://h.example/f', 'public.orders', 'active'),
+                    ('g', 'https://h.example/g', 'public.gone', 'deleted')",
+        )
+        .await
+        .unwrap();
+    let emulator = start_emulator().await;
+    let worker = worker_with_metrics(&db, &emulator).await;
+    let addr = worker.metrics_addr.expect("metrics server bound");
+    // The first refresh runs when the worker starts.
+    let live = |scrape: &prom::Scrape, table: &str| {
+        scrape.value("userhooks_live_subscriptions", &[("source_table", table)])
+    };
+    let mut scrape = prom::scrape(addr).await;
+    for _ in 0..100 {
+        if live(&scrape, "public.notifications").is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        scrape = prom::scrape(addr).await;
+    }
+    assert_eq!(
+        live(&scrape, "public.notifications"),
+        Some(3.0),
+        "{}",
+        scrape.text
+    );
+    assert_eq!(live(&scrape, "public.orders"), Some(1.0));
+    assert_eq!(live(&scrape, "public.gone"), Some(0.0));
+    assert_eq!(
+        scrape.value("userhooks_subscriptions", &[("status", "active")]),
+        Some(2.0)
+    );
+    assert_eq!(
+        scrape.value("userhooks_subscriptions", &[("status", "deleted")]),
+        Some(2.0)
+    );
     worker.stop().await;
 }
 
@@ -457,4 +535,55 @@ async fn json_logs_of_a_debug_run_never_contain_the_token_or_an_endpoint_secret(
                 .contains("rejects the API token")),
         "no error line for the rejected token:\n{logs}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_logs_one_ready_line_with_its_settings_and_no_colour_codes_in_a_pipe() {
+    let db = TestDb::new().await;
+    let emulator = start_emulator().await;
+    // Trust authentication ignores the password: it is there to prove it is never printed.
+    let url = db.url.replacen("postgres@", "postgres:pw-do-not-print@", 1);
+    let worker = binary::WorkerProcess::spawn(
+        &url,
+        &emulator.api_url(),
+        &[
+            ("USERHOOKS_METRICS_ADDR", "auto"),
+            ("USERHOOKS_LEASE", "45s"),
+            ("USERHOOKS_NAME_PREFIX", "uhready"),
+        ],
+    );
+    let addr = worker.metrics_addr.unwrap();
+    let port = emulator.addr().port();
+    let server = url::Url::parse(&db.url).unwrap();
+    let server = format!(
+        "{}:{}",
+        server.host_str().unwrap(),
+        server.port().unwrap_or(5432)
+    );
+    eventually(Duration::from_secs(20), "the ready line", || async {
+        worker.stderr().contains("worker ready")
+    })
+    .await;
+    let text = worker.stderr();
+    let ready: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("worker ready"))
+        .collect();
+    assert_eq!(ready.len(), 1, "{text}");
+    for field in [
+        format!("metrics=http://{addr}/metrics"),
+        "source_table=public.notifications".to_string(),
+        format!("sequin=127.0.0.1:{port}"),
+        format!("database `{}`", db.name),
+        format!("postgres={server}, database"),
+        "concurrency=32".to_string(),
+        "lease=45s".to_string(),
+        "name_prefix=uhready".to_string(),
+    ] {
+        assert!(ready[0].contains(&field), "{field} missing: {}", ready[0]);
+    }
+    assert!(!text.contains('\u{1b}'), "colour codes in a pipe: {text:?}");
+    assert!(!text.contains("pw-do-not-print"), "{text}");
+    assert!(!text.contains(TOKEN), "{text}");
+    worker.stop_cleanly().await;
 }

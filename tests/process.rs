@@ -6,7 +6,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::*;
-use userhooks::emulator::{Faults, RouteFaults};
+use sequin_emulator::{Faults, RouteFaults};
 
 fn worker_command(db: &TestDb, api_url: &str) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_userhooks"));
@@ -19,6 +19,7 @@ fn worker_command(db: &TestDb, api_url: &str) -> tokio::process::Command {
         .env("USERHOOKS_METRICS_ADDR", "off")
         .env("USERHOOKS_ALLOW_PRIVATE_URLS", "true")
         .env("USERHOOKS_CONCURRENCY", "16")
+        .env("USERHOOKS_SEQUIN_MAX_WRITES_PER_SECOND", "unlimited")
         .env("USERHOOKS_SHUTDOWN_GRACE", "10s")
         .env("USERHOOKS_LOG", "info")
         .stdout(Stdio::null())

@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use common::{config, start_emulator_with, start_worker, TestDb, SEQUIN_DB, TOKEN};
+use sequin_emulator::{EmulatorConfig, EmulatorHandle};
 use serde_json::{json, Value};
-use userhooks::emulator::{EmulatorConfig, EmulatorHandle};
 use userhooks::reconcile::{reconcile, Options, Report};
 
 async fn api(emulator: &EmulatorHandle, method: &str, path: &str, body: Option<Value>) -> u16 {
@@ -243,4 +243,222 @@ async fn each_kind_of_drift_is_found_and_repair_fixes_it() {
     assert_eq!(s1["annotations"], json!({"user_id": "1"}));
     assert_eq!(s1["filter"], "userhooks-user-filter");
     assert_eq!(s1["destination"]["batch"], false);
+}
+
+fn foreign_names(report: &Report) -> BTreeSet<String> {
+    report.foreign.iter().map(|f| f.name.clone()).collect()
+}
+
+fn names(items: Vec<Value>) -> BTreeSet<String> {
+    items
+        .iter()
+        .map(|i| i["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+async fn create_endpoint(emulator: &EmulatorHandle, name: &str) {
+    api(
+        emulator,
+        "POST",
+        "/destinations/http_endpoints",
+        Some(json!({"name": name, "url": "http://127.0.0.1:9/x"})),
+    )
+    .await;
+}
+
+async fn create_sink(emulator: &EmulatorHandle, name: &str, endpoint: &str, status: &str) {
+    api(
+        emulator,
+        "POST",
+        "/sinks",
+        Some(
+            json!({"name": name, "database": SEQUIN_DB, "status": status,
+                    "source": {"include_tables": ["public.notifications"]},
+                    "destination": {"type": "webhook", "http_endpoint": endpoint}}),
+        ),
+    )
+    .await;
+}
+
+async fn finish(db: &TestDb, action: &str, user: &str, url: Option<&str>) {
+    let id = db.insert(action, user, url, json!({})).await;
+    let row = db.finished(id, Duration::from_secs(20)).await;
+    assert_eq!(row.status, "succeeded", "{row:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repair_touches_only_this_deployments_resources_and_expects_no_sink_while_paused() {
+    let db = TestDb::new().await;
+    let emulator = start_emulator_with(EmulatorConfig {
+        token: TOKEN.to_string(),
+        database: SEQUIN_DB.to_string(),
+        ..EmulatorConfig::default()
+    })
+    .await;
+    let cfg = config(&db, &emulator);
+    let worker = start_worker(cfg.clone()).await;
+    for u in ["1", "2"] {
+        finish(
+            &db,
+            "subscribe",
+            u,
+            Some(&format!("http://127.0.0.1:9/hooks/{u}")),
+        )
+        .await;
+    }
+    let repair = Options {
+        repair: true,
+        concurrency: 4,
+    };
+
+    // Another deployment with the same prefix but its own Sequin database: our sinks are not
+    // on its database, so they and their endpoints are foreign to it and left alone.
+    let other_db = TestDb::new().await;
+    let mut other = cfg.clone();
+    other.database_url = other_db.url.clone();
+    other.sequin_database = "app-staging".to_string();
+    emulator.clear_calls();
+    let report = reconcile(&other, &repair, |_, _| {}).await.unwrap();
+    assert!(report.drifts.is_empty(), "{report:?}");
+    let ours = [
+        "userhooks-1-endpoint",
+        "userhooks-1-sink",
+        "userhooks-2-endpoint",
+        "userhooks-2-sink",
+    ];
+    assert_eq!(
+        foreign_names(&report),
+        ours.iter().map(|n| n.to_string()).collect()
+    );
+    let sink_1 = report
+        .foreign
+        .iter()
+        .find(|f| f.name == "userhooks-1-sink")
+        .unwrap();
+    assert!(sink_1.reason.contains("\"app\""), "{sink_1:?}");
+    assert!(
+        emulator.calls().iter().all(|c| c.method == "GET"),
+        "{:?}",
+        emulator.calls()
+    );
+
+    finish(&db, "pause", "2", None).await;
+    worker.stop().await;
+    // Look-alikes of ours that are not: another prefix that starts with ours, another name.
+    create_endpoint(&emulator, "userhooks-staging-1-endpoint").await;
+    create_sink(
+        &emulator,
+        "userhooks-staging-1-sink",
+        "userhooks-staging-1-endpoint",
+        "active",
+    )
+    .await;
+    create_endpoint(&emulator, "other-1-endpoint").await;
+    // Ours, owned by no subscription.
+    create_endpoint(&emulator, "userhooks-999-endpoint").await;
+
+    let report = reconcile(&cfg, &repair, |_, _| {}).await.unwrap();
+    let render = userhooks::reconcile::render(&report, true);
+    let kinds: Vec<(&str, &str)> = report
+        .drifts
+        .iter()
+        .map(|d| (d.kind, d.resource.as_str()))
+        .collect();
+    // The paused subscription has no sink, and none is created for it.
+    assert_eq!(
+        kinds,
+        [("orphan_endpoint", "userhooks-999-endpoint")],
+        "{render}"
+    );
+    assert_eq!(report.unresolved(), 0, "{render}");
+    let foreign = [
+        "other-1-endpoint",
+        "userhooks-staging-1-endpoint",
+        "userhooks-staging-1-sink",
+    ];
+    assert_eq!(
+        foreign_names(&report),
+        foreign.iter().map(|n| n.to_string()).collect(),
+        "{render}"
+    );
+    assert!(
+        render.contains("foreign sink     userhooks-staging-1-sink"),
+        "{render}"
+    );
+    let endpoints = names(emulator.endpoints());
+    for name in [
+        "userhooks-staging-1-endpoint",
+        "other-1-endpoint",
+        "userhooks-2-endpoint",
+    ] {
+        assert!(
+            endpoints.contains(name),
+            "{name} was deleted: {endpoints:?}"
+        );
+    }
+    assert!(!endpoints.contains("userhooks-999-endpoint"));
+    assert_eq!(
+        names(emulator.sinks()),
+        ["userhooks-1-sink", "userhooks-staging-1-sink"]
+            .iter()
+            .map(|n| n.to_string())
+            .collect()
+    );
+    let (code, json_report) = run_cli(&db, &emulator).await;
+    assert_eq!(code, Some(0), "{json_report}");
+    assert_eq!(json_report["foreign"].as_array().map(Vec::len), Some(3));
+
+    // A sink left `paused` in Sequin for a paused subscription (an older userhooks did
+    // that) is drift, and the repair deletes it.
+    create_sink(
+        &emulator,
+        "userhooks-2-sink",
+        "userhooks-2-endpoint",
+        "paused",
+    )
+    .await;
+    let check = Options {
+        repair: false,
+        concurrency: 4,
+    };
+    let report = reconcile(&cfg, &check, |_, _| {}).await.unwrap();
+    let kinds: Vec<(&str, &str)> = report
+        .drifts
+        .iter()
+        .map(|d| (d.kind, d.resource.as_str()))
+        .collect();
+    assert_eq!(kinds, [("paused_sink", "userhooks-2-sink")]);
+    let report = reconcile(&cfg, &repair, |_, _| {}).await.unwrap();
+    assert_eq!(report.unresolved(), 0, "{report:?}");
+    assert!(!names(emulator.sinks()).contains("userhooks-2-sink"));
+}
+
+/// `GET /api/sinks` renders the health of every sink: with thousands of sinks it outlasts
+/// the per-call timeout, so list calls get a longer one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_list_of_sinks_does_not_time_out() {
+    let db = TestDb::new().await;
+    let emulator = start_emulator_with(EmulatorConfig {
+        token: TOKEN.to_string(),
+        database: SEQUIN_DB.to_string(),
+        ..EmulatorConfig::default()
+    })
+    .await;
+    let mut cfg = config(&db, &emulator);
+    cfg.http_timeout = Duration::from_secs(1);
+    let mut faults = sequin_emulator::Faults::default();
+    faults.routes.insert(
+        "list_sinks".to_string(),
+        sequin_emulator::RouteFaults {
+            latency_ms: 1500,
+            ..Default::default()
+        },
+    );
+    emulator.set_faults(faults);
+    let options = Options {
+        repair: false,
+        concurrency: 4,
+    };
+    let report = reconcile(&cfg, &options, |_, _| {}).await;
+    assert!(report.is_ok(), "{:?}", report.err());
 }

@@ -167,7 +167,11 @@ async fn app_role_can_enqueue_call_the_helpers_and_read_results() {
         .get(0);
     assert_eq!(pending, 6);
 
-    // retry: re-queues a failed request (made failed here by the owner).
+    // retry: re-queues a failed request (made failed here by the owner). User 45's, the only
+    // one of its user: a failed request with later requests of its user is not re-queued.
+    let id = db
+        .scalar_i64("select id from userhooks.subscription_requests where user_id = '45'")
+        .await;
     db.client()
         .await
         .execute(

@@ -304,7 +304,7 @@ async fn worker_refuses_to_start_on_a_schema_older_than_it_needs() {
     };
     assert!(err.contains("run `userhooks migrate` first"), "{err}");
     assert!(
-        err.contains(&format!("this worker needs {latest}")),
+        err.contains(&format!("this userhooks needs {latest}")),
         "{err}"
     );
 

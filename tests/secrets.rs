@@ -60,7 +60,7 @@ async fn dump_schema(db: &TestDb) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_in_logs_tables_or_metrics_after_a_run() {
     let db = TestDb::new().await;
-    let emulator = start_emulator_with(userhooks::emulator::EmulatorConfig {
+    let emulator = start_emulator_with(sequin_emulator::EmulatorConfig {
         token: TOKEN_FILE_TOKEN.to_string(),
         database: SEQUIN_DB.to_string(),
         tables: vec!["public.notifications".to_string()],

@@ -2,6 +2,8 @@
 //! trusts through `SSL_CERT_FILE`, as a self-hosted Sequin with a private CA would be set up.
 //! Its own test binary: the trusted roots are read once per process.
 
+mod common;
+
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -16,27 +18,8 @@ use userhooks::sequin::SequinClient;
 
 /// A self-signed certificate for `localhost`, made with the `openssl` command.
 fn certificate(dir: &Path) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let status = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-        ])
-        .args(["-nodes", "-days", "1", "-subj", "/CN=localhost"])
-        .args(["-addext", "subjectAltName=DNS:localhost"])
-        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stderr(std::process::Stdio::null())
-        .status()
-        .expect("the openssl command makes the test certificate");
-    assert!(status.success(), "openssl failed: {status}");
+    let common::certs::Pem { cert, key } =
+        common::certs::self_signed(dir, "localhost", "DNS:localhost");
     // The client reads its trusted roots from here (rustls-native-certs).
     std::env::set_var("SSL_CERT_FILE", &cert);
     let certs = CertificateDer::pem_file_iter(&cert)

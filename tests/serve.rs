@@ -6,9 +6,9 @@ mod common;
 use std::time::Duration;
 
 use common::{config, start_emulator, start_worker, RunningWorker, TestDb};
+use sequin_emulator::{EmulatorHandle, Faults};
 use serde_json::{json, Value};
 use userhooks::config::Secret;
-use userhooks::emulator::{EmulatorHandle, Faults};
 use userhooks::metrics::Metrics;
 use userhooks::sequin::SequinClient;
 use userhooks::serve::{serve, ServeConfig};
@@ -32,7 +32,7 @@ async fn setup_with(
     serve_knows_sequin: bool,
 ) -> Setup {
     let db = TestDb::new().await;
-    userhooks::demo::create_example_app(&db.url).await.unwrap();
+    userhooks::db::create_example_app(&db.url).await.unwrap();
     db.client()
         .await
         .batch_execute("insert into users (name) values ('User 1'), ('User 2'), ('User 3')")
@@ -60,6 +60,7 @@ async fn setup_with(
             )
             .with_in_process_retries(0)
         }),
+        token: None,
     };
     tokio::spawn(async move {
         serve(cfg, listener, std::future::pending()).await.unwrap();
@@ -375,4 +376,58 @@ async fn seed_backfill_and_unsubscribe_work_end_to_end_with_the_worker() {
     let (status, body, _) = s.curl("DELETE", "/subscribe", r#"{"userId": 1}"#).await;
     assert_eq!((status, body["removed"].clone()), (200, json!(0)), "{body}");
     assert_eq!(body["message"], "Nothing to remove");
+}
+
+#[tokio::test]
+async fn with_a_token_a_call_without_it_gets_401_and_enqueues_nothing() {
+    let db = TestDb::new().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let cfg = ServeConfig {
+        database_url: db.url.clone(),
+        wait: Duration::from_millis(200),
+        sequin: None,
+        token: Some(Secret::new("serve-tok")),
+    };
+    tokio::spawn(async move {
+        serve(cfg, listener, std::future::pending()).await.unwrap();
+    });
+    let http = reqwest::Client::new();
+    for auth in [None, Some("Bearer wrong"), Some("serve-tok")] {
+        let mut req = http
+            .post(format!("{base}/subscribe"))
+            .header("Content-Type", "application/json")
+            .body(SEED_SUBSCRIBE);
+        if let Some(auth) = auth {
+            req = req.header("Authorization", auth);
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), 401, "{auth:?}");
+        assert_eq!(
+            resp.headers()["www-authenticate"].to_str().unwrap(),
+            "Bearer"
+        );
+        let body: Value = resp.json().await.unwrap();
+        assert!(body["error"]
+            .as_str()
+            .unwrap()
+            .contains("USERHOOKS_SERVE_TOKEN"));
+    }
+    assert_eq!(
+        db.scalar_i64("select count(*) from userhooks.subscription_requests")
+            .await,
+        0
+    );
+    // With the token the call goes through: the request is enqueued (no worker: 202).
+    let resp = http
+        .post(format!("{base}/subscribe"))
+        .header("Content-Type", "application/json")
+        .bearer_auth("serve-tok")
+        .body(SEED_SUBSCRIBE)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let health = http.get(format!("{base}/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
 }

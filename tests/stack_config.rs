@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::Value as Json;
-use serde_yaml::Value as Yaml;
+use serde_norway::Value as Yaml;
 use userhooks::cli::{Cli, Command};
 
 fn repo(path: &str) -> PathBuf {
@@ -24,7 +24,7 @@ fn read(path: &str) -> String {
 }
 
 fn yaml(path: &str) -> Yaml {
-    serde_yaml::from_str(&read(path)).unwrap_or_else(|e| panic!("{path} is not YAML: {e}"))
+    serde_norway::from_str(&read(path)).unwrap_or_else(|e| panic!("{path} is not YAML: {e}"))
 }
 
 fn compose() -> Yaml {
@@ -189,6 +189,29 @@ fn postgres_runs_with_logical_wal_and_the_example_app_schema() {
         "no init script creates Sequin's database"
     );
     assert_eq!(sequin_env["PG_HOSTNAME"], "postgres");
+}
+
+#[test]
+fn postgres_leaves_5432_to_a_local_server_is_checked_over_tcp_and_migrate_waits_for_it() {
+    let compose = compose();
+    let postgres = service(&compose, "postgres");
+    // The README's local setup (and the tests) use a Postgres on host port 5432.
+    let ports = str_list(&postgres["ports"]);
+    assert_eq!(ports, ["5433:5432"]);
+    assert!(
+        read("README.md").contains("-p 5433"),
+        "the README names the stack's port"
+    );
+    // pg_isready over the Unix socket says "ready" while initdb's temporary server runs,
+    // before the network listener is up.
+    let check = str_list(&postgres["healthcheck"]["test"]).join(" ");
+    assert!(check.contains("pg_isready -h 127.0.0.1"), "{check}");
+    let migrate = service(&compose, "migrate");
+    assert_eq!(
+        migrate["depends_on"]["postgres"]["condition"].as_str(),
+        Some("service_healthy")
+    );
+    assert_eq!(migrate["restart"].as_str(), Some("on-failure"));
 }
 
 #[test]
@@ -501,6 +524,9 @@ fn grafana_provisions_the_prometheus_datasource_and_both_dashboards() {
     assert_eq!(datasource["type"].as_str(), Some("prometheus"));
     assert_eq!(datasource["url"].as_str(), Some("http://prometheus:9090"));
     let uid = datasource["uid"].as_str().expect("datasource uid");
+    // Sequin's own dashboard queries the data source by this uid.
+    assert_eq!(uid, "sqpds");
+    assert!(read("grafana/dashboards/sequin/README.md").contains("`sqpds`"));
     assert_eq!(
         host_path_of(
             grafana,

@@ -5,8 +5,8 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use sequin_emulator::{Faults, InjectedResponse, RouteFaults};
 use serde_json::json;
-use userhooks::emulator::{Faults, InjectedResponse, RouteFaults};
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -628,4 +628,176 @@ async fn write_back_with_a_stale_attempt_is_refused() {
         .unwrap();
     assert_eq!(written, WriteBack::Applied);
     assert_eq!(db.request(stale.id).await.status, "succeeded");
+}
+
+/// What the scripted resolver does when asked.
+#[derive(Clone, Copy, Debug)]
+enum Dns {
+    /// Never answers: the lookup times out.
+    Hang,
+    /// Answers that the name does not exist (NXDOMAIN).
+    NoSuchHost,
+    /// Answers with a public address.
+    Public,
+}
+
+/// A resolver whose answer the test changes, counting the lookups.
+#[derive(Clone)]
+struct ScriptedDns(std::sync::Arc<ScriptedState>);
+
+struct ScriptedState {
+    answer: std::sync::Mutex<Dns>,
+    calls: std::sync::atomic::AtomicUsize,
+    asked: tokio::sync::Notify,
+}
+
+impl ScriptedDns {
+    fn new(answer: Dns) -> Self {
+        ScriptedDns(std::sync::Arc::new(ScriptedState {
+            answer: std::sync::Mutex::new(answer),
+            calls: Default::default(),
+            asked: tokio::sync::Notify::new(),
+        }))
+    }
+
+    fn answer(&self, answer: Dns) {
+        *self.0.answer.lock().unwrap() = answer;
+    }
+
+    fn calls(&self) -> usize {
+        self.0.calls.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn resolver(&self) -> userhooks::webhook_url::Resolver {
+        userhooks::webhook_url::Resolver::new(self.clone()).with_timeout(DNS_TIMEOUT)
+    }
+}
+
+const DNS_TIMEOUT: Duration = Duration::from_millis(200);
+
+impl userhooks::webhook_url::Resolve for ScriptedDns {
+    fn resolve(
+        &self,
+        _host: &str,
+        _port: u16,
+    ) -> impl std::future::Future<Output = std::io::Result<Vec<std::net::IpAddr>>> + Send {
+        self.0
+            .calls
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.0.asked.notify_one();
+        let answer = *self.0.answer.lock().unwrap();
+        async move {
+            match answer {
+                Dns::Hang => std::future::pending().await,
+                Dns::NoSuchHost => Err(std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "no such host (injected)",
+                )),
+                Dns::Public => Ok(vec!["93.184.215.14".parse().unwrap()]),
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dns_timeout_is_retried_with_backoff_and_succeeds_once_dns_answers() {
+    let db = TestDb::new().await;
+    let emulator = start_emulator().await;
+    let mut config = config(&db, &emulator);
+    config.allow_private_urls = false;
+    let dns = ScriptedDns::new(Dns::Hang);
+    let id = db
+        .insert(
+            "subscribe",
+            "u1",
+            Some("https://hooks.example.com/u1"),
+            json!({}),
+        )
+        .await;
+
+    // A worker that shuts down as soon as it asks DNS: the attempt in flight still times out
+    // and is written back, and no second attempt can start.
+    let app = userhooks::worker::build_with_resolver(config.clone(), dns.resolver())
+        .await
+        .expect("build worker");
+    let asked = dns.clone();
+    tokio::time::timeout(WAIT, app.run(async move { asked.0.asked.notified().await }))
+        .await
+        .expect("the worker stops")
+        .expect("worker run");
+    assert_eq!(dns.calls(), 1);
+
+    let row = db
+        .client()
+        .await
+        .query_one(
+            "select status, attempts, last_error, result,
+                    extract(epoch from run_at - updated_at)::float8
+               from userhooks.subscription_requests where id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "pending", "retried, not failed");
+    assert_eq!(row.get::<_, i32>(1), 1);
+    assert_eq!(
+        row.get::<_, Option<String>>(2).as_deref(),
+        Some(
+            "attempt 1 of 12: webhook_url host hooks.example.com could not be resolved: \
+             DNS timeout (no answer within 200 ms)"
+        )
+    );
+    assert_eq!(row.get::<_, Option<serde_json::Value>>(3), None);
+    // Rescheduled by the write-back with the durable backoff: the first retry waits at most 1s.
+    let delay: f64 = row.get(4);
+    assert!((0.0..=1.0).contains(&delay), "run_at is now + {delay}s");
+
+    dns.answer(Dns::Public);
+    let worker = start_worker_with_resolver(config, dns.resolver()).await;
+    let row = db.finished(id, WAIT).await;
+    assert_eq!(row.status, "succeeded", "{row:?}");
+    assert_eq!(row.attempts, 2);
+    assert_eq!(dns.calls(), 2);
+    assert_eq!(emulator.endpoints().len(), 1);
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_does_not_exist_fails_clearly_once_its_attempts_run_out() {
+    let db = TestDb::new().await;
+    let emulator = start_emulator().await;
+    let mut config = config(&db, &emulator);
+    config.allow_private_urls = false;
+    let dns = ScriptedDns::new(Dns::NoSuchHost);
+    let worker = start_worker_with_resolver(config, dns.resolver()).await;
+    let id: i64 = db
+        .client()
+        .await
+        .query_one(
+            "insert into userhooks.subscription_requests (action, user_id, webhook_url, max_attempts)
+             values ('subscribe', 'u1', 'https://nowhere.example.com/u1', 3) returning id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let row = db.finished(id, WAIT).await;
+    assert_eq!(row.status, "failed", "{row:?}");
+    assert_eq!(row.attempts, 3, "asked again before giving up");
+    assert_eq!(dns.calls(), 3);
+    assert_eq!(
+        row.last_error.as_deref(),
+        Some(
+            "webhook_url host \"nowhere.example.com\" does not exist \
+             (DNS: no such host (injected)); check the URL"
+        )
+    );
+    assert_eq!(row.result.unwrap()["error"]["kind"], "invalid_request");
+    assert!(emulator.endpoints().is_empty(), "nothing provisioned");
+    assert_eq!(
+        db.scalar_i64("select count(*) from userhooks.webhook_subscriptions")
+            .await,
+        0
+    );
+    worker.stop().await;
 }

@@ -34,6 +34,7 @@ fn allow_private() -> UrlPolicy {
     UrlPolicy {
         allow_private: true,
         require_https: false,
+        ..UrlPolicy::default()
     }
 }
 
@@ -231,6 +232,7 @@ fn require_https_refuses_http_and_accepts_https() {
     let policy = UrlPolicy {
         allow_private: false,
         require_https: true,
+        ..UrlPolicy::default()
     };
     assert_eq!(
         parse("http://hooks.example.com/", &policy),
@@ -484,12 +486,12 @@ async fn names_resolving_to_any_non_public_address_are_refused() {
 }
 
 #[tokio::test]
-async fn names_that_do_not_resolve_are_refused_as_unresolvable() {
+async fn names_that_do_not_exist_are_refused_as_no_such_host() {
     let dns = fake_dns();
     let got = validate_with("https://nowhere.example/", &default_policy(), &dns).await;
     assert_eq!(
         got,
-        Err(UrlError::Unresolvable {
+        Err(UrlError::NoSuchHost {
             host: "nowhere.example".into(),
             reason: "no such host (fake)".into()
         })
@@ -499,9 +501,9 @@ async fn names_that_do_not_resolve_are_refused_as_unresolvable() {
         .unwrap_err();
     assert_eq!(
         err.to_string(),
-        "webhook_url host empty.example could not be resolved: no addresses"
+        "webhook_url host \"empty.example\" does not exist (DNS: no addresses); check the URL"
     );
-    assert!(err.is_resolution_failure());
+    assert!(err.is_resolution_failure() && err.host_does_not_exist());
 }
 
 #[tokio::test]
@@ -629,6 +631,7 @@ fn policies() -> impl Strategy<Value = UrlPolicy> {
     (any::<bool>(), any::<bool>()).prop_map(|(allow_private, require_https)| UrlPolicy {
         allow_private,
         require_https,
+        ..UrlPolicy::default()
     })
 }
 

@@ -2,9 +2,12 @@
 
 use serde_json::{json, Value};
 
-use super::{expect_no_options, Created, Names, ProvisionError, Provisioner, UpdateOptions};
-use crate::queue::{Action, Change, Request};
-use crate::sequin::SequinError;
+use super::{
+    expect_no_options, Created, Names, ProvisionError, Provisioner, ResumeOptions,
+    SubscribeOptions, UpdateOptions,
+};
+use crate::queue::{Change, Request};
+use crate::sequin::{ErrorClass, Resource, SequinError};
 use crate::webhook_url;
 
 /// Unsubscribe also finishes what a crashed unsubscribe left in `deleting`.
@@ -13,7 +16,7 @@ const REMOVABLE: &[&str] = &["provisioning", "active", "paused", "deleting"];
 const READY: &[&str] = &["active", "paused"];
 
 const SUBSCRIPTION_COLUMNS: &str =
-    "id, status, endpoint, sink_name, endpoint_name, transform, actions, sequin_sink_id::text";
+    "id, status, endpoint, sink_name, endpoint_name, transform, actions, sequin_endpoint_id::text";
 
 /// A subscription row as the actions need it.
 #[derive(Debug, Clone)]
@@ -25,6 +28,7 @@ pub(super) struct SubscriptionRow {
     pub endpoint_name: Option<String>,
     pub transform: Option<String>,
     pub actions: Vec<String>,
+    pub endpoint_id: Option<String>,
 }
 
 impl SubscriptionRow {
@@ -37,6 +41,7 @@ impl SubscriptionRow {
             endpoint_name: row.get(4),
             transform: row.get(5),
             actions: row.get(6),
+            endpoint_id: row.get(7),
         }
     }
 
@@ -190,6 +195,12 @@ impl Provisioner {
     ) -> Result<(Value, Vec<Change>), ProvisionError> {
         expect_no_options(&request.options, "backfill")?;
         let target = self.resolve_one(request).await?;
+        if target.status == "paused" {
+            return Err(ProvisionError::Invalid(format!(
+                "subscription {} is paused and has no sink to backfill; resume it with options {{\"replay\": true}} to replay the user's rows",
+                target.id
+            )));
+        }
         let names = target.names(&self.config.name_prefix);
         let started = self.start_backfill(target.id, &names.sink).await?;
         let mut result = json!({
@@ -277,6 +288,11 @@ impl Provisioner {
         created: &mut Created,
     ) -> Result<(Value, Vec<Change>), ProvisionError> {
         let options = UpdateOptions::parse(&request.options)?;
+        if options.actions.is_some() {
+            // Refuses `delete` while the table cannot deliver it (actions not named stay).
+            self.deliverable_actions(&mut options.actions.clone())
+                .await?;
+        }
         let target = self.resolve_one(request).await?;
         created.subscription_id = None; // never compensate an existing subscription
         let names = target.names(&self.config.name_prefix);
@@ -331,7 +347,8 @@ impl Provisioner {
                 new_actions = Some(actions.clone());
             }
         }
-        if !sink_patch.is_empty() {
+        // A paused subscription has no sink: resume creates it from the recorded fields.
+        if !sink_patch.is_empty() && target.status != "paused" {
             self.sequin
                 .update_sink(&names.sink, &Value::Object(sink_patch))
                 .await?;
@@ -351,36 +368,139 @@ impl Provisioner {
         ))
     }
 
-    /// Pause (Sequin buffers, delivers nothing) or resume a subscription's sink.
-    pub(super) async fn set_paused(
+    /// Pause: delete the subscription's sink, keep its endpoint.
+    ///
+    /// Not Sequin's `paused` status: a paused sink is still routed every change and buffers
+    /// it, and once its store is full the replication slot stops for every sink on it. Not
+    /// `disabled` either: in Sequin v0.14.6 (`lib/sequin/runtime/consumer_lifecycle_event_worker.ex`)
+    /// an update to `disabled` neither refreshes the routing context nor stops the sink's
+    /// message store, so the sink keeps being routed and buffering until something else
+    /// restarts replication, and the update back to `active` restarts replication of the
+    /// whole slot. A delete refreshes routing and stops the sink's store at once; resume
+    /// creates it again, which only refreshes routing.
+    ///
+    /// Pausing a paused subscription deletes its sink again (a 404 counts as gone), so one
+    /// left `paused` in Sequin by an older userhooks goes too.
+    pub(super) async fn pause(
         &self,
         request: &Request,
     ) -> Result<(Value, Vec<Change>), ProvisionError> {
-        let paused = request.action == Action::Pause;
-        expect_no_options(&request.options, request.action.as_str())?;
+        expect_no_options(&request.options, "pause")?;
         let target = self.resolve_one(request).await?;
-        let (sink_status, status) = if paused {
-            ("paused", "paused")
-        } else {
-            ("active", "active")
-        };
-        if target.status == status {
+        let names = target.names(&self.config.name_prefix);
+        self.sequin.delete_sink(&names.sink).await?;
+        // Sequin deleted the sink's backfills with it; a resume with replay starts anew.
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                "update userhooks.backfills
+                    set state = 'cancelled', completed_at = now(), updated_at = now()
+                  where subscription_id = $1 and state in ('active', 'paused')",
+                &[&target.id],
+            )
+            .await?;
+        if target.status == "paused" {
+            return Ok((
+                json!({ "subscription_id": target.id, "changed": [] }),
+                Vec::new(),
+            ));
+        }
+        Ok((
+            json!({ "subscription_id": target.id, "changed": ["status"] }),
+            vec![Change::SetStatus {
+                subscription_id: target.id,
+                status: "paused",
+            }],
+        ))
+    }
+
+    /// Resume: create the sink again under its deterministic name (adopting it if an
+    /// earlier attempt already did), from the subscription's recorded fields. With
+    /// `{"replay": true}`, then backfill the user's rows: changes made while paused are
+    /// not delivered otherwise.
+    pub(super) async fn resume(
+        &self,
+        request: &Request,
+    ) -> Result<(Value, Vec<Change>), ProvisionError> {
+        let options = ResumeOptions::parse(&request.options)?;
+        let target = self.resolve_one(request).await?;
+        if target.status == "active" {
             return Ok((
                 json!({ "subscription_id": target.id, "changed": [] }),
                 Vec::new(),
             ));
         }
         let names = target.names(&self.config.name_prefix);
-        self.sequin
-            .update_sink(&names.sink, &json!({ "status": sink_status }))
+        let endpoint_id = match &target.endpoint_id {
+            Some(id) => id.clone(),
+            None => {
+                self.sequin
+                    .get_endpoint(&names.endpoint)
+                    .await?
+                    .ok_or_else(|| {
+                        ProvisionError::NotFound(format!(
+                            "endpoint {} of subscription {} is missing in Sequin; run `userhooks reconcile --repair` or subscribe again",
+                            names.endpoint, target.id
+                        ))
+                    })?
+                    .id
+            }
+        };
+        let fields = SubscribeOptions {
+            transform: target.transform.clone(),
+            actions: Some(target.actions.clone()),
+            ..SubscribeOptions::default()
+        };
+        let sink = self
+            .recreate_sink(&names, &request.user_id, &fields)
             .await?;
+        let mut result = json!({
+            "subscription_id": target.id,
+            "changed": ["status"],
+            "sink_id": sink.id,
+            "sink_name": names.sink,
+        });
+        if options.replay {
+            // As for subscribe: the sink works without the replay, so a permanent refusal
+            // is reported in the result, not a failed resume.
+            match self.start_backfill(target.id, &names.sink).await {
+                Ok(started) => {
+                    result["backfill_id"] = json!(started.id);
+                    result["sequin_backfill_id"] = json!(started.sequin_id);
+                }
+                Err(err) if err.class() == ErrorClass::Permanent => {
+                    result["backfill_error"] = json!(err.to_string());
+                }
+                Err(err) => return Err(err),
+            }
+        }
         Ok((
-            json!({ "subscription_id": target.id, "changed": ["status"] }),
-            vec![Change::SetStatus {
+            result,
+            vec![Change::Activate {
                 subscription_id: target.id,
-                status,
+                endpoint_id,
+                sink_id: sink.id,
+                endpoint_name: names.endpoint,
+                sink_name: names.sink,
             }],
         ))
+    }
+
+    /// Create the sink, or adopt it if the name is taken. A sink found in another status
+    /// than `active` (left `paused` or `disabled` by an older userhooks or by hand) is
+    /// replaced, not updated: an update to `active` restarts replication of the whole slot.
+    async fn recreate_sink(
+        &self,
+        names: &Names,
+        user_id: &str,
+        fields: &SubscribeOptions,
+    ) -> Result<Resource, SequinError> {
+        let sink = self.ensure_sink(names, user_id, fields).await?;
+        if sink.str_field("status").as_deref() == Some("active") {
+            return Ok(sink);
+        }
+        self.sequin.delete_sink(&names.sink).await?;
+        self.ensure_sink(names, user_id, fields).await
     }
 }
 

@@ -14,18 +14,20 @@ use crate::config::Config;
 use crate::db::DbError;
 use crate::queue::{Action, Change, Outcome, Request};
 use crate::retry::RetryPolicy;
-use crate::sequin::{ErrorClass, Resource, SequinClient, SequinError};
-use crate::webhook_url::{self, UrlPolicy, WebhookUrl};
+use crate::sequin::{ErrorClass, ExportedFunction, Resource, SequinClient, SequinError};
+use crate::webhook_url::{self, Resolver, UrlError, UrlPolicy, WebhookUrl};
 
 mod actions;
 mod open;
 mod options;
+pub mod replica;
 
 use open::{OpenOp, OpenRequest, OpenSubscription, Opener};
 
 pub use options::{
-    expect_no_options, secret_hash, SubscribeOptions, UpdateOptions, CHANGE_ACTIONS,
+    expect_no_options, secret_hash, ResumeOptions, SubscribeOptions, UpdateOptions, CHANGE_ACTIONS,
 };
+pub use replica::ReplicaIdentity;
 
 /// Why an attempt did not succeed, before it becomes an [`Outcome`].
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +41,10 @@ pub enum ProvisionError {
     /// The subscription exists but is not ready for this (still provisioning): retry later.
     #[error("{0}")]
     NotReady(String),
+    /// The webhook URL's host could not be resolved: DNS may answer on a later attempt (a
+    /// resolver recovers, a new record propagates), so it is retried like any transient error.
+    #[error(transparent)]
+    Unresolved(UrlError),
     #[error(transparent)]
     Sequin(#[from] SequinError),
     #[error("database error: {0}")]
@@ -62,7 +68,9 @@ impl ProvisionError {
         match self {
             ProvisionError::Invalid(_) | ProvisionError::NotFound(_) => ErrorClass::Permanent,
             ProvisionError::Sequin(err) => err.class(),
-            ProvisionError::Db(_) | ProvisionError::NotReady(_) => ErrorClass::Retryable,
+            ProvisionError::Db(_) | ProvisionError::NotReady(_) | ProvisionError::Unresolved(_) => {
+                ErrorClass::Retryable
+            }
         }
     }
 }
@@ -91,20 +99,24 @@ pub struct Provisioner {
     pool: Pool,
     sequin: SequinClient,
     url_policy: UrlPolicy,
-    /// Whether the shared filter function is known to exist (created once per process).
+    /// Whether the shared filter function is known to be in place (checked once per process).
     filter_ready: Mutex<bool>,
+    /// The source table's replica identity, re-read at most every 30 s.
+    replica: replica::IdentityCache,
     opener: Opener,
     /// Set when this process starts a backfill, so the tracker looks at once.
     backfill_hint: std::sync::atomic::AtomicBool,
 }
 
 impl Provisioner {
-    pub fn new(config: Arc<Config>, pool: Pool, sequin: SequinClient) -> Self {
+    /// `resolver` looks up webhook URL hosts ([`Resolver::default`]: the system's).
+    pub fn new(config: Arc<Config>, pool: Pool, sequin: SequinClient, resolver: Resolver) -> Self {
         // The opener task ends when the provisioner (its last handle) is dropped.
         let (opener, _task) = Opener::spawn(pool.clone(), OpenOp);
         let url_policy = UrlPolicy {
             allow_private: config.allow_private_urls,
             require_https: config.require_https,
+            resolver,
         };
         Provisioner {
             config,
@@ -112,6 +124,7 @@ impl Provisioner {
             sequin,
             url_policy,
             filter_ready: Mutex::new(false),
+            replica: replica::IdentityCache::default(),
             opener,
             backfill_hint: std::sync::atomic::AtomicBool::new(false),
         }
@@ -135,7 +148,8 @@ impl Provisioner {
             Action::Unsubscribe => self.unsubscribe(request).await,
             Action::Backfill => self.backfill(request).await,
             Action::Update => self.update(request, &mut created).await,
-            Action::Pause | Action::Resume => self.set_paused(request).await,
+            Action::Pause => self.pause(request).await,
+            Action::Resume => self.resume(request).await,
         };
         match result {
             Ok((result, changes)) => Outcome::Succeeded { result, changes },
@@ -174,19 +188,22 @@ impl Provisioner {
                 status: "failed",
             });
         }
+        let gave_up = || {
+            format!(
+                "gave up after {} attempts; last error: {err}",
+                request.attempts
+            )
+        };
         let (kind, status, details, message) = match &err {
             ProvisionError::Invalid(msg) => ("invalid_request", None, None, msg.clone()),
+            // DNS kept answering that the name does not exist: the URL is what must change.
+            ProvisionError::Unresolved(e) if e.host_does_not_exist() => {
+                ("invalid_request", None, None, e.to_string())
+            }
+            ProvisionError::Unresolved(_) => ("exhausted", None, None, gave_up()),
             ProvisionError::NotFound(msg) => ("not_found", None, None, msg.clone()),
             ProvisionError::NotReady(msg) => ("not_ready", None, None, msg.clone()),
-            _ if class == ErrorClass::Retryable => (
-                "exhausted",
-                err_status(&err),
-                None,
-                format!(
-                    "gave up after {} attempts; last error: {err}",
-                    request.attempts
-                ),
-            ),
+            _ if class == ErrorClass::Retryable => ("exhausted", err_status(&err), None, gave_up()),
             ProvisionError::Sequin(e) => (
                 "sequin_rejected",
                 e.status(),
@@ -225,7 +242,13 @@ impl Provisioner {
             raw.ok_or_else(|| ProvisionError::Invalid("webhook_url is required".to_string()))?;
         webhook_url::validate(raw, &self.url_policy)
             .await
-            .map_err(|e| ProvisionError::Invalid(e.to_string()))
+            .map_err(|e| {
+                if e.is_resolution_failure() {
+                    ProvisionError::Unresolved(e)
+                } else {
+                    ProvisionError::Invalid(e.to_string())
+                }
+            })
     }
 
     async fn subscribe(
@@ -233,7 +256,8 @@ impl Provisioner {
         request: &Request,
         created: &mut Created,
     ) -> Result<(Value, Vec<Change>), ProvisionError> {
-        let options = SubscribeOptions::parse(&request.options)?;
+        let mut options = SubscribeOptions::parse(&request.options)?;
+        let warning = self.deliverable_actions(&mut options.actions).await?;
         let url = self.validate_url(request.webhook_url.as_deref()).await?;
         let subscription = self
             .open_subscription(&request.user_id, &url, &options)
@@ -266,6 +290,9 @@ impl Provisioner {
             "endpoint_id": endpoint.id,
             "endpoint_name": names.endpoint,
         });
+        if let Some(warning) = warning {
+            result["warnings"] = json!([warning]);
+        }
         if options.backfill {
             // The subscription works without its history: a permanent refusal of the
             // backfill is reported in the result, not a failed subscribe.
@@ -322,17 +349,33 @@ impl Provisioner {
         })
     }
 
-    /// Create (or update) the shared filter function once per process.
-    pub async fn ensure_filter(&self) -> Result<(), SequinError> {
+    /// Put the shared filter function in place, once per process: read it back, and write
+    /// it only when it is missing or differs. Sequin treats every apply as an update, and a
+    /// function update restarts replication for every sink that uses it, so rewriting an
+    /// unchanged function on each start would pause everyone's delivery.
+    pub async fn ensure_filter(&self) -> Result<FilterFunctionState, SequinError> {
         let mut ready = self.filter_ready.lock().await;
         if *ready {
-            return Ok(());
+            return Ok(FilterFunctionState::Current);
         }
-        let yaml = filter_function_yaml(&self.config.filter_function, &self.config.user_column);
-        self.sequin.config_apply(&yaml).await?;
+        let name = &self.config.filter_function;
+        let state = match self.sequin.config_export().await {
+            Ok(export) => FilterFunctionState::of(export.function(name), &self.config.user_column),
+            // Readable but not understood: writing it is what the worker did before it could
+            // read functions back, and is correct, only not free.
+            Err(err @ SequinError::Protocol(_)) => {
+                tracing::warn!(function = %name, error = %err, "could not read the filter function back; writing it");
+                FilterFunctionState::Replaced
+            }
+            Err(err) => return Err(err),
+        };
+        if state != FilterFunctionState::Current {
+            let yaml = filter_function_yaml(name, &self.config.user_column);
+            self.sequin.config_apply(&yaml).await?;
+            tracing::info!(function = %name, state = state.as_str(), "filter function written");
+        }
         *ready = true;
-        tracing::info!(function = %self.config.filter_function, "filter function is in place");
-        Ok(())
+        Ok(state)
     }
 
     /// Create the endpoint; if the name is taken (an earlier attempt made it), adopt it and
@@ -405,9 +448,6 @@ impl Provisioner {
         if let Some(count) = self.config.max_retry_count {
             body["max_retry_count"] = json!(count);
         }
-        if let Some(policy) = &self.config.load_shedding {
-            body["load_shedding_policy"] = json!(policy);
-        }
         body
     }
 
@@ -460,12 +500,76 @@ struct Created {
     sink: Option<String>,
 }
 
-/// The sequin.yaml text of the shared filter function: a row passes when its user column
-/// equals the sink's `user_id` annotation (both compared as strings, so INT ids work).
-pub fn filter_function_yaml(name: &str, user_column: &str) -> String {
+/// What [`Provisioner::ensure_filter`] found in Sequin (and so did).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FilterFunctionState {
+    /// Sequin has it as this worker would write it: nothing written.
+    Current,
+    /// It did not exist: created.
+    Created,
+    /// It existed with other code (or could not be read back): rewritten.
+    Replaced,
+}
+
+impl FilterFunctionState {
+    /// Compare Sequin's copy (if any) with what this worker writes for `user_column`.
+    pub fn of(found: Option<&ExportedFunction>, user_column: &str) -> Self {
+        match found {
+            None => FilterFunctionState::Created,
+            Some(found) if filter_function_is_current(found, user_column) => {
+                FilterFunctionState::Current
+            }
+            Some(_) => FilterFunctionState::Replaced,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FilterFunctionState::Current => "current",
+            FilterFunctionState::Created => "created",
+            FilterFunctionState::Replaced => "replaced",
+        }
+    }
+}
+
+/// The code of the shared filter function: a row passes when its user column equals the
+/// sink's `user_id` annotation (both compared as strings, so INT ids work).
+pub fn filter_function_code(user_column: &str) -> String {
     format!(
-        "functions:\n  - name: \"{name}\"\n    type: \"filter\"\n    description: \"userhooks: deliver only rows whose {user_column} matches the sink's user_id annotation\"\n    code: |-\n      def filter(action, record, changes, metadata) do\n        to_string(record[\"{user_column}\"]) == to_string(metadata.consumer.annotations[\"user_id\"])\n      end\n"
+        "def filter(action, record, changes, metadata) do\n  to_string(record[\"{user_column}\"]) == to_string(metadata.consumer.annotations[\"user_id\"])\nend"
     )
+}
+
+/// The sequin.yaml text of the shared filter function. Name and column are checked at
+/// start-up (`[A-Za-z0-9_.-]`, an identifier), so they need no quoting beyond this.
+pub fn filter_function_yaml(name: &str, user_column: &str) -> String {
+    let code: String = filter_function_code(user_column)
+        .lines()
+        .map(|line| format!("      {line}\n"))
+        .collect();
+    format!(
+        "functions:\n  - name: \"{name}\"\n    type: \"filter\"\n    description: \"userhooks: deliver only rows whose {user_column} matches the sink's user_id annotation\"\n    code: |-\n{code}"
+    )
+}
+
+/// Whether Sequin's copy of the function does what this worker's does: a filter with the
+/// same code. Whitespace at line ends and a trailing newline are not compared (`code: |`
+/// keeps a newline that `|-` strips, a console edit may leave spaces), nor is the
+/// description, which changes nothing that runs.
+pub fn filter_function_is_current(found: &ExportedFunction, user_column: &str) -> bool {
+    fn normalise(code: &str) -> String {
+        code.lines()
+            .map(str::trim_end)
+            .collect::<Vec<_>>()
+            .join("\n")
+            .trim_end()
+            .to_string()
+    }
+    found.kind.as_deref() == Some("filter")
+        && found
+            .code
+            .as_deref()
+            .is_some_and(|code| normalise(code) == normalise(&filter_function_code(user_column)))
 }
 
 #[cfg(test)]
@@ -519,6 +623,45 @@ mod tests {
     }
 
     #[test]
+    fn headers_of_the_client_or_the_connection_are_refused_by_name_in_any_case() {
+        for name in [
+            "Host",
+            "HOST",
+            "Content-Length",
+            "transfer-encoding",
+            "Connection",
+            "Keep-Alive",
+            "Proxy-Authorization",
+            "proxy-connection",
+            "TE",
+            "Trailer",
+            "Upgrade",
+            "authorization",
+        ] {
+            let err = SubscribeOptions::parse(&json!({"headers": {name: "v"}})).unwrap_err();
+            let message = err.to_string();
+            assert!(
+                message.starts_with(&format!("option `headers` must not set {name}: ")),
+                "{message}"
+            );
+        }
+        // Headers that merely resemble them are the user's own.
+        let parsed = SubscribeOptions::parse(&json!({"headers": {
+            "X-Host": "a", "Hosting": "b", "Content-Type": "c", "Proxy": "d", "Tenant": "e"
+        }}))
+        .unwrap();
+        assert_eq!(parsed.headers.len(), 5);
+    }
+
+    #[test]
+    fn header_names_differing_only_in_case_are_refused() {
+        let err = SubscribeOptions::parse(&json!({"headers": {"X-A": "1", "x-a": "2"}}))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("sets X-A and x-a"), "{err}");
+    }
+
+    #[test]
     fn secret_hash_is_not_the_secret() {
         let hash = secret_hash("s3cret");
         assert_eq!(hash.len(), 64);
@@ -531,5 +674,61 @@ mod tests {
         assert!(yaml.contains("record[\"owner_id\"]"));
         assert!(yaml.contains("metadata.consumer.annotations[\"user_id\"]"));
         assert!(yaml.contains("type: \"filter\""));
+    }
+
+    #[test]
+    fn filter_yaml_carries_exactly_the_code_that_is_compared() {
+        // What Sequin stores is what the YAML parser reads out of `code: |-`.
+        let yaml: serde_norway::Value =
+            serde_norway::from_str(&filter_function_yaml("f", "owner_id")).unwrap();
+        let function = &yaml["functions"][0];
+        assert_eq!(function["name"].as_str(), Some("f"));
+        assert_eq!(
+            function["code"].as_str(),
+            Some(filter_function_code("owner_id").as_str())
+        );
+    }
+
+    #[test]
+    fn a_function_is_current_only_with_the_same_type_and_code() {
+        let code = filter_function_code("user_id");
+        let found = |kind: &str, code: &str| ExportedFunction {
+            name: "f".into(),
+            kind: Some(kind.into()),
+            description: Some("edited in the console".into()),
+            code: Some(code.into()),
+        };
+        assert!(filter_function_is_current(
+            &found("filter", &code),
+            "user_id"
+        ));
+        // Whitespace at line ends and a final newline are not differences.
+        let spaced = code.replace('\n', "  \n") + "\n";
+        assert!(filter_function_is_current(
+            &found("filter", &spaced),
+            "user_id"
+        ));
+        assert!(!filter_function_is_current(
+            &found("filter", &code),
+            "owner_id"
+        ));
+        assert!(!filter_function_is_current(
+            &found("transform", &code),
+            "user_id"
+        ));
+        let indented = code.replace("  to_string", "    to_string");
+        assert!(!filter_function_is_current(
+            &found("filter", &indented),
+            "user_id"
+        ));
+        let no_code = ExportedFunction {
+            code: None,
+            ..found("filter", "")
+        };
+        assert!(!filter_function_is_current(&no_code, "user_id"));
+        assert_eq!(
+            FilterFunctionState::of(None, "user_id"),
+            FilterFunctionState::Created
+        );
     }
 }

@@ -128,10 +128,19 @@ impl SubscribeOptions {
                         name.chars().take(64).collect::<String>()
                     )));
                 }
-                if name.eq_ignore_ascii_case("authorization") {
-                    return Err(ProvisionError::Invalid(
-                        "option `headers` must not set Authorization in plain text: use option `secret`".to_string(),
-                    ));
+                if let Some(reason) = forbidden_header(name) {
+                    return Err(ProvisionError::Invalid(format!(
+                        "option `headers` must not set {name}: {reason}"
+                    )));
+                }
+                if let Some(first) = headers
+                    .keys()
+                    .take_while(|other| *other != name)
+                    .find(|other| other.eq_ignore_ascii_case(name))
+                {
+                    return Err(ProvisionError::Invalid(format!(
+                        "option `headers` sets {first} and {name}: header names ignore case, keep one"
+                    )));
                 }
             }
             parsed.headers = headers.clone();
@@ -150,6 +159,31 @@ impl SubscribeOptions {
         }
         Ok(parsed)
     }
+}
+
+/// Why a header may not be set through option `headers`, or `None` if it may. `name` is
+/// already known to be an HTTP token; the comparison ignores case, as HTTP does.
+fn forbidden_header(name: &str) -> Option<&'static str> {
+    const HOP_BY_HOP: &str = "it is a hop-by-hop header, which belongs to one connection, \
+                              not to the webhook request (RFC 9110, section 7.6.1)";
+    const FRAMING: &str = "the HTTP client frames the body itself; a second value would \
+                           make the request ambiguous to the receiver";
+    let lower = name.to_ascii_lowercase();
+    Some(match lower.as_str() {
+        // Sent in plain text, a header is stored by Sequin and returned by its API; the
+        // secret goes into `encrypted_headers`, which Sequin never shows again. Sequin also
+        // merges the two maps by exact name, so `authorization` next to the secret's
+        // `Authorization` would send both.
+        "authorization" => "use option `secret`, which Sequin stores encrypted",
+        "host" => {
+            "the HTTP client sets it from webhook_url; another value could route the \
+                   request to a different site on the same server"
+        }
+        "content-length" | "transfer-encoding" => FRAMING,
+        "connection" | "keep-alive" | "te" | "trailer" | "upgrade" => HOP_BY_HOP,
+        _ if lower.starts_with("proxy-") => HOP_BY_HOP,
+        _ => return None,
+    })
 }
 
 pub fn secret_hash(secret: &str) -> String {
@@ -196,7 +230,58 @@ impl UpdateOptions {
     }
 }
 
-/// Actions without options (`unsubscribe`, `backfill`, `pause`, `resume`) accept only `{}`.
+const RESUME_OPTIONS: &[&str] = &["replay"];
+
+/// Options of a `resume` request.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct ResumeOptions {
+    /// Replay the user's rows through a backfill once the sink is back: changes made while
+    /// paused are not delivered otherwise.
+    pub replay: bool,
+}
+
+impl ResumeOptions {
+    pub fn parse(options: &Value) -> Result<Self, ProvisionError> {
+        let map = object(options, "resume")?;
+        reject_unknown(map, "resume", RESUME_OPTIONS)?;
+        let replay = match map.get("replay") {
+            None => false,
+            Some(value) => value.as_bool().ok_or_else(|| {
+                ProvisionError::Invalid("option `replay` must be true or false".to_string())
+            })?,
+        };
+        Ok(ResumeOptions { replay })
+    }
+}
+
+/// Actions without options (`unsubscribe`, `backfill`, `pause`) accept only `{}`.
 pub fn expect_no_options(options: &Value, action: &str) -> Result<(), ProvisionError> {
     reject_unknown(object(options, action)?, action, &[])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn resume_takes_only_a_boolean_replay() {
+        assert!(!ResumeOptions::parse(&json!({})).unwrap().replay);
+        assert!(
+            ResumeOptions::parse(&json!({"replay": true}))
+                .unwrap()
+                .replay
+        );
+        let err = ResumeOptions::parse(&json!({"replay": "yes"})).unwrap_err();
+        assert!(
+            err.to_string().contains("`replay` must be true or false"),
+            "{err}"
+        );
+        let err = ResumeOptions::parse(&json!({"backfill": true})).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("unknown option `backfill` for resume (allowed: replay)"),
+            "{err}"
+        );
+    }
 }

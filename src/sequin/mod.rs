@@ -16,8 +16,18 @@ use crate::metrics::Metrics;
 use crate::retry::RetryPolicy;
 
 mod connections;
+mod export;
+mod pacing;
 
 use self::connections::{Connections, IDLE_TIMEOUT};
+pub use self::export::{ConfigExport, ExportedFunction};
+pub use self::pacing::{CallKind, Pacer, WriteRate, DEFAULT_RESTART_SPACING};
+
+/// Sequin's refusal of functions on an account without the `function_transforms` feature
+/// (Sequin Cloud; self-hosted builds have it). Each function type words it a little
+/// differently ("Filter functions are not enabled. ..."); this part is common to all.
+// Sequin: lib/sequin/consumers/filter_function.ex
+const FUNCTIONS_DISABLED: &str = "are not enabled. Talk to the Sequin team to enable them.";
 
 /// How an error should be handled: decided here, once.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -128,6 +138,12 @@ impl SequinError {
     pub fn is_not_found(&self) -> bool {
         matches!(self, SequinError::Rejected { status: 404, .. })
     }
+
+    /// `config/apply` or `config/plan` refused a function because functions are not enabled
+    /// for the account: nothing userhooks can fix by retrying.
+    pub fn is_functions_disabled(&self) -> bool {
+        matches!(self, SequinError::Rejected { status: 400, summary, .. } if summary.contains(FUNCTIONS_DISABLED))
+    }
 }
 
 /// Parse an error body: `{"summary", "validation_errors"?}` first, then Phoenix's
@@ -196,25 +212,18 @@ impl Resource {
 /// Largest response body read; anything bigger is a broken or hostile server, not Sequin.
 const MAX_RESPONSE_BYTES: usize = 64 << 20;
 
-/// Trusted roots for `https://` bases: Mozilla's, plus the system store (where a private
-/// CA of a self-hosted Sequin goes; `SSL_CERT_FILE` works too). Built once per process.
+/// Trusted roots for `https://` bases: [`crate::tls::system_roots`]. Built once per process.
 fn tls_config() -> Arc<rustls::ClientConfig> {
     static CONFIG: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
     CONFIG
         .get_or_init(|| {
-            let mut roots = rustls::RootCertStore::empty();
-            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-            let native = rustls_native_certs::load_native_certs();
-            let (added, _ignored) = roots.add_parsable_certificates(native.certs);
-            tracing::debug!(
-                system_roots = added,
-                errors = native.errors.len(),
-                "TLS roots loaded"
-            );
-            let provider = Arc::new(rustls::crypto::ring::default_provider());
-            let config = rustls::ClientConfig::builder_with_provider(provider)
+            let config = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
                 .with_safe_default_protocol_versions()
-                .map(|builder| builder.with_root_certificates(roots).with_no_client_auth())
+                .map(|builder| {
+                    builder
+                        .with_root_certificates(crate::tls::system_roots())
+                        .with_no_client_auth()
+                })
                 .expect("ring supports the default TLS versions");
             Arc::new(config)
         })
@@ -229,9 +238,18 @@ pub struct SequinClient {
     authorization: Option<HeaderValue>,
     metrics: Arc<Metrics>,
     timeout: Duration,
+    /// Timeout of the calls that list every resource of the account (see [`LIST_TIMEOUT`]).
+    list_timeout: Duration,
     /// In-process retries of one call before giving up to the caller.
     in_process_retries: u32,
+    /// Shared by every clone of this client: build one per process (the worker does).
+    pacer: Pacer,
 }
+
+/// Default timeout of `GET /api/sinks` and `GET /api/destinations/http_endpoints`: Sequin
+/// looks up the health of every sink while rendering the list, so with thousands of sinks
+/// it takes far longer than a call by name.
+pub const LIST_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The configured base URL, checked and taken apart once, so a call only appends its path.
 ///
@@ -300,8 +318,17 @@ impl SequinClient {
             authorization,
             metrics,
             timeout,
+            list_timeout: LIST_TIMEOUT.max(timeout),
             in_process_retries: 2,
+            pacer: Pacer::default(),
         }
+    }
+
+    /// Pace writes with `pacer` instead of the default budget ([`WriteRate::DEFAULT`]).
+    /// Clones share it; build one per process.
+    pub fn with_pacer(mut self, pacer: Pacer) -> Self {
+        self.pacer = pacer;
+        self
     }
 
     /// Disable in-process retries (tests, probes).
@@ -367,7 +394,7 @@ impl SequinClient {
         Ok((answer.status, answer.retry_after, text))
     }
 
-    /// One HTTP exchange, measured and classified.
+    /// One HTTP exchange, paced, measured and classified.
     async fn send_once(
         &self,
         operation: &'static str,
@@ -375,6 +402,19 @@ impl SequinClient {
         path: &str,
         body: Option<&Value>,
     ) -> Result<String, SequinError> {
+        let kind = call_kind(operation, &method, body);
+        if kind != CallKind::Read {
+            let waited = self.pacer.wait(kind).await;
+            self.metrics
+                .sequin_write_wait
+                .with_label_values(&[kind.label()])
+                .observe(waited.as_secs_f64());
+        }
+        let timeout = if operation_lists(&method, path) {
+            self.list_timeout
+        } else {
+            self.timeout
+        };
         let started = Instant::now();
         // A request that cannot be built (bad base URL) is counted as an `error` like a
         // transport failure, not skipped by the metrics.
@@ -386,12 +426,12 @@ impl SequinClient {
         };
         let exchanged = match request {
             Ok((origin, request)) => {
-                tokio::time::timeout(self.timeout, self.exchange(origin, request)).await
+                tokio::time::timeout(timeout, self.exchange(origin, request)).await
             }
             Err(err) => Ok(Err(err)),
         };
         let result = match exchanged {
-            Err(_elapsed) => Err(SequinError::Timeout(self.timeout)),
+            Err(_elapsed) => Err(SequinError::Timeout(timeout)),
             Ok(Err(err)) => Err(err),
             Ok(Ok((status, retry_after, text))) => {
                 self.metrics
@@ -583,6 +623,30 @@ impl SequinClient {
         .map(drop)
     }
 
+    /// Dry run of sequin.yaml text: Sequin applies it in a transaction that it rolls back,
+    /// so it refuses what `config_apply` would refuse and changes nothing. The answer is
+    /// dropped (it lists every resource of the account).
+    pub async fn config_plan(&self, yaml: &str) -> Result<(), SequinError> {
+        self.send(
+            "config_plan",
+            Method::POST,
+            "/config/plan",
+            Some(&json!({ "yaml": yaml })),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// The account as sequin.yaml, of which only the functions are kept. Sequin loads
+    /// every resource to render it, so its cost grows with the number of sinks: call it
+    /// once per process, not per request.
+    pub async fn config_export(&self) -> Result<ConfigExport, SequinError> {
+        let text = self
+            .send("config_export", Method::GET, "/config/export", None)
+            .await?;
+        ConfigExport::from_response(&text)
+    }
+
     /// Every HTTP endpoint of the account (reconcile's orphan scan; one call, no paging).
     /// Counted as `get_endpoint`: the `operation` label values are fixed by the metrics
     /// contract (DESIGN.md §6).
@@ -610,21 +674,48 @@ impl SequinClient {
 
     /// Names of the databases Sequin knows. Also the cheapest way to probe the token.
     pub async fn list_databases(&self) -> Result<Vec<String>, SequinError> {
+        Ok(self
+            .databases()
+            .await?
+            .iter()
+            .filter_map(|item| item.get("name").and_then(Value::as_str).map(String::from))
+            .collect())
+    }
+
+    /// The databases Sequin knows, as it renders them (name, replication slot, publication;
+    /// passwords obfuscated). One attempt, no in-process retry.
+    pub async fn databases(&self) -> Result<Vec<Value>, SequinError> {
         let text = self
             .send_once("list_databases", Method::GET, "/postgres_databases", None)
             .await?;
-        let value = decode(&text);
-        Ok(value
-            .get("data")
-            .and_then(Value::as_array)
-            .map(|items| {
-                items
-                    .iter()
-                    .filter_map(|item| item.get("name").and_then(Value::as_str).map(String::from))
-                    .collect()
-            })
-            .unwrap_or_default())
+        Ok(data_list(decode(&text)))
     }
+}
+
+/// How a call weighs on Sequin (see [`CallKind`]).
+fn call_kind(operation: &str, method: &Method, body: Option<&Value>) -> CallKind {
+    if method == Method::GET {
+        return CallKind::Read;
+    }
+    match operation {
+        // Sequin: lib/sequin/runtime/consumer_lifecycle_event_worker.ex skips the
+        // replication restart only for an update to `disabled`.
+        "update_sink" => {
+            let status = body.and_then(|b| b.get("status")).and_then(Value::as_str);
+            if status == Some("disabled") {
+                CallKind::Write
+            } else {
+                CallKind::Restarting
+            }
+        }
+        "update_endpoint" | "config_apply" => CallKind::Restarting,
+        _ => CallKind::Write,
+    }
+}
+
+/// The calls that list every sink or endpoint of the account.
+fn operation_lists(method: &Method, path: &str) -> bool {
+    method == Method::GET && (path == "/sinks" || path == "/destinations/http_endpoints")
 }
 
 /// A success body as JSON. [`classify`] let it through only if it is JSON, so the
@@ -795,6 +886,49 @@ mod tests {
             assert!(matches!(err, SequinError::Transport(_)), "{base}: {err:?}");
             assert!(err.to_string().contains("SEQUIN_API_URL"), "{base}: {err}");
         }
+    }
+
+    #[test]
+    fn calls_are_classified_for_pacing() {
+        let active = json!({"status": "active"});
+        let disabled = json!({"status": "disabled"});
+        let patch = json!({"actions": ["insert"]});
+        for (operation, method, body, kind) in [
+            ("get_sink", Method::GET, None, CallKind::Read),
+            ("list_databases", Method::GET, None, CallKind::Read),
+            ("create_sink", Method::POST, Some(&patch), CallKind::Write),
+            ("delete_sink", Method::DELETE, None, CallKind::Write),
+            ("create_endpoint", Method::POST, None, CallKind::Write),
+            ("create_backfill", Method::POST, None, CallKind::Write),
+            (
+                "update_sink",
+                Method::PATCH,
+                Some(&active),
+                CallKind::Restarting,
+            ),
+            (
+                "update_sink",
+                Method::PATCH,
+                Some(&patch),
+                CallKind::Restarting,
+            ),
+            (
+                "update_sink",
+                Method::PATCH,
+                Some(&disabled),
+                CallKind::Write,
+            ),
+            ("update_endpoint", Method::PATCH, None, CallKind::Restarting),
+            ("config_apply", Method::POST, None, CallKind::Restarting),
+        ] {
+            assert_eq!(call_kind(operation, &method, body), kind, "{operation}");
+        }
+        assert!(operation_lists(&Method::GET, "/sinks"));
+        assert!(!operation_lists(&Method::GET, "/sinks/x"));
+        assert!(operation_lists(
+            &Method::GET,
+            "/destinations/http_endpoints"
+        ));
     }
 
     #[test]

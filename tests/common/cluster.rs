@@ -42,9 +42,26 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
+/// TLS for a [`TempCluster`]: the server's certificate and key (PEM files, copied into the
+/// data directory) and more `postgresql.conf` settings (`name=value`, no spaces).
+pub struct ServerTls<'a> {
+    pub cert: &'a Path,
+    pub key: &'a Path,
+    pub settings: &'a [&'a str],
+}
+
 impl TempCluster {
     /// Create and start a cluster; `None` when no Postgres binaries are installed.
     pub fn start() -> Option<TempCluster> {
+        TempCluster::start_with(None)
+    }
+
+    /// A cluster with `ssl=on`, presenting `tls.cert`.
+    pub fn start_with_tls(tls: ServerTls<'_>) -> Option<TempCluster> {
+        TempCluster::start_with(Some(tls))
+    }
+
+    fn start_with(tls: Option<ServerTls<'_>>) -> Option<TempCluster> {
         let bindir = find_bindir()?;
         let dir = std::env::temp_dir().join(format!(
             "userhooks-pg-{}",
@@ -81,11 +98,19 @@ impl TempCluster {
                 "UTF8",
             ],
         );
-        let options = format!(
+        let mut options = format!(
             "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c fsync=off -c max_connections=60",
             cluster.port,
             path_str(&cluster.dir)
         );
+        if let Some(tls) = tls {
+            cluster.install_server_key(tls.cert, tls.key);
+            options.push_str(" -c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key");
+            for setting in tls.settings {
+                options.push_str(" -c ");
+                options.push_str(setting);
+            }
+        }
         let log = cluster.dir.join("postgres.log");
         cluster.run(
             "pg_ctl",
@@ -103,6 +128,25 @@ impl TempCluster {
             ],
         );
         Some(cluster)
+    }
+
+    /// The server reads its key only if no one else can (mode 0600, owned by the server).
+    fn install_server_key(&self, cert: &Path, key: &Path) {
+        let data = self.data();
+        for (from, name) in [(cert, "server.crt"), (key, "server.key")] {
+            let to = data.join(name);
+            std::fs::copy(from, &to).expect("copy the server certificate");
+            std::fs::set_permissions(&to, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .expect("chmod the server key");
+            if self.as_postgres {
+                let status = Command::new("chown")
+                    .arg("postgres:postgres")
+                    .arg(&to)
+                    .status()
+                    .expect("chown");
+                assert!(status.success(), "chown {name} to postgres");
+            }
+        }
     }
 
     fn data(&self) -> PathBuf {

@@ -3,8 +3,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+use sequin_emulator::EmulatorHandle;
 use serde_json::Value;
-use userhooks::emulator::EmulatorHandle;
 
 /// Insert `n` subscribe requests for distinct users `{tag}-1..n` in one statement.
 pub async fn insert_subscribes(client: &tokio_postgres::Client, tag: &str, n: i64) -> Vec<i64> {

@@ -5,9 +5,9 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+use sequin_emulator::{self as emulator, EmulatorConfig, EmulatorHandle};
 use serde_json::Value;
 use tokio::sync::oneshot;
-use userhooks::emulator::{self, EmulatorConfig, EmulatorHandle};
 use userhooks::Config;
 
 pub const TOKEN: &str = "test-token-7f3a";
@@ -174,6 +174,8 @@ pub async fn start_emulator_with(config: EmulatorConfig) -> EmulatorHandle {
 pub fn config(db: &TestDb, emulator: &EmulatorHandle) -> Config {
     let mut config = Config::for_local(&db.url, &emulator.api_url(), TOKEN, SEQUIN_DB);
     config.concurrency = 8;
+    // Tests that measure pacing set their own rate.
+    config.sequin_max_writes_per_second = userhooks::sequin::WriteRate::Unlimited;
     config.poll_interval = Duration::from_millis(200);
     config.lease = Duration::from_secs(30);
     config.http_timeout = Duration::from_secs(2);
@@ -203,7 +205,17 @@ impl RunningWorker {
 }
 
 pub async fn start_worker(config: Config) -> RunningWorker {
-    let app = userhooks::build(config).await.expect("build worker");
+    start_worker_with_resolver(config, userhooks::webhook_url::Resolver::default()).await
+}
+
+/// [`start_worker`] with webhook URL hosts looked up by `resolver` (DNS faults).
+pub async fn start_worker_with_resolver(
+    config: Config,
+    resolver: userhooks::webhook_url::Resolver,
+) -> RunningWorker {
+    let app = userhooks::worker::build_with_resolver(config, resolver)
+        .await
+        .expect("build worker");
     let metrics = app.metrics();
     let metrics_addr = app.metrics_addr();
     let (tx, rx) = oneshot::channel::<()>();
@@ -249,6 +261,7 @@ pub fn count_calls(emulator: &EmulatorHandle, operation: &str) -> usize {
 
 // Helpers of the fault suite (tests/faults.rs).
 pub mod binary;
+pub mod certs;
 pub mod cluster;
 pub mod invariants;
 pub mod proxy;

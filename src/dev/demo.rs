@@ -6,21 +6,14 @@
 //! user received exactly their own rows.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::extract::{Path, State};
-use axum::routing::post;
-use axum::{Json, Router};
-use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
 
-use crate::cli::DemoArgs;
-use crate::config::Config;
+use super::local::{self, Inbox};
+use super::progress::{self, Progress};
+use super::DemoArgs;
 use crate::db::{self, DbError};
-use crate::emulator::{self, DeliveryConfig, EmulatorConfig};
-
-pub const EXAMPLE_APP_SQL: &str = include_str!("../sql/example_app.sql");
 
 /// The demo's users; the last one never subscribes.
 const USERS: [&str; 4] = ["Paul", "Ada", "Linus", "Grace"];
@@ -38,18 +31,11 @@ pub enum DemoError {
     #[error("could not start the worker: {0}")]
     Build(#[from] crate::worker::BuildError),
     #[error(transparent)]
-    Generate(#[from] crate::generate::GenerateError),
+    Generate(#[from] super::generate::GenerateError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
     #[error("demo check failed: {0}")]
     Check(String),
-}
-
-/// Create the example application's tables (`users`, `notifications`).
-pub async fn create_example_app(database_url: &str) -> Result<(), DbError> {
-    let client = db::connect(database_url, "userhooks-migrate").await?;
-    client.batch_execute(EXAMPLE_APP_SQL).await?;
-    Ok(())
 }
 
 pub fn database_url_for(server_url: &str, name: &str) -> String {
@@ -63,25 +49,8 @@ pub fn database_url_for(server_url: &str, name: &str) -> String {
     }
 }
 
-/// Received webhook messages, by the user segment of the URL they were posted to.
-type Inbox = Arc<Mutex<BTreeMap<String, Vec<Value>>>>;
-
-async fn receive(State(inbox): State<Inbox>, Path(user): Path<String>, Json(body): Json<Value>) {
-    // `{"data": [...]}` when the sink batches, a single message otherwise.
-    let messages = match body.get("data").and_then(Value::as_array) {
-        Some(list) => list.clone(),
-        None => vec![body],
-    };
-    inbox
-        .lock()
-        .expect("inbox lock")
-        .entry(user)
-        .or_default()
-        .extend(messages);
-}
-
 fn inbox_snapshot(inbox: &Inbox) -> BTreeMap<String, Vec<Value>> {
-    inbox.lock().expect("inbox lock").clone()
+    inbox.lock().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
 /// What one user should have received, and what they did receive.
@@ -207,27 +176,6 @@ pub fn check(users: &[UserCheck]) -> Vec<String> {
     problems
 }
 
-fn bar(len: u64, template: &str) -> ProgressBar {
-    let pb = ProgressBar::new(len);
-    pb.set_style(
-        ProgressStyle::with_template(template)
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
-    pb
-}
-
-fn spinner(msg: &str) -> ProgressBar {
-    let pb = ProgressBar::new_spinner();
-    pb.set_style(
-        ProgressStyle::with_template("      {spinner} {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-    );
-    pb.set_message(msg.to_string());
-    pb.enable_steady_tick(Duration::from_millis(100));
-    pb
-}
-
 /// Outcome of one request: status, last_error, result.
 struct Finished {
     status: String,
@@ -332,7 +280,7 @@ async fn max_id(client: &tokio_postgres::Client) -> Result<i64, DemoError> {
 /// Wait until every user's expected live rows have arrived (or the timeout passes).
 async fn settle(inbox: &Inbox, expected: &BTreeMap<String, BTreeSet<i64>>, timeout: Duration) {
     let total: usize = expected.values().map(BTreeSet::len).sum();
-    let pb = spinner("waiting for webhooks");
+    let mut pb = Progress::spinner("waiting for webhooks");
     let deadline = Instant::now() + timeout;
     loop {
         let got = inbox_snapshot(inbox);
@@ -343,30 +291,25 @@ async fn settle(inbox: &Inbox, expected: &BTreeMap<String, BTreeSet<i64>>, timeo
                 ids.intersection(&t.inserts).count()
             })
             .sum();
-        pb.set_message(format!(
-            "waiting for webhooks: {arrived} of {total} delivered"
-        ));
+        pb.message(format!("({arrived} of {total} delivered)"));
         if arrived >= total || Instant::now() > deadline {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    pb.finish_and_clear();
+    pb.finish();
 }
 
-pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
-    let started = Instant::now();
-    println!("userhooks demo");
-    println!("==============");
-
-    // 1. A database of our own, with the tutorial's tables and some history.
-    let admin = db::connect(&args.database_url, "userhooks-demo").await?;
+/// Step 1: a database of our own (dropped and recreated), migrated, with the tutorial's
+/// tables, the demo's users and their history. Returns its URL and the users.
+async fn create_database(args: &DemoArgs) -> Result<(String, Vec<(i32, String)>), DemoError> {
     let name = &args.demo_database;
     if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
         return Err(DemoError::Check(format!(
             "demo database name `{name}` must be [A-Za-z0-9_]"
         )));
     }
+    let admin = db::connect(&args.database_url, "userhooks-demo").await?;
     // Two statements: DROP/CREATE DATABASE cannot share an implicit transaction.
     admin
         .batch_execute(&format!("drop database if exists {name} with (force)"))
@@ -375,8 +318,7 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
         .batch_execute(&format!("create database {name}"))
         .await?;
     let url = database_url_for(&args.database_url, name);
-    db::migrate(&url).await?;
-    create_example_app(&url).await?;
+    local::prepare_database(&url).await?;
     let client = db::connect(&url, "userhooks-demo").await?;
     for n in USERS {
         client
@@ -389,76 +331,62 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect();
-    let ids: Vec<i32> = users.iter().map(|u| u.0).collect();
     let mut counter = 0;
-    for id in &ids {
-        crate::generate::insert_batch(&client, &[*id], HISTORY_PER_USER, &mut counter).await?;
+    for (id, _) in &users {
+        super::generate::insert_batch(&client, &[*id], HISTORY_PER_USER, &mut counter).await?;
     }
     println!(
         "[1/7] database `{name}`: userhooks schema migrated, tables users and notifications, \
          {} users with {HISTORY_PER_USER} old notifications each",
         users.len()
     );
+    Ok((url, users))
+}
+
+pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
+    let started = Instant::now();
+    println!("userhooks demo");
+    println!("==============");
+
+    let (url, users) = create_database(&args).await?;
+    let client = db::connect(&url, "userhooks-demo").await?;
 
     // 2. Sequin emulator with webhook delivery, and a webhook receiver, both in-process.
     let token = format!("demo-{}", uuid::Uuid::new_v4().simple());
-    let mut delivery = DeliveryConfig::new(url.clone());
-    delivery.poll_interval = Duration::from_millis(100);
-    delivery.retry_initial = Duration::from_millis(200);
-    delivery.retry_max = Duration::from_secs(5);
-    let emulator = emulator::start(
-        EmulatorConfig {
-            token: token.clone(),
-            database: "app".to_string(),
-            tables: vec!["public.notifications".to_string()],
-            delivery: Some(delivery),
-            ..EmulatorConfig::default()
-        },
+    let emulator = local::start_emulator(
+        &url,
+        &token,
         tokio::net::TcpListener::bind("127.0.0.1:0").await?,
     )
     .await;
-    let inbox: Inbox = Arc::default();
-    let receiver = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let receiver_addr = receiver.local_addr()?;
-    let app = Router::new()
-        .route("/hooks/{user}", post(receive))
-        .with_state(inbox.clone());
-    tokio::spawn(async move {
-        let _ = axum::serve(receiver, app).await;
-    });
+    let receiver =
+        local::start_receiver(tokio::net::TcpListener::bind("127.0.0.1:0").await?, false)?;
+    let receiver_addr = receiver.addr;
     println!(
         "[2/7] Sequin emulator at {} (delivering webhooks), receiver at http://{receiver_addr}/hooks/<user>",
         emulator.api_url()
     );
 
     // 3. The worker.
-    let mut config = Config::for_local(&url, &emulator.api_url(), &token, "app");
+    let mut config = local::worker_config(&url, &emulator.api_url(), &token);
     config.metrics_addr = Some(if args.keep_running {
         "127.0.0.1:9610".parse().expect("valid address")
     } else {
         "127.0.0.1:0".parse().expect("valid address")
     });
-    config.allow_private_urls = true; // the receiver is on localhost
-    config.poll_interval = Duration::from_millis(500);
-    config.backfill_poll_interval = Duration::from_millis(200);
-    let worker = crate::build(config).await?;
-    let metrics = worker.metrics();
-    let metrics_addr = worker.metrics_addr();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let worker_task = tokio::spawn(worker.run(async {
-        let _ = stop_rx.await;
-    }));
-    match metrics_addr {
+    let worker = local::start_worker(config).await?;
+    match worker.metrics_addr {
         Some(addr) => println!("[3/7] worker running, metrics at http://{addr}/metrics"),
         None => println!("[3/7] worker running"),
     }
 
-    let outcome = story(&args, &client, &users, &inbox, receiver_addr).await;
+    let outcome = story(&args, &client, &users, &receiver.inbox, receiver_addr).await;
 
     let succeeded: u64 = crate::metrics::ACTIONS
         .iter()
         .map(|a| {
-            metrics
+            worker
+                .metrics
                 .requests_total
                 .with_label_values(&[a, "succeeded"])
                 .get()
@@ -473,19 +401,28 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
     );
     println!("  userhooks_requests_total{{outcome=\"succeeded\"}} = {succeeded}");
 
+    let name = &args.demo_database;
+    let flags = local::psql_flags(&args.database_url);
     if args.keep_running && outcome.is_ok() {
         println!(
-            "\nRunning until Ctrl-C. Try: psql -d {name} -c \"insert into notifications (user_id, message) values (1, 'hi')\""
+            "\nRunning until Ctrl-C. Try: psql {flags} -d {name} -c \"insert into notifications (user_id, message) values (1, 'hi')\""
         );
         let _ = tokio::signal::ctrl_c().await;
     }
-    let _ = stop_tx.send(());
-    let _ = worker_task.await;
+    worker.stop().await;
     emulator.shutdown().await;
     outcome?;
     println!(
         "\nDemo passed in {:.1}s: every user received exactly their own rows.",
         started.elapsed().as_secs_f64()
+    );
+    println!(
+        "The database `{name}` stays for you to look at; drop it with `dropdb {flags} {name}` \
+         (or psql {flags} -c 'drop database {name}')."
+    );
+    println!(
+        "Next: `userhooks dev-stack` runs the same pieces until Ctrl-C, with the tutorial's HTTP API \
+         on 127.0.0.1:3333 and a receiver that prints every webhook (see README.md, \"Local stack\")."
     );
     Ok(())
 }
@@ -509,7 +446,7 @@ async fn story(
 
     // 4. Subscribe with plain SQL, as any application would.
     let t = Instant::now();
-    let pb = spinner("subscribing");
+    let pb = Progress::spinner("subscribing");
     let mut request_ids = Vec::new();
     for (id, _) in &subscribed {
         let hook = format!("http://{receiver_addr}/hooks/{id}");
@@ -522,7 +459,7 @@ async fn story(
         request_ids.push(row.get::<_, i64>(0));
     }
     let results = wait_requests(client, &request_ids, Duration::from_secs(30)).await?;
-    pb.finish_and_clear();
+    pb.finish();
     for (r, (_, n)) in results.iter().zip(&subscribed) {
         if r.status != "succeeded" {
             return Err(DemoError::Check(format!(
@@ -551,19 +488,20 @@ async fn story(
     // 5. Generate notifications for random users.
     let start_mark = max_id(client).await?;
     let total = (args.rate * args.generate_for.as_secs_f64()).floor() as u64;
-    let pb = bar(
-        total,
-        "      [{bar:40}] {pos}/{len} notifications ({per_sec})",
-    );
-    let generated = crate::generate::run(
+    let mut pb = Progress::bar(total, "notifications inserted");
+    let generated = super::generate::run(
         client,
         args.rate,
         Some(args.generate_for),
         std::future::pending(),
-        |sent, _| pb.set_position(sent),
+        |sent, elapsed| {
+            let secs = elapsed.as_secs_f64().max(0.001);
+            pb.message(format!("({})", progress::rate(sent as f64 / secs)));
+            pb.set_position(sent);
+        },
     )
     .await?;
-    pb.finish_and_clear();
+    pb.finish();
     let gen_mark = max_id(client).await?;
     let mut expected_live: BTreeMap<String, BTreeSet<i64>> = BTreeMap::new();
     let live = written(client, start_mark, gen_mark).await?;
@@ -573,8 +511,8 @@ async fn story(
     }
     settle(inbox, &expected_live, Duration::from_secs(30)).await;
     println!(
-        "[5/7] generated {generated} notifications for random users at {}/s; webhooks delivered",
-        args.rate
+        "[5/7] generated {generated} notifications for random users at {}; webhooks delivered",
+        progress::rate(args.rate)
     );
 
     // 6. Backfill one user's history, with live progress.
@@ -586,10 +524,7 @@ async fn story(
         let backfill_id = result.get("backfill_id").and_then(Value::as_i64);
         let history = written(client, 0, bf_mark).await?;
         let expected = history.get(&bf_id.to_string()).cloned().unwrap_or_default();
-        let pb = bar(
-            expected.len() as u64,
-            "      [{bar:40}] {pos}/{len} rows replayed ({msg})",
-        );
+        let mut pb = Progress::bar(expected.len() as u64, "rows replayed");
         let deadline = Instant::now() + Duration::from_secs(60);
         let state = loop {
             let row = client
@@ -610,8 +545,8 @@ async fn story(
             if let Some(n) = initial {
                 pb.set_length(n.max(0) as u64);
             }
+            pb.message(format!("({state})"));
             pb.set_position(processed.max(0) as u64);
-            pb.set_message(state.clone());
             if matches!(state.as_str(), "completed" | "cancelled" | "failed")
                 || Instant::now() > deadline
             {
@@ -619,7 +554,7 @@ async fn story(
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
-        pb.finish_and_clear();
+        pb.finish();
         if state != "completed" {
             return Err(DemoError::Check(format!(
                 "backfill for {bf_name} ended as `{state}`"
@@ -640,7 +575,7 @@ async fn story(
     let all_ids: Vec<i32> = users.iter().map(|u| u.0).collect();
     let mut counter = 1_000_000;
     for id in &all_ids {
-        crate::generate::insert_batch(client, &[*id], AFTER_UNSUBSCRIBE, &mut counter).await?;
+        super::generate::insert_batch(client, &[*id], AFTER_UNSUBSCRIBE, &mut counter).await?;
     }
     let end_mark = max_id(client).await?;
     let after = written(client, un_mark, end_mark).await?;
@@ -724,6 +659,10 @@ async fn story(
     println!(
         "  written: all of the user's notifications ({HISTORY_PER_USER} from before anyone subscribed); \
          received: live `insert` webhooks; backfill: `read` webhooks; not theirs: rows of other users"
+    );
+    println!(
+        "  backfill differs from written: a backfill replays the user's rows that exist at that moment, \
+         history from before subscribing included; rows written after it arrive only as live webhooks"
     );
     let problems = check(&checks);
     if problems.is_empty() {

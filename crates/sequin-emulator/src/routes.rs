@@ -27,6 +27,7 @@ pub(crate) enum Route {
     UpdateBackfill(String, String),
     ConfigApply,
     ConfigPlan,
+    ConfigExport,
     ListDatabases,
     GetDatabase(String),
     RefreshTables(String),
@@ -51,6 +52,7 @@ impl Route {
             Route::UpdateBackfill(..) => "update_backfill",
             Route::ConfigApply => "config_apply",
             Route::ConfigPlan => "config_plan",
+            Route::ConfigExport => "config_export",
             Route::ListDatabases => "list_databases",
             Route::GetDatabase(_) | Route::RefreshTables(_) => "other",
         }
@@ -99,6 +101,7 @@ pub(crate) fn match_route(method: &Method, segs: &[String]) -> Option<Route> {
         },
         ["api", "config", "apply"] if m == "POST" => Route::ConfigApply,
         ["api", "config", "plan"] if m == "POST" => Route::ConfigPlan,
+        ["api", "config", "export"] if m == "GET" => Route::ConfigExport,
         ["api", "postgres_databases"] if m == "GET" => Route::ListDatabases,
         ["api", "postgres_databases", id] if m == "GET" => Route::GetDatabase(id.to_string()),
         ["api", "postgres_databases", id, "refresh_tables"] if m == "POST" => {
@@ -182,6 +185,7 @@ pub(crate) fn dispatch(db: &mut Db, route: Route, params: Map<String, Value>) ->
         Route::UpdateBackfill(sink, id) => update_backfill(db, &sink, &id, &params),
         Route::ConfigApply => config_apply(db, &params, true),
         Route::ConfigPlan => config_apply(db, &params, false),
+        Route::ConfigExport => config_export(db),
         Route::ListDatabases => Resp::ok(json!({"data": [db.render_database(false)]})),
         Route::GetDatabase(id) => {
             if matches_database(db, &id) {
@@ -933,7 +937,7 @@ fn default_sink() -> Sink {
         load_shedding_policy: "pause_on_full".to_string(),
         message_grouping: true,
         annotations: json!({}),
-        start_cursors: None,
+        start_lsn: None,
     }
 }
 
@@ -1293,11 +1297,11 @@ fn update_backfill(db: &mut Db, sink: &str, id: &str, params: &Map<String, Value
 // ---------------------------------------------------------------------------------------------
 // config apply / plan (functions only)
 
-fn yaml_str(m: &serde_yaml::Mapping, key: &str) -> Option<Result<String, ()>> {
-    m.get(serde_yaml::Value::String(key.to_string()))
+fn yaml_str(m: &serde_norway::Mapping, key: &str) -> Option<Result<String, ()>> {
+    m.get(serde_norway::Value::String(key.to_string()))
         .map(|v| match v {
-            serde_yaml::Value::String(s) => Ok(s.clone()),
-            serde_yaml::Value::Null => Err(()),
+            serde_norway::Value::String(s) => Ok(s.clone()),
+            serde_norway::Value::Null => Err(()),
             _ => Err(()),
         })
 }
@@ -1307,16 +1311,16 @@ fn config_apply(db: &mut Db, params: &Map<String, Value>, apply: bool) -> Resp {
     let Some(yaml) = params.get("yaml").and_then(Value::as_str) else {
         return Resp::detail(400, "Bad Request");
     };
-    let doc: serde_yaml::Value = match serde_yaml::from_str(yaml) {
+    let doc: serde_norway::Value = match serde_norway::from_str(yaml) {
         Ok(d) => d,
         Err(e) => return Resp::summary(400, format!("Invalid YAML: {e}")),
     };
     let top = match doc {
-        serde_yaml::Value::Null => serde_yaml::Mapping::new(),
-        serde_yaml::Value::Mapping(m) => m,
+        serde_norway::Value::Null => serde_norway::Mapping::new(),
+        serde_norway::Value::Mapping(m) => m,
         _ => return Resp::summary(400, "Invalid YAML: expected a map at the top level"),
     };
-    let has = |k: &str| top.contains_key(serde_yaml::Value::String(k.to_string()));
+    let has = |k: &str| top.contains_key(serde_norway::Value::String(k.to_string()));
     if has("functions") && has("transforms") {
         return Resp::crash();
     }
@@ -1329,9 +1333,9 @@ fn config_apply(db: &mut Db, params: &Map<String, Value>, apply: bool) -> Resp {
             ));
         }
     }
-    let items = match top.get(serde_yaml::Value::String("functions".into())) {
-        None | Some(serde_yaml::Value::Null) => Vec::new(),
-        Some(serde_yaml::Value::Sequence(s)) => s.clone(),
+    let items = match top.get(serde_norway::Value::String("functions".into())) {
+        None | Some(serde_norway::Value::Null) => Vec::new(),
+        Some(serde_norway::Value::Sequence(s)) => s.clone(),
         Some(_) => {
             return Resp::summary(400, "Error creating functions: `functions` must be a list")
         }
@@ -1361,6 +1365,9 @@ fn config_apply(db: &mut Db, params: &Map<String, Value>, apply: bool) -> Resp {
             }
             _ => return err("type must be one of filter, transform, routing, enrichment"),
         };
+        if !db.functions_enabled {
+            return functions_disabled(db, &name, &kind);
+        }
         let description = match yaml_str(m, "description") {
             None => None,
             Some(Ok(d)) => Some(d),
@@ -1406,6 +1413,8 @@ fn config_apply(db: &mut Db, params: &Map<String, Value>, apply: bool) -> Resp {
                 if apply {
                     let id = db.functions[i].id;
                     db.functions[i] = Function { id, ..f };
+                    // Sequin updates (and restarts for) every existing function it applies.
+                    db.function_updates.push(id);
                 }
             }
             None => {
@@ -1426,4 +1435,98 @@ fn config_apply(db: &mut Db, params: &Map<String, Value>, apply: bool) -> Resp {
     resources.extend(db.endpoints.iter().map(|e| db.render_endpoint(e)));
     resources.extend(db.sinks.iter().map(|s| db.render_sink(s, false)));
     Resp::ok(json!({ "resources": resources }))
+}
+
+/// An account without the `function_transforms` feature: the function's changeset gets an
+/// error on `type`, which `YamlLoader` reports as a 400 with the pretty-printed errors map.
+/// Apply and plan both go through it, so both refuse; nothing is stored.
+// Sequin: lib/sequin/consumers/filter_function.ex (and transform_, routing_,
+// enrichment_function.ex), lib/sequin/yaml_loader.ex (create_function/update_function)
+fn functions_disabled(db: &Db, name: &str, kind: &str) -> Resp {
+    let message = match kind {
+        "filter" => "Filter functions",
+        "transform" => "Transform functions",
+        "enrichment" => "Enrichment functions",
+        _ => "Functions",
+    };
+    let verb = if db.functions.iter().any(|f| f.name == name) {
+        "updating"
+    } else {
+        "creating"
+    };
+    // `inspect(errors, pretty: true)`: the maps break over lines, the one-string list
+    // does not (the layout is the emulator's reading of Inspect, the words are Sequin's).
+    Resp::summary(
+        400,
+        format!(
+            "Error {verb} function '{name}': %{{\n  function: %{{\n    type: [\"{message} are not enabled. Talk to the Sequin team to enable them.\"]\n  }}\n}}"
+        ),
+    )
+}
+
+/// `GET /api/config/export` (`YamlController.export`): every resource of the account as
+/// sequin.yaml in `{"yaml": ...}`, grouped by type (`databases`, `functions`,
+/// `http_endpoints`, `sinks`; a type without resources is absent), each resource as
+/// `Transforms.to_external` renders it, without `id`. Secrets are obfuscated: real Sequin
+/// shows them only for `?show-sensitive=true`, which the emulator ignores, so the database
+/// password is never in this answer. Rendered with serde_norway, not Ymlr: the same
+/// document, not the same text (key order, quoting). Left out because the emulator does
+/// not model them: change retentions, a database's `primary`, a routing function's
+/// `sink_type`.
+// Sequin: lib/sequin_web/controllers/yaml_controller.ex, lib/sequin/transforms/transforms.ex
+fn config_export(db: &Db) -> Resp {
+    fn without_id(mut resource: Value) -> Value {
+        if let Some(map) = resource.as_object_mut() {
+            map.remove("id");
+        }
+        resource
+    }
+    let database = db.render_database(false);
+    let slot = &database["replication_slots"][0];
+    let mut sections = Map::new();
+    sections.insert(
+        "databases".to_string(),
+        json!([{
+            "name": database["name"],
+            "username": database["username"],
+            "password": database["password"],
+            "hostname": database["hostname"],
+            "database": database["database"],
+            "slot": { "name": slot["slot_name"] },
+            "publication": { "name": slot["publication_name"] },
+            "port": database["port"],
+            "pool_size": database["pool_size"],
+            "ssl": database["ssl"],
+            "ipv6": database["ipv6"],
+            "use_local_tunnel": database["use_local_tunnel"],
+        }]),
+    );
+    let functions: Vec<Value> = db
+        .functions
+        .iter()
+        .map(|f| json!({"name": f.name, "description": f.description, "type": f.kind, "code": f.code}))
+        .collect();
+    let endpoints: Vec<Value> = db
+        .endpoints
+        .iter()
+        .map(|e| without_id(db.render_endpoint(e)))
+        .collect();
+    let sinks: Vec<Value> = db
+        .sinks
+        .iter()
+        .map(|s| without_id(db.render_sink(s, false)))
+        .collect();
+    for (section, resources) in [
+        ("functions", functions),
+        ("http_endpoints", endpoints),
+        ("sinks", sinks),
+    ] {
+        if !resources.is_empty() {
+            sections.insert(section.to_string(), Value::Array(resources));
+        }
+    }
+    match serde_norway::to_string(&Value::Object(sections)) {
+        Ok(yaml) => Resp::ok(json!({ "yaml": yaml })),
+        Err(_) => Resp::crash(),
+    }
 }

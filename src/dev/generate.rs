@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use rand::Rng;
+use rand::RngExt;
 
 /// How often a batch is inserted.
 const TICK: Duration = Duration::from_millis(100);
@@ -19,6 +19,25 @@ pub enum GenerateError {
     NoUsers,
     #[error("--rate must be a positive number of notifications per second")]
     BadRate,
+    #[error("the example application's tables (users, notifications) are missing in this database: run `userhooks migrate --example-app` first")]
+    NoTables,
+}
+
+/// Refuse to start without the tables the generator writes to (the bare "db error" of the
+/// first INSERT would not say which).
+pub async fn require_tables(client: &tokio_postgres::Client) -> Result<(), GenerateError> {
+    let present: bool = client
+        .query_one(
+            "select to_regclass('users') is not null and to_regclass('notifications') is not null",
+            &[],
+        )
+        .await?
+        .get(0);
+    if present {
+        Ok(())
+    } else {
+        Err(GenerateError::NoTables)
+    }
 }
 
 /// Ids of the existing users.

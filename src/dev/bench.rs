@@ -12,7 +12,7 @@ use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 
 use crate::db::{self, DbError};
-use crate::emulator::{self, EmulatorConfig, EmulatorHandle, Faults, RouteFaults};
+use sequin_emulator::{self as emulator, EmulatorConfig, EmulatorHandle, Faults, RouteFaults};
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -104,7 +104,7 @@ impl BenchDb {
         admin
             .batch_execute(&format!("create database {name}"))
             .await?;
-        let url = crate::demo::database_url_for(admin_url, &name);
+        let url = super::demo::database_url_for(admin_url, &name);
         db::migrate(&url).await?;
         Ok(BenchDb {
             admin_url: admin_url.to_string(),
@@ -168,6 +168,8 @@ impl WorkerProcess {
             .env("SEQUIN_API_TOKEN", token)
             .env("SEQUIN_DATABASE", "app")
             .env("USERHOOKS_CONCURRENCY", concurrency.to_string())
+            // The bench measures the worker, not the pacing that protects a real Sequin.
+            .env("USERHOOKS_SEQUIN_MAX_WRITES_PER_SECOND", "unlimited")
             .env("USERHOOKS_METRICS_ADDR", metrics_addr)
             .env("USERHOOKS_ALLOW_PRIVATE_URLS", "true")
             .env("USERHOOKS_LOG", "warn")

@@ -56,6 +56,38 @@ pub struct InjectedResponse {
 }
 
 impl Faults {
+    /// Parse faults JSON, refusing values that cannot be meant (a rate outside 0..=1, a
+    /// negative delay) with the field's path, e.g. `routes.create_sink.latency_ms`.
+    pub fn parse(json: &[u8]) -> Result<Faults, String> {
+        let value: serde_json::Value = serde_json::from_slice(json).map_err(|e| e.to_string())?;
+        let mut scopes: Vec<(String, &serde_json::Value)> =
+            vec![("all".to_string(), &value["all"])];
+        if let Some(routes) = value.get("routes").and_then(serde_json::Value::as_object) {
+            for (name, route) in routes {
+                scopes.push((format!("routes.{name}"), route));
+            }
+        }
+        for (path, scope) in scopes {
+            if let Some(rate) = scope.get("error_rate").filter(|v| !v.is_null()) {
+                if !rate.as_f64().is_some_and(|r| (0.0..=1.0).contains(&r)) {
+                    return Err(format!(
+                        "{path}.error_rate must be a probability between 0 and 1 (got {rate})"
+                    ));
+                }
+            }
+            for field in ["latency_ms", "rate_limit_retry_after"] {
+                if let Some(n) = scope.get(field).filter(|v| !v.is_null()) {
+                    if n.as_u64().is_none() {
+                        return Err(format!(
+                            "{path}.{field} must be a whole number, 0 or more (got {n})"
+                        ));
+                    }
+                }
+            }
+        }
+        serde_json::from_value(value).map_err(|e| e.to_string())
+    }
+
     /// The faults that apply to `operation`: its own entry, or `all`.
     pub fn for_operation(&self, operation: &str) -> &RouteFaults {
         self.routes.get(operation).unwrap_or(&self.all)
@@ -67,5 +99,31 @@ impl Faults {
             Some(r) => r,
             None => &mut self.all,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_takes_what_can_be_meant_and_names_the_field_that_cannot() {
+        let ok = Faults::parse(br#"{"all": {"error_rate": 1, "latency_ms": 0}}"#).unwrap();
+        assert_eq!(ok.all.error_rate, 1.0);
+        let err = Faults::parse(br#"{"all": {"error_rate": 1.5}}"#).unwrap_err();
+        assert!(
+            err.contains("all.error_rate must be a probability between 0 and 1"),
+            "{err}"
+        );
+        let err = Faults::parse(br#"{"all": {"error_rate": -0.1}}"#).unwrap_err();
+        assert!(err.contains("all.error_rate"), "{err}");
+        let err = Faults::parse(br#"{"routes": {"create_sink": {"latency_ms": -5}}}"#).unwrap_err();
+        assert!(
+            err.contains("routes.create_sink.latency_ms must be a whole number, 0 or more"),
+            "{err}"
+        );
+        let err = Faults::parse(br#"{"all": {"rate_limit_retry_after": 1.5}}"#).unwrap_err();
+        assert!(err.contains("all.rate_limit_retry_after"), "{err}");
+        assert!(Faults::parse(b"not json").is_err());
     }
 }

@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{json, Map, Value};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
@@ -49,9 +49,9 @@ pub(crate) struct Sink {
     pub load_shedding_policy: String,
     pub message_grouping: bool,
     pub annotations: Value,
-    /// With delivery on: the source tables' highest primary key when the sink was created
-    /// (`schema.table` → id). The sink receives the rows after it.
-    pub start_cursors: Option<BTreeMap<String, i64>>,
+    /// With delivery on: the change log's position when the sink was created. The sink
+    /// receives the changes after it.
+    pub start_lsn: Option<i64>,
 }
 
 #[derive(Clone, Debug)]
@@ -265,12 +265,16 @@ pub(crate) struct Db {
     pub backfills: Vec<Backfill>,
     /// Webhook delivery is on: backfills report real progress.
     pub delivery: bool,
+    /// The account may create and update functions (`function_transforms`).
+    pub functions_enabled: bool,
     /// Name → position in `endpoints` / `sinks`, so lookups by name stay O(1) with tens of
     /// thousands of resources (the benchmark's scale). Kept in sync by `reindex_*`.
     pub endpoint_names: HashMap<String, usize>,
     pub sink_names: HashMap<String, usize>,
     /// Endpoint id → position (sinks refer to endpoints by id).
     pub endpoint_ids: HashMap<Uuid, usize>,
+    /// Functions updated by the last `config/apply`, for the runtime's restart accounting.
+    pub function_updates: Vec<Uuid>,
 }
 
 /// `"table"` means `public.table`.
@@ -295,9 +299,11 @@ impl Db {
             functions: Vec::new(),
             backfills: Vec::new(),
             delivery: false,
+            functions_enabled: true,
             endpoint_names: HashMap::new(),
             sink_names: HashMap::new(),
             endpoint_ids: HashMap::new(),
+            function_updates: Vec::new(),
         }
     }
 

@@ -6,14 +6,25 @@
 //! Request pipeline (mirrors Phoenix): body parsing (400 on bad JSON) → routing (404) →
 //! `accepts ["json"]` (406) → `VerifyApiToken` (401) → `VerifyContentType` (400) → controller.
 //! Injected faults run before all of that. Control routes live under `/_emulator/`.
+//!
+//! Behind the API, [`runtime`] models Sequin's replication runtime (routing context,
+//! replication restarts, per-sink stores and the slot stall), and with delivery on,
+//! [`changelog`] and [`delivery`] feed it real changes and send real webhooks.
 
+mod changelog;
+pub mod cli;
 mod delivery;
 mod faults;
+mod pg;
 mod routes;
+mod runtime;
 mod state;
 
 pub use delivery::DeliveryConfig;
 pub use faults::{Faults, InjectedResponse, RouteFaults};
+pub use runtime::{
+    RestartRecord, RuntimeReport, SinkRuntime, DEFAULT_STORE_MAX_BYTES, DEFAULT_STORE_MAX_MESSAGES,
+};
 
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
@@ -46,6 +57,14 @@ pub struct EmulatorConfig {
     /// Deliver webhooks from this source database (off by default). With delivery on,
     /// backfills report the rows really delivered instead of `backfill_rows`.
     pub delivery: Option<DeliveryConfig>,
+    /// Whether the account has Sequin's `function_transforms` feature (self-hosted Sequin
+    /// does; a Sequin Cloud account may not). Without it, config apply and plan refuse
+    /// every function with Sequin's changeset error.
+    pub functions_enabled: bool,
+    /// A sink's store refuses new messages past this many (Sequin: 50,000); the slot stalls.
+    pub store_max_messages: usize,
+    /// ... or past this many bytes of messages (Sequin: 80 % of 128 MB).
+    pub store_max_bytes: u64,
 }
 
 impl Default for EmulatorConfig {
@@ -58,6 +77,9 @@ impl Default for EmulatorConfig {
             backfill_rows: 100,
             backfill_rows_per_sec: 200,
             delivery: None,
+            functions_enabled: true,
+            store_max_messages: DEFAULT_STORE_MAX_MESSAGES,
+            store_max_bytes: DEFAULT_STORE_MAX_BYTES,
         }
     }
 }
@@ -70,6 +92,9 @@ pub struct Call {
     pub operation: String,
     pub status: u16,
     pub body: Option<Value>,
+    /// When the call arrived (tests check the pacing of writes with it).
+    #[serde(skip)]
+    pub at: Option<std::time::Instant>,
 }
 
 struct Shared {
@@ -80,9 +105,12 @@ struct Shared {
     seq: AtomicU64,
     stop: watch::Sender<bool>,
     delivery: Option<DeliveryConfig>,
-    /// Connection used by the API routes to read `max(id)` when delivery is on.
-    route_pg: tokio::sync::Mutex<Option<tokio_postgres::Client>>,
+    /// Connection used by the API routes to read the change log's position and tables'
+    /// `max(id)` when delivery is on.
+    route_pg: tokio::sync::Mutex<Option<delivery::RouteConn>>,
     delivery_stats: delivery::DeliveryStats,
+    /// Taken after `db` when both are needed, never the other way round.
+    runtime: Mutex<runtime::Runtime>,
 }
 
 impl Shared {
@@ -95,6 +123,11 @@ impl Shared {
             config.backfill_rows_per_sec,
         );
         db.delivery = config.delivery.is_some();
+        db.functions_enabled = config.functions_enabled;
+        let limits = runtime::StoreLimits {
+            max_messages: config.store_max_messages,
+            max_bytes: config.store_max_bytes,
+        };
         Arc::new(Shared {
             token: config.token,
             db: Mutex::new(db),
@@ -105,7 +138,14 @@ impl Shared {
             delivery: config.delivery,
             route_pg: tokio::sync::Mutex::new(None),
             delivery_stats: delivery::DeliveryStats::default(),
+            runtime: Mutex::new(runtime::Runtime::new(limits)),
         })
+    }
+
+    fn runtime(&self) -> std::sync::MutexGuard<'_, runtime::Runtime> {
+        self.runtime
+            .lock()
+            .expect("emulator runtime mutex poisoned")
     }
 
     fn db(&self) -> std::sync::MutexGuard<'_, state::Db> {
@@ -147,6 +187,7 @@ struct Recorded {
     status: u16,
     /// The raw body when it parsed as JSON.
     body: Option<axum::body::Bytes>,
+    at: std::time::Instant,
 }
 
 impl Recorded {
@@ -160,6 +201,7 @@ impl Recorded {
                 .body
                 .as_ref()
                 .and_then(|b| serde_json::from_slice(b).ok()),
+            at: Some(self.at),
         }
     }
 }
@@ -237,6 +279,11 @@ impl EmulatorHandle {
             s.delivered.load(Ordering::Relaxed),
             s.failed.load(Ordering::Relaxed),
         )
+    }
+
+    /// The emulated replication runtime: restarts, routing context, per-sink stores, stall.
+    pub fn runtime(&self) -> RuntimeReport {
+        self.shared.runtime().report()
     }
 
     /// Stop listening (graceful). Requests stuck in `hang` are released.
@@ -542,6 +589,7 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
         operation,
         status: 0,
         body: recorded_body,
+        at: std::time::Instant::now(),
     });
 
     let resp = run(
@@ -614,18 +662,25 @@ async fn run(
         (!rf.fail_after_next.is_empty()).then(|| rf.fail_after_next.remove(0))
     };
 
-    // With delivery on, a new sink starts after the rows that exist now, and a new backfill
-    // ends with them: read the tables' highest ids before the state changes.
-    let cursors = if matches!(operation, "create_sink" | "create_backfill") {
-        delivery::table_max_ids(shared).await
-    } else {
-        None
+    // With delivery on, a new sink starts after the changes made so far, and a new backfill
+    // ends with the rows that exist now: read where they are before the state changes.
+    let before = match (operation, shared.delivery.is_some()) {
+        ("create_sink", true) => Before::LogPosition(delivery::log_position(shared).await),
+        ("create_backfill", true) => Before::TableEnds(delivery::table_max_ids(shared).await),
+        _ => Before::Nothing,
     };
-    let resp = pipeline(shared, method, route, uri, headers, parsed, cursors);
+    let resp = pipeline(shared, method, route, uri, headers, parsed, before);
     match fail_after {
         Some(inj) => Resp::json(inj.status, inj.body),
         None => resp,
     }
+}
+
+/// What delivery read from the source database before an operation.
+enum Before {
+    Nothing,
+    LogPosition(Option<i64>),
+    TableEnds(Option<std::collections::BTreeMap<String, i64>>),
 }
 
 fn pipeline(
@@ -635,7 +690,7 @@ fn pipeline(
     uri: &axum::http::Uri,
     headers: &HeaderMap,
     parsed: Result<Option<Value>, ()>,
-    cursors: Option<std::collections::BTreeMap<String, i64>>,
+    before: Before,
 ) -> Resp {
     let html = !prefers_json(headers);
     let body = match parsed {
@@ -682,34 +737,64 @@ fn pipeline(
     db.tick();
     let operation = route.operation();
     let resp = routes::dispatch(&mut db, route, params);
-    if let (Some(cursors), 200) = (cursors, resp.status) {
-        let id = resp.body.get("id").and_then(Value::as_str);
-        let id = id.and_then(|s| uuid::Uuid::parse_str(s).ok());
-        match operation {
-            "create_sink" => {
-                if let Some(s) = db.sinks.iter_mut().find(|s| Some(s.id) == id) {
-                    s.start_cursors = Some(cursors);
-                }
-            }
-            "create_backfill" => {
-                if let Some(b) = db.backfills.iter_mut().find(|b| Some(b.id) == id) {
-                    let upper = cursors.get(&b.table).copied();
-                    if let Some(p) = b.progress.as_mut() {
-                        p.upper_id = upper;
-                    }
-                }
-            }
-            _ => {}
-        }
+    let function_updates = std::mem::take(&mut db.function_updates);
+    if resp.status != 200 {
+        return resp;
     }
+    let id = resp.body.get("id").and_then(Value::as_str);
+    let id = id.and_then(|s| uuid::Uuid::parse_str(s).ok());
+    match before {
+        Before::LogPosition(Some(pos)) => {
+            if let Some(s) = db.sinks.iter_mut().rev().find(|s| Some(s.id) == id) {
+                s.start_lsn = Some(pos);
+            }
+        }
+        Before::TableEnds(Some(ends)) => {
+            if let Some(b) = db.backfills.iter_mut().find(|b| Some(b.id) == id) {
+                let upper = ends.get(&b.table).copied();
+                if let Some(p) = b.progress.as_mut() {
+                    p.upper_id = upper;
+                }
+            }
+        }
+        _ => {}
+    }
+    lifecycle(shared, &db, operation, id, &resp.body, &function_updates);
     resp
+}
+
+/// The lifecycle event Sequin's API enqueues for a successful write, applied to the runtime.
+// Sequin: lib/sequin/consumers/consumers.ex (every create/update/delete enqueues one) and
+// lib/sequin/runtime/consumer_lifecycle_event_worker.ex (what each one does).
+fn lifecycle(
+    shared: &Shared,
+    db: &state::Db,
+    operation: &str,
+    id: Option<uuid::Uuid>,
+    body: &Value,
+    function_updates: &[uuid::Uuid],
+) {
+    let name = body.get("name").and_then(Value::as_str);
+    match (operation, id) {
+        ("create_sink", Some(id)) => shared.runtime().sink_created(db, id, name),
+        ("update_sink", Some(id)) => shared.runtime().sink_updated(db, id, name),
+        ("delete_sink", Some(id)) => shared.runtime().sink_deleted(id),
+        ("update_endpoint", Some(id)) => shared.runtime().endpoint_updated(db, id),
+        ("config_apply", _) => {
+            let mut rt = shared.runtime();
+            for f in function_updates {
+                rt.function_updated(db, *f);
+            }
+        }
+        _ => {}
+    }
 }
 
 fn control(shared: &Shared, method: &Method, path: &str, bytes: &[u8]) -> Resp {
     let path = path.trim_end_matches('/');
     match (method.as_str(), path) {
         ("GET", "/_emulator/faults") => Resp::ok(json!(shared.faults_lock().clone())),
-        ("PUT", "/_emulator/faults") => match serde_json::from_slice::<Faults>(bytes) {
+        ("PUT", "/_emulator/faults") => match Faults::parse(bytes) {
             Ok(f) => {
                 *shared.faults_lock() = f.clone();
                 Resp::ok(json!(f))
@@ -722,6 +807,7 @@ fn control(shared: &Shared, method: &Method, path: &str, bytes: &[u8]) -> Resp {
             Resp::ok(json!({"cleared": true}))
         }
         ("GET", "/_emulator/state") => Resp::ok(shared.state_json()),
+        ("GET", "/_emulator/runtime") => Resp::ok(json!(shared.runtime().report())),
         _ => Resp::detail(404, "Not Found"),
     }
 }

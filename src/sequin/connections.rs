@@ -148,7 +148,13 @@ impl Connections {
             connect_timeout,
             idle_timeout,
             max_body,
-            http: http1::Builder::new(),
+            http: {
+                let mut http = http1::Builder::new();
+                // One buffer and a plain `send` instead of `writev` of head and body: the
+                // bodies are small, and the kernel's vectored path cost more than the copy.
+                http.writev(false);
+                http
+            },
             stack: Arc::new(Mutex::new(Stack {
                 idle: Vec::new(),
                 reaper: false,

@@ -1,5 +1,5 @@
-//! Worker configuration: flags with environment fallbacks (DESIGN.md §4), validated once at
-//! start-up with one clear message per problem.
+//! Worker configuration: flags with environment fallbacks (docs/architecture.md, section 6),
+//! validated once at start-up with one clear message per problem.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -291,78 +291,25 @@ static IDENT_RE: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(||
 impl WorkerArgs {
     pub fn into_config(self) -> Result<Config, ConfigError> {
         let mut problems = Vec::new();
-        let sequin_api_url = match self.sequin_api_url {
-            Some(url) => match url::Url::parse(&url) {
-                Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => {
-                    url.trim_end_matches('/').to_string()
-                }
-                _ => {
-                    problems.push(format!(
-                        "SEQUIN_API_URL `{url}` is not an http(s) URL (e.g. http://localhost:7376/api)"
-                    ));
-                    String::new()
-                }
-            },
-            None => {
-                problems.push(
-                    "SEQUIN_API_URL is required (e.g. http://localhost:7376/api)".to_string(),
-                );
-                String::new()
-            }
-        };
-        let sequin_token = match (self.sequin_api_token, self.sequin_api_token_file) {
-            (Some(_), Some(_)) => {
-                problems
-                    .push("set only one of SEQUIN_API_TOKEN and SEQUIN_API_TOKEN_FILE".to_string());
-                Secret::new("")
-            }
-            (Some(token), None) => Secret::new(token.trim()),
-            (None, Some(path)) => match std::fs::read_to_string(&path) {
-                Ok(text) => Secret::new(text.trim()),
-                Err(err) => {
-                    problems.push(format!(
-                        "SEQUIN_API_TOKEN_FILE {}: cannot be read: {err}",
-                        path.display()
-                    ));
-                    Secret::new("")
-                }
-            },
-            (None, None) => {
-                problems.push("SEQUIN_API_TOKEN or SEQUIN_API_TOKEN_FILE is required".to_string());
-                Secret::new("")
-            }
-        };
-        if sequin_token.expose().is_empty() && problems.iter().all(|p| !p.contains("TOKEN")) {
-            problems.push("the Sequin API token is empty".to_string());
-        }
+        let sequin_api_url = sequin_api_url(self.sequin_api_url, &mut problems);
+        let sequin_token = sequin_token(
+            self.sequin_api_token,
+            self.sequin_api_token_file,
+            &mut problems,
+        );
         let sequin_database = self.sequin_database.unwrap_or_default();
         if sequin_database.is_empty() {
             problems.push(
                 "SEQUIN_DATABASE is required: Sequin's name of the source database".to_string(),
             );
         }
-        if !IDENT_RE.is_match(&self.source_table) {
-            problems.push(format!(
-                "USERHOOKS_SOURCE_TABLE `{}` is not a table name like public.notifications",
-                self.source_table
-            ));
-        }
-        if !IDENT_RE.is_match(&self.user_column) || self.user_column.contains('.') {
-            problems.push(format!(
-                "USERHOOKS_USER_COLUMN `{}` is not a column name",
-                self.user_column
-            ));
-        }
-        for (var, value) in [
-            ("USERHOOKS_FILTER_FUNCTION", &self.filter_function),
-            ("USERHOOKS_NAME_PREFIX", &self.name_prefix),
-        ] {
-            if !NAME_RE.is_match(value) || value.len() > 100 {
-                problems.push(format!(
-                    "{var} `{value}` must be 1-100 characters of A-Z a-z 0-9 _ . -"
-                ));
-            }
-        }
+        check_names(
+            &self.source_table,
+            &self.user_column,
+            &self.filter_function,
+            &self.name_prefix,
+            &mut problems,
+        );
         if self.concurrency == 0 || self.concurrency > 10_000 {
             problems.push("USERHOOKS_CONCURRENCY must be between 1 and 10000".to_string());
         }
@@ -379,32 +326,12 @@ impl WorkerArgs {
         if self.listener_ping < Duration::from_millis(100) {
             problems.push("USERHOOKS_LISTENER_PING must be at least 100ms".to_string());
         }
-        let metrics_addr = if self.metrics_addr.eq_ignore_ascii_case("off") {
-            None
-        } else {
-            match self.metrics_addr.parse::<SocketAddr>() {
-                Ok(addr) => Some(addr),
-                Err(_) => {
-                    problems.push(format!(
-                        "USERHOOKS_METRICS_ADDR `{}` is not host:port (e.g. 127.0.0.1:9610) or `off`",
-                        self.metrics_addr
-                    ));
-                    None
-                }
-            }
-        };
-        if self.max_retry_count == Some(0) {
-            problems.push(
-                "USERHOOKS_MAX_RETRY_COUNT must be greater than 0 (Sequin refuses 0)".to_string(),
-            );
-        }
-        if self.load_shedding.is_some() {
-            // Sequin v0.14.6 validates and stores load_shedding_policy, but no runtime code
-            // reads it (`git grep load_shedding v0.14.6 -- lib`): it isolates nothing.
-            problems.push(
-                "USERHOOKS_LOAD_SHEDDING is no longer supported: Sequin ignores load_shedding_policy at runtime; remove it, and set USERHOOKS_MAX_RETRY_COUNT so a failing endpoint's messages are dropped after that many attempts".to_string(),
-            );
-        }
+        let metrics_addr = metrics_addr(&self.metrics_addr, &mut problems);
+        check_sink_settings(
+            self.max_retry_count,
+            self.load_shedding.is_some(),
+            &mut problems,
+        );
         if !problems.is_empty() {
             return Err(ConfigError(problems));
         }
@@ -434,6 +361,128 @@ impl WorkerArgs {
             max_retry_count: self.max_retry_count,
             worker_id,
         })
+    }
+}
+
+/// Sequin's API URL without a trailing slash (empty when it is a problem).
+fn sequin_api_url(url: Option<String>, problems: &mut Vec<String>) -> String {
+    match url {
+        Some(url) => match url::Url::parse(&url) {
+            Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => {
+                url.trim_end_matches('/').to_string()
+            }
+            _ => {
+                problems.push(format!(
+                    "SEQUIN_API_URL `{url}` is not an http(s) URL (e.g. http://localhost:7376/api)"
+                ));
+                String::new()
+            }
+        },
+        None => {
+            problems
+                .push("SEQUIN_API_URL is required (e.g. http://localhost:7376/api)".to_string());
+            String::new()
+        }
+    }
+}
+
+/// The Sequin API token, given itself or in a file (empty when it is a problem).
+fn sequin_token(
+    token: Option<String>,
+    file: Option<std::path::PathBuf>,
+    problems: &mut Vec<String>,
+) -> Secret {
+    let token = match (token, file) {
+        (Some(_), Some(_)) => {
+            problems.push("set only one of SEQUIN_API_TOKEN and SEQUIN_API_TOKEN_FILE".to_string());
+            Secret::new("")
+        }
+        (Some(token), None) => Secret::new(token.trim()),
+        (None, Some(path)) => match std::fs::read_to_string(&path) {
+            Ok(text) => Secret::new(text.trim()),
+            Err(err) => {
+                problems.push(format!(
+                    "SEQUIN_API_TOKEN_FILE {}: cannot be read: {err}",
+                    path.display()
+                ));
+                Secret::new("")
+            }
+        },
+        (None, None) => {
+            problems.push("SEQUIN_API_TOKEN or SEQUIN_API_TOKEN_FILE is required".to_string());
+            Secret::new("")
+        }
+    };
+    if token.expose().is_empty() && problems.iter().all(|p| !p.contains("TOKEN")) {
+        problems.push("the Sequin API token is empty".to_string());
+    }
+    token
+}
+
+/// The names the worker puts in SQL and in Sequin: the source table, its user column, the
+/// filter function and the prefix of resource names.
+fn check_names(
+    source_table: &str,
+    user_column: &str,
+    filter_function: &str,
+    name_prefix: &str,
+    problems: &mut Vec<String>,
+) {
+    if !IDENT_RE.is_match(source_table) {
+        problems.push(format!(
+            "USERHOOKS_SOURCE_TABLE `{source_table}` is not a table name like public.notifications"
+        ));
+    }
+    if !IDENT_RE.is_match(user_column) || user_column.contains('.') {
+        problems.push(format!(
+            "USERHOOKS_USER_COLUMN `{user_column}` is not a column name"
+        ));
+    }
+    for (var, value) in [
+        ("USERHOOKS_FILTER_FUNCTION", filter_function),
+        ("USERHOOKS_NAME_PREFIX", name_prefix),
+    ] {
+        if !NAME_RE.is_match(value) || value.len() > 100 {
+            problems.push(format!(
+                "{var} `{value}` must be 1-100 characters of A-Z a-z 0-9 _ . -"
+            ));
+        }
+    }
+}
+
+/// `host:port`, or `off` for no metrics server.
+fn metrics_addr(text: &str, problems: &mut Vec<String>) -> Option<SocketAddr> {
+    if text.eq_ignore_ascii_case("off") {
+        return None;
+    }
+    match text.parse::<SocketAddr>() {
+        Ok(addr) => Some(addr),
+        Err(_) => {
+            problems.push(format!(
+                "USERHOOKS_METRICS_ADDR `{text}` is not host:port (e.g. 127.0.0.1:9610) or `off`"
+            ));
+            None
+        }
+    }
+}
+
+/// What the worker asks of every sink it creates.
+fn check_sink_settings(
+    max_retry_count: Option<u32>,
+    load_shedding: bool,
+    problems: &mut Vec<String>,
+) {
+    if max_retry_count == Some(0) {
+        problems.push(
+            "USERHOOKS_MAX_RETRY_COUNT must be greater than 0 (Sequin refuses 0)".to_string(),
+        );
+    }
+    if load_shedding {
+        // Sequin v0.14.6 validates and stores load_shedding_policy, but no runtime code
+        // reads it (`git grep load_shedding v0.14.6 -- lib`): it isolates nothing.
+        problems.push(
+            "USERHOOKS_LOAD_SHEDDING is no longer supported: Sequin ignores load_shedding_policy at runtime; remove it, and set USERHOOKS_MAX_RETRY_COUNT so a failing endpoint's messages are dropped after that many attempts".to_string(),
+        );
     }
 }
 

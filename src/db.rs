@@ -16,8 +16,13 @@ pub use self::tls::{PgTlsStream, Roots, SslMode, TlsError, TlsSettings};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
+    /// Says what is wrong without quoting the connection string, which may hold a password.
     #[error("DATABASE_URL is not a valid Postgres connection string: {0}")]
-    BadUrl(#[source] tokio_postgres::Error),
+    BadUrl(String),
+    #[error("DATABASE_URL must start with postgres:// or postgresql:// (or be key=value pairs)")]
+    BadScheme,
+    #[error("DATABASE_URL has whitespace before postgres://; remove it")]
+    SpaceBeforeScheme,
     #[error(transparent)]
     Tls(#[from] TlsError),
     #[error("could not build the connection pool: {0}")]
@@ -101,6 +106,36 @@ pub fn describe_target(config: &tokio_postgres::Config) -> String {
     // Postgres defaults the database to the user name.
     let database = config.get_dbname().or(config.get_user()).unwrap_or("?");
     format!("{}, database `{database}`", hosts.join(","))
+}
+
+/// A warning for `sslmode=prefer` (libpq's default) towards a server not on this machine:
+/// whoever can answer for it may refuse TLS, and the connection goes on in plaintext,
+/// password included. `None` for other modes, and for loopback addresses, `localhost` and
+/// Unix sockets.
+pub fn plaintext_fallback_warning(database_url: &str) -> Option<String> {
+    use tokio_postgres::config::Host;
+    let Target { config, .. } = target(database_url, "userhooks").ok()?;
+    if config.get_ssl_mode() != tokio_postgres::config::SslMode::Prefer {
+        return None;
+    }
+    let (hosts, addrs) = (config.get_hosts(), config.get_hostaddrs());
+    let local = (0..hosts.len().max(addrs.len())).all(|i| match (addrs.get(i), hosts.get(i)) {
+        // hostaddr, when given, is where the connection goes.
+        (Some(addr), _) => addr.to_canonical().is_loopback(),
+        (None, Some(Host::Tcp(name))) => {
+            name.eq_ignore_ascii_case("localhost")
+                || name
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.to_canonical().is_loopback())
+        }
+        _ => true,
+    });
+    (!local).then(|| {
+        format!(
+            "sslmode=prefer towards {}: if TLS is refused the connection goes on in plaintext, password included; set sslmode=verify-full in DATABASE_URL (with sslrootcert=<the CA certificate file> for a private CA)",
+            describe_target(&config)
+        )
+    })
 }
 
 /// Refuse to go on without the userhooks schema, or with one older than this binary's: every
@@ -190,10 +225,10 @@ pub const ROLES_SQL: &str = include_str!("../sql/roles.sql");
 /// - `random_page_cost`: the default (4.0) models spinning disks. Our tables are small, hot
 ///   and cached, and with 4.0 the planner preferred scanning all 20,000 rows of the queue
 ///   over fetching 200 of them by primary key. 1.1 is the usual value for SSDs.
-/// - `plan_cache_mode`: the claim took 0.8 ms to plan and was re-planned on every call (a
-///   custom plan each time), about 9 µs of Postgres CPU per subscribe. Every statement is
-///   prepared once per connection and fenced to keep its plan whatever the parameters
-///   (tests/plans.rs checks the generic plans), so plan them once.
+/// - `plan_cache_mode`: otherwise the claim is re-planned on every call (a custom plan each
+///   time), and planning it costs more than running it. Every statement is prepared once
+///   per connection and fenced to keep its plan whatever the parameters (tests/plans.rs
+///   checks the generic plans), so plan them once.
 ///
 /// Sent as `SET`, not as startup `options`, which PgBouncer refuses by default. A setting the
 /// connection string already gives (`options=-c ...`) is left as the user chose it.
@@ -223,6 +258,75 @@ async fn apply_session_settings(client: &tokio_postgres::Client, sql: &str) {
     }
 }
 
+impl From<conninfo::ConnInfoError> for DbError {
+    fn from(err: conninfo::ConnInfoError) -> DbError {
+        DbError::BadUrl(err.to_string())
+    }
+}
+
+/// A URL tokio-postgres would not take for one: anything that is not `postgres://` or
+/// `postgresql://` exactly is read as `key=value` pairs, and its first "key" (the whole URL
+/// up to an `=`, password included) would be quoted back in the error.
+fn check_scheme(database_url: &str) -> Result<(), DbError> {
+    if ["postgres://", "postgresql://"]
+        .iter()
+        .any(|prefix| database_url.starts_with(prefix))
+    {
+        return Ok(());
+    }
+    let trimmed = database_url.trim_start();
+    let first_word = trimmed
+        .split(|c: char| c.is_whitespace() || c == '=')
+        .next()
+        .unwrap_or_default();
+    if !first_word.contains("://") {
+        return Ok(());
+    }
+    if ["postgres://", "postgresql://"]
+        .iter()
+        .any(|prefix| trimmed.starts_with(prefix))
+    {
+        return Err(DbError::SpaceBeforeScheme);
+    }
+    Err(DbError::BadScheme)
+}
+
+/// tokio-postgres's parse error in words that quote nothing of the connection string but an
+/// option's name or one of its fixed texts: the input may hold a password anywhere.
+fn bad_url(err: &tokio_postgres::Error) -> DbError {
+    const HIDDEN: &str = "unknown option (not shown: it looks like part of a URL or a password); write key=value pairs, or a URL starting with postgres://";
+    let detail = std::error::Error::source(err)
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    let said = if let Some(name) = detail
+        .strip_prefix("unknown option `")
+        .and_then(|rest| rest.strip_suffix('`'))
+    {
+        let plain = (1..=40).contains(&name.len())
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if plain {
+            detail.clone()
+        } else {
+            HIDDEN.to_string()
+        }
+    } else if let Some((at, _)) = detail
+        .strip_prefix("unexpected character")
+        .and_then(|_| detail.split_once(" but got "))
+    {
+        // The character found may be one of the password's.
+        at.to_string()
+    } else if detail.starts_with("invalid value for option `")
+        || detail.starts_with("invalid utf-8")
+        || detail.starts_with("unterminated ")
+        || detail == "unexpected EOF"
+    {
+        detail
+    } else {
+        "not shown: it could quote the connection string".to_string()
+    };
+    DbError::BadUrl(said)
+}
+
 /// A parsed connection string: where to connect, and how TLS is done.
 struct Target {
     config: tokio_postgres::Config,
@@ -230,10 +334,20 @@ struct Target {
 }
 
 fn target(database_url: &str, application_name: &str) -> Result<Target, DbError> {
+    check_scheme(database_url)?;
     // tokio-postgres refuses `verify-ca`, `verify-full` and `sslrootcert`: they are ours.
-    let split = conninfo::split(database_url);
+    let split = conninfo::split(database_url)?;
     let tls = TlsSettings::from_params(split.sslmode.as_deref(), split.sslrootcert.as_deref())?;
-    let mut config = tokio_postgres::Config::from_str(&split.rest).map_err(DbError::BadUrl)?;
+    let mut config = tokio_postgres::Config::from_str(&split.rest).map_err(|e| bad_url(&e))?;
+    // `postgres://u:p@ss@h`: the credentials end at the first `@`, so the rest of the password
+    // would be taken for the host and shown wherever the host is.
+    if config
+        .get_hosts()
+        .iter()
+        .any(|host| matches!(host, tokio_postgres::config::Host::Tcp(name) if name.contains('@')))
+    {
+        return Err(conninfo::ConnInfoError::AtInHost.into());
+    }
     config.application_name(application_name);
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(std::time::Duration::from_secs(5));
@@ -491,7 +605,11 @@ mod tests {
             config.get_connect_timeout(),
             Some(&std::time::Duration::from_secs(3))
         );
-        let config = pg_config("host=db.example.com sslmode=verify-ca dbname=app", "t").unwrap();
+        let config = pg_config(
+            "host=db.example.com sslmode=verify-ca sslrootcert=/ca.pem dbname=app",
+            "t",
+        )
+        .unwrap();
         assert_eq!(config.get_ssl_mode(), Pg::Require);
         assert_eq!(config.get_dbname(), Some("app"));
         let config = pg_config("postgres://u@h/app", "t").unwrap();
@@ -523,5 +641,89 @@ mod tests {
             err.contains("use one of disable, prefer, require, verify-ca, verify-full"),
             "{err}"
         );
+    }
+
+    /// The error for `url`, which must not contain any part of the password `hunter2`.
+    fn refused(url: &str) -> String {
+        let err = pg_config(url, "t").unwrap_err().to_string();
+        assert!(!err.contains("hunter"), "{url}: {err}");
+        err
+    }
+
+    #[test]
+    fn a_malformed_url_is_refused_without_quoting_it() {
+        // Not postgres:// exactly: tokio-postgres would read key=value pairs and quote the
+        // first "key", the URL up to its first `=`.
+        for url in [
+            "postgresql+psycopg://u:hunter2@h/db?sslmode=require",
+            "pg://u:hunter2@h/db?connect_timeout=3",
+            "POSTGRES://u:hunter2@h/db?sslmode=require",
+        ] {
+            assert_eq!(
+                refused(url),
+                "DATABASE_URL must start with postgres:// or postgresql:// (or be key=value pairs)"
+            );
+        }
+        for url in [
+            " postgres://u:hunter2@h/db?sslmode=require",
+            "\npostgresql://u:hunter2@h/db",
+        ] {
+            assert_eq!(
+                refused(url),
+                "DATABASE_URL has whitespace before postgres://; remove it"
+            );
+        }
+        // No scheme at all: the first "key" is not an option name, and not shown.
+        assert!(refused("u:hunter2@h/db?sslmode=require").contains("unknown option (not shown"));
+        // An unknown option by name, and a misplaced character by position, are still said.
+        assert_eq!(
+            refused("host=h pasword=hunter2"),
+            "DATABASE_URL is not a valid Postgres connection string: unknown option `pasword`"
+        );
+        assert_eq!(
+            refused("password hunter2"),
+            "DATABASE_URL is not a valid Postgres connection string: unexpected character at byte 9: expected `=`"
+        );
+        // An `@` in the password takes the rest of it for the host: refused, not shown.
+        assert!(refused("postgres://u:hunter@2@h/db").contains("%40"));
+        // ... and in the query it would lose the sslmode.
+        assert!(refused("postgres://h/db?password=hunter@2&sslmode=verify-full").contains("%40"));
+    }
+
+    #[test]
+    fn a_stray_equals_sign_is_an_error_not_the_end_of_the_string() {
+        let err = pg_config("host=h = sslmode=verify-full", "t").unwrap_err();
+        assert!(
+            err.to_string().contains("no name before the '=' at byte 7"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn prefer_towards_another_machine_is_warned_about_once_at_start() {
+        for url in [
+            "postgres://u:hunter2@db.example.com/app",
+            "postgres://u@db.example.com/app?sslmode=prefer",
+            "host=10.0.0.5 dbname=app",
+            "host=localhost,db.example.com dbname=app",
+            "host=localhost hostaddr=10.0.0.5 dbname=app",
+        ] {
+            let warning = plaintext_fallback_warning(url).unwrap_or_else(|| panic!("{url}"));
+            assert!(warning.starts_with("sslmode=prefer towards "), "{warning}");
+            assert!(warning.contains("sslmode=verify-full"), "{warning}");
+            assert!(!warning.contains("hunter2"), "{warning}");
+        }
+        for url in [
+            "postgres://u@localhost/app",
+            "postgres://u@127.0.0.2:5433/app",
+            "postgres://u@[::1]/app",
+            "postgres://u@%2Frun%2Fpostgresql/app",
+            "host=db.example.com hostaddr=127.0.0.1 dbname=app",
+            "postgres://u@db.example.com/app?sslmode=require",
+            "postgres://u@db.example.com/app?sslmode=disable",
+            "postgres://u@db.example.com/app?sslmode=verify-full",
+        ] {
+            assert_eq!(plaintext_fallback_warning(url), None, "{url}");
+        }
     }
 }

@@ -10,10 +10,12 @@ use serde_json::Value;
 
 use crate::config::Config;
 use crate::db::{self, DbError};
+use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::provision::replica::{self as replica_identity, split_table};
 use crate::provision::{filter_function_yaml, FilterFunctionState, Provisioner, ReplicaIdentity};
 use crate::sequin::{ErrorClass, SequinClient, SequinError};
+use crate::subscriptions;
 
 /// Above this many live subscriptions on one table, doctor warns. Sequin stores every change
 /// of the table once per sink and runs each sink's filter on it, so its work per change
@@ -264,7 +266,7 @@ pub async fn at_worker_start(
     config: &Config,
     pool: &Pool,
     provisioner: &Provisioner,
-    metrics: &Metrics,
+    health: &Health,
 ) -> Result<(), PreflightError> {
     let table = &config.source_table;
     let client = match pool.get().await {
@@ -289,7 +291,7 @@ pub async fn at_worker_start(
         Ok(databases) => databases,
         Err(err) => {
             if err.class() == ErrorClass::Auth {
-                metrics.sequin_auth_ok.set(0);
+                health.set_sequin_auth_ok(false);
             }
             tracing::warn!(error = %err, "preflight: cannot check Sequin now; starting anyway (requests wait or retry until it answers)");
             return Ok(());
@@ -316,7 +318,7 @@ pub async fn at_worker_start(
         Err(err) if err.is_functions_disabled() => require(functions_refused(&err))?,
         Err(err) => {
             if err.class() == ErrorClass::Auth {
-                metrics.sequin_auth_ok.set(0);
+                health.set_sequin_auth_ok(false);
             }
             tracing::warn!(error = %err, "preflight: could not put the filter function in place yet; will retry on the first subscribe");
         }
@@ -577,13 +579,7 @@ fn replica_identity_check(table: &str, identity: ReplicaIdentity) -> Check {
 
 async fn live_subscriptions(client: &tokio_postgres::Client, table: &str) -> Check {
     let what = format!("live subscriptions on {table}");
-    let count = client
-        .query_one(
-            "select count(*) from userhooks.webhook_subscriptions where live and source_table = $1",
-            &[&table],
-        )
-        .await;
-    match count.map(|row| row.get::<_, i64>(0)) {
+    match subscriptions::live_on_table(client, table).await {
         Ok(n) if n > LIVE_SUBSCRIPTIONS_WARN_ABOVE => Check::warn(
             "live_subscriptions",
             format!("{what}: {n}"),

@@ -10,9 +10,11 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::db::DbError;
+use crate::health::Health;
 use crate::metrics::{Metrics, BACKFILL_STATES, REQUEST_STATUSES, SUBSCRIPTION_STATUSES};
 use crate::provision::Provisioner;
 use crate::queue;
+use crate::subscriptions;
 
 /// Open requests (pending/running) come from the small partial index, so this is cheap.
 const GAUGE_INTERVAL: Duration = Duration::from_secs(10);
@@ -28,6 +30,7 @@ pub async fn run(
     pool: Pool,
     provisioner: Arc<Provisioner>,
     metrics: Arc<Metrics>,
+    health: Arc<Health>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut gauges = tokio::time::interval(GAUGE_INTERVAL);
@@ -46,9 +49,9 @@ pub async fn run(
                 let slow = tick.is_multiple_of(SLOW_GAUGE_EVERY);
                 tick = tick.wrapping_add(1);
                 match refresh_gauges(&pool, &metrics, &config.source_table, slow).await {
-                    Ok(()) => metrics.set_database_ok(true),
+                    Ok(()) => health.set_database_ok(true),
                     Err(err) => {
-                        metrics.set_database_ok(false);
+                        health.set_database_ok(false);
                         tracing::debug!(error = %err, "could not refresh gauges");
                     }
                 }
@@ -143,21 +146,14 @@ async fn set_subscription_gauges(
     metrics: &Metrics,
     source_table: &str,
 ) -> Result<(), DbError> {
-    let rows = client
-        .query(
-            "select status, source_table, live, count(*)::float8
-               from userhooks.webhook_subscriptions group by status, source_table, live",
-            &[],
-        )
-        .await?;
+    let rows = subscriptions::counts(client).await?;
     let mut by_status: HashMap<&str, f64> = HashMap::new();
     let mut live: HashMap<&str, f64> = HashMap::from([(source_table, 0.0)]);
     for row in &rows {
-        let count: f64 = row.get(3);
-        *by_status.entry(row.get(0)).or_default() += count;
-        let table = live.entry(row.get(1)).or_default();
-        if row.get::<_, bool>(2) {
-            *table += count;
+        *by_status.entry(&row.status).or_default() += row.count;
+        let table = live.entry(&row.source_table).or_default();
+        if row.live {
+            *table += row.count;
         }
     }
     for status in SUBSCRIPTION_STATUSES {

@@ -10,7 +10,7 @@ use tokio::sync::{watch, Notify};
 use tokio_postgres::AsyncMessage;
 
 use crate::db;
-use crate::metrics::Metrics;
+use crate::health::Health;
 use crate::retry::RetryPolicy;
 
 pub const REQUESTS_CHANNEL: &str = "userhooks_requests";
@@ -29,7 +29,7 @@ pub async fn run(
     database_url: String,
     ping_interval: Duration,
     wake: Arc<Notify>,
-    metrics: Arc<Metrics>,
+    health: Arc<Health>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut failures: u32 = 0;
@@ -37,13 +37,12 @@ pub async fn run(
         if *shutdown.borrow() {
             break;
         }
-        match listen_once(&database_url, ping_interval, &wake, &metrics, &mut shutdown).await {
+        match listen_once(&database_url, ping_interval, &wake, &health, &mut shutdown).await {
             Ok(()) => break, // shutdown requested
             Err(err) => {
-                if metrics.listener_connected.get() == 1 {
+                if health.set_listener_connected(false) {
                     failures = 0; // it was up: this is a fresh loss, not a streak
                 }
-                metrics.listener_connected.set(0);
                 if failures == 0 || failures.is_multiple_of(20) {
                     tracing::warn!(error = %crate::telemetry::error_chain(&err), failures, "LISTEN connection lost; reconnecting (polling meanwhile)");
                 }
@@ -60,7 +59,7 @@ pub async fn run(
             }
         }
     }
-    metrics.listener_connected.set(0);
+    health.set_listener_connected(false);
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -79,7 +78,7 @@ async fn listen_once(
     database_url: &str,
     ping_interval: Duration,
     wake: &Arc<Notify>,
-    metrics: &Metrics,
+    health: &Health,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), ListenError> {
     let (client, mut connection) = db::connect_raw(database_url, "userhooks-listener").await?;
@@ -104,7 +103,7 @@ async fn listen_once(
         client
             .batch_execute(&format!("LISTEN {REQUESTS_CHANNEL}"))
             .await?;
-        metrics.listener_connected.set(1);
+        health.set_listener_connected(true);
         tracing::debug!("LISTEN connection established");
         wake.notify_one();
         let mut ping = tokio::time::interval(ping_interval);

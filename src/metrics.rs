@@ -1,9 +1,9 @@
-//! Prometheus metrics (DESIGN.md §6) and the `/metrics`, `/healthz`, `/readyz` server.
+//! Prometheus metrics (docs/architecture.md, section 8) and the `/metrics`, `/healthz`,
+//! `/readyz` server. `/readyz` answers from [`Health`].
 //!
 //! Labels are bounded enums (action, outcome, status, operation): never a user id, URL or token.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -15,6 +15,8 @@ use prometheus::{
     Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
     IntGauge, Opts, Registry, TextEncoder,
 };
+
+use crate::health::Health;
 
 pub const ACTIONS: &[&str] = &[
     "subscribe",
@@ -78,12 +80,11 @@ pub struct Metrics {
     /// every change of that table for, so Sequin's cost per change grows with it.
     pub live_subscriptions: GaugeVec,
     pub backfills: GaugeVec,
+    /// Mirrors of [`Health`]: set from it, never read to decide anything.
     pub listener_connected: IntGauge,
     pub sequin_auth_ok: IntGauge,
     pub lease_lost_total: IntCounter,
     pub in_flight: IntGauge,
-    /// Readiness inputs that are not metrics.
-    pub database_ok: AtomicBool,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
@@ -93,175 +94,126 @@ fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registr
     metric
 }
 
+/// Constructors that register as they build; names and labels are constants, so they are
+/// valid.
+struct Builder<'a>(&'a Registry);
+
+impl Builder<'_> {
+    fn counter(&self, name: &str, help: &str) -> IntCounter {
+        register(self.0, IntCounter::new(name, help).expect("valid metric"))
+    }
+
+    fn counters(&self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+        register(
+            self.0,
+            IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
+        )
+    }
+
+    fn int_gauge(&self, name: &str, help: &str) -> IntGauge {
+        register(self.0, IntGauge::new(name, help).expect("valid metric"))
+    }
+
+    fn gauge(&self, name: &str, help: &str) -> Gauge {
+        register(self.0, Gauge::new(name, help).expect("valid metric"))
+    }
+
+    fn gauges(&self, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+        register(
+            self.0,
+            GaugeVec::new(Opts::new(name, help), labels).expect("valid metric"),
+        )
+    }
+
+    fn histogram(&self, name: &str, help: &str, buckets: &[f64]) -> Histogram {
+        let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+        register(self.0, Histogram::with_opts(opts).expect("valid metric"))
+    }
+
+    fn histograms(&self, name: &str, help: &str, buckets: &[f64], labels: &[&str]) -> HistogramVec {
+        let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+        register(
+            self.0,
+            HistogramVec::new(opts, labels).expect("valid metric"),
+        )
+    }
+}
+
 impl Metrics {
     pub fn new() -> Arc<Self> {
         let registry = Registry::new();
-        let r = &registry;
-        let requests_total = register(
-            r,
-            IntCounterVec::new(
-                Opts::new(
-                    "userhooks_requests_total",
-                    "Requests finished or rescheduled, by action and outcome",
-                ),
-                &["action", "outcome"],
-            )
-            .expect("valid metric"),
+        let b = Builder(&registry);
+        // Requests and the queue.
+        let requests_total = b.counters(
+            "userhooks_requests_total",
+            "Requests finished or rescheduled, by action and outcome",
+            &["action", "outcome"],
         );
-        let request_duration = register(
-            r,
-            HistogramVec::new(
-                HistogramOpts::new(
-                    "userhooks_request_duration_seconds",
-                    "Time from claim to finish of one attempt, by action",
-                )
-                .buckets(LATENCY_BUCKETS.to_vec()),
-                &["action"],
-            )
-            .expect("valid metric"),
+        let request_duration = b.histograms(
+            "userhooks_request_duration_seconds",
+            "Time from claim to finish of one attempt, by action",
+            LATENCY_BUCKETS,
+            &["action"],
         );
-        let queue_wait = register(
-            r,
-            Histogram::with_opts(
-                HistogramOpts::new(
-                    "userhooks_queue_wait_seconds",
-                    "Time from insert to first claim",
-                )
-                .buckets(WAIT_BUCKETS.to_vec()),
-            )
-            .expect("valid metric"),
+        let queue_wait = b.histogram(
+            "userhooks_queue_wait_seconds",
+            "Time from insert to first claim",
+            WAIT_BUCKETS,
         );
-        let queue_depth = register(
-            r,
-            GaugeVec::new(
-                Opts::new("userhooks_queue_depth", "Requests in the table, by status"),
-                &["status"],
-            )
-            .expect("valid metric"),
+        let queue_depth = b.gauges(
+            "userhooks_queue_depth",
+            "Requests in the table, by status",
+            &["status"],
         );
-        let oldest_pending_age = register(
-            r,
-            Gauge::new(
-                "userhooks_oldest_pending_age_seconds",
-                "Age of the oldest pending request that is due",
-            )
-            .expect("valid metric"),
+        let oldest_pending_age = b.gauge(
+            "userhooks_oldest_pending_age_seconds",
+            "Age of the oldest pending request that is due",
         );
-        let sequin_requests_total = register(
-            r,
-            IntCounterVec::new(
-                Opts::new(
-                    "userhooks_sequin_requests_total",
-                    "Sequin Management API calls, by operation and HTTP status (or timeout/error)",
-                ),
-                &["operation", "status"],
-            )
-            .expect("valid metric"),
+        // Sequin's Management API.
+        let sequin_requests_total = b.counters(
+            "userhooks_sequin_requests_total",
+            "Sequin Management API calls, by operation and HTTP status (or timeout/error)",
+            &["operation", "status"],
         );
-        let sequin_request_duration = register(
-            r,
-            HistogramVec::new(
-                HistogramOpts::new(
-                    "userhooks_sequin_request_duration_seconds",
-                    "Latency of Sequin Management API calls, by operation",
-                )
-                .buckets(LATENCY_BUCKETS.to_vec()),
-                &["operation"],
-            )
-            .expect("valid metric"),
+        let sequin_request_duration = b.histograms(
+            "userhooks_sequin_request_duration_seconds",
+            "Latency of Sequin Management API calls, by operation",
+            LATENCY_BUCKETS,
+            &["operation"],
         );
-        let sequin_write_wait = register(
-            r,
-            HistogramVec::new(
-                HistogramOpts::new(
-                    "userhooks_sequin_write_wait_seconds",
-                    "Time a Sequin write waited for USERHOOKS_SEQUIN_MAX_WRITES_PER_SECOND (and the restart spacing), by kind",
-                )
-                .buckets(WAIT_BUCKETS.to_vec()),
-                &["kind"],
-            )
-            .expect("valid metric"),
+        let sequin_write_wait = b.histograms(
+            "userhooks_sequin_write_wait_seconds",
+            "Time a Sequin write waited for USERHOOKS_SEQUIN_MAX_WRITES_PER_SECOND (and the restart spacing), by kind",
+            WAIT_BUCKETS,
+            &["kind"],
         );
-        let subscriptions = register(
-            r,
-            GaugeVec::new(
-                Opts::new("userhooks_subscriptions", "Subscriptions by status"),
-                &["status"],
-            )
-            .expect("valid metric"),
+        // What the worker has provisioned.
+        let subscriptions = b.gauges(
+            "userhooks_subscriptions",
+            "Subscriptions by status",
+            &["status"],
         );
-        let live_subscriptions = register(
-            r,
-            GaugeVec::new(
-                Opts::new(
-                    "userhooks_live_subscriptions",
-                    "Live subscriptions (provisioning, active or paused) by source table",
-                ),
-                &["source_table"],
-            )
-            .expect("valid metric"),
+        let live_subscriptions = b.gauges(
+            "userhooks_live_subscriptions",
+            "Live subscriptions (provisioning, active or paused) by source table",
+            &["source_table"],
         );
-        let backfills = register(
-            r,
-            GaugeVec::new(
-                Opts::new("userhooks_backfills", "Backfills by state"),
-                &["state"],
-            )
-            .expect("valid metric"),
+        let backfills = b.gauges("userhooks_backfills", "Backfills by state", &["state"]);
+        // The worker itself.
+        let listener_connected = b.int_gauge(
+            "userhooks_listener_connected",
+            "1 when the LISTEN connection is up",
         );
-        let listener_connected = register(
-            r,
-            IntGauge::new(
-                "userhooks_listener_connected",
-                "1 when the LISTEN connection is up",
-            )
-            .expect("valid metric"),
+        let sequin_auth_ok = b.int_gauge(
+            "userhooks_sequin_auth_ok",
+            "1 when Sequin accepts our API token",
         );
-        let sequin_auth_ok = register(
-            r,
-            IntGauge::new(
-                "userhooks_sequin_auth_ok",
-                "1 when Sequin accepts our API token",
-            )
-            .expect("valid metric"),
+        let lease_lost_total = b.counter(
+            "userhooks_lease_lost_total",
+            "Results dropped because the lease was lost before write-back",
         );
-        let lease_lost_total = register(
-            r,
-            IntCounter::new(
-                "userhooks_lease_lost_total",
-                "Results dropped because the lease was lost before write-back",
-            )
-            .expect("valid metric"),
-        );
-        let in_flight = register(
-            r,
-            IntGauge::new("userhooks_in_flight", "Requests being processed now")
-                .expect("valid metric"),
-        );
-        // Zero-fill every known label value, so dashboards and alerts see series from the start.
-        for action in ACTIONS {
-            request_duration.with_label_values(&[action]);
-            for outcome in ["succeeded", "failed", "retried"] {
-                requests_total.with_label_values(&[action, outcome]);
-            }
-        }
-        for status in REQUEST_STATUSES {
-            queue_depth.with_label_values(&[status]).set(0.0);
-        }
-        for status in SUBSCRIPTION_STATUSES {
-            subscriptions.with_label_values(&[status]).set(0.0);
-        }
-        for state in BACKFILL_STATES {
-            backfills.with_label_values(&[state]).set(0.0);
-        }
-        for operation in OPERATIONS {
-            sequin_request_duration.with_label_values(&[operation]);
-        }
-        for kind in ["write", "restarting"] {
-            sequin_write_wait.with_label_values(&[kind]);
-        }
-        sequin_auth_ok.set(1);
-        Arc::new(Metrics {
+        let in_flight = b.int_gauge("userhooks_in_flight", "Requests being processed now");
+        let metrics = Metrics {
             registry,
             requests_total,
             request_duration,
@@ -278,8 +230,34 @@ impl Metrics {
             sequin_auth_ok,
             lease_lost_total,
             in_flight,
-            database_ok: AtomicBool::new(true),
-        })
+        };
+        metrics.zero_fill();
+        Arc::new(metrics)
+    }
+
+    /// Zero-fill every known label value, so dashboards and alerts see series from the start.
+    fn zero_fill(&self) {
+        for action in ACTIONS {
+            self.request_duration.with_label_values(&[action]);
+            for outcome in ["succeeded", "failed", "retried"] {
+                self.requests_total.with_label_values(&[action, outcome]);
+            }
+        }
+        for status in REQUEST_STATUSES {
+            self.queue_depth.with_label_values(&[status]).set(0.0);
+        }
+        for status in SUBSCRIPTION_STATUSES {
+            self.subscriptions.with_label_values(&[status]).set(0.0);
+        }
+        for state in BACKFILL_STATES {
+            self.backfills.with_label_values(&[state]).set(0.0);
+        }
+        for operation in OPERATIONS {
+            self.sequin_request_duration.with_label_values(&[operation]);
+        }
+        for kind in ["write", "restarting"] {
+            self.sequin_write_wait.with_label_values(&[kind]);
+        }
     }
 
     /// The Prometheus text exposition of every metric.
@@ -290,25 +268,19 @@ impl Metrics {
         }
         String::from_utf8(buffer).unwrap_or_default()
     }
-
-    pub fn set_database_ok(&self, ok: bool) {
-        self.database_ok.store(ok, Ordering::Relaxed);
-    }
-
-    /// Readiness checks: name → ok.
-    pub fn readiness(&self) -> Vec<(&'static str, bool)> {
-        vec![
-            ("database", self.database_ok.load(Ordering::Relaxed)),
-            ("listener", self.listener_connected.get() == 1),
-            ("sequin_auth", self.sequin_auth_ok.get() == 1),
-        ]
-    }
 }
 
-async fn metrics_handler(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
+/// What the server answers from.
+#[derive(Clone)]
+struct Served {
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+}
+
+async fn metrics_handler(State(served): State<Served>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        metrics.render(),
+        served.metrics.render(),
     )
 }
 
@@ -316,8 +288,8 @@ async fn healthz() -> impl IntoResponse {
     Json(serde_json::json!({"status": "ok"}))
 }
 
-async fn readyz(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
-    let checks = metrics.readiness();
+async fn readyz(State(served): State<Served>) -> impl IntoResponse {
+    let checks = served.health.readiness();
     let ready = checks.iter().all(|(_, ok)| *ok);
     let body = serde_json::json!({
         "ready": ready,
@@ -334,12 +306,12 @@ async fn readyz(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
     (status, Json(body))
 }
 
-pub fn router(metrics: Arc<Metrics>) -> Router {
+pub fn router(metrics: Arc<Metrics>, health: Arc<Health>) -> Router {
     Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .with_state(metrics)
+        .with_state(Served { metrics, health })
 }
 
 /// Bind the metrics address (fails fast on a taken port).
@@ -351,9 +323,10 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> 
 pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
+    health: Arc<Health>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(metrics))
+    axum::serve(listener, router(metrics, health))
         .with_graceful_shutdown(shutdown)
         .await
 }

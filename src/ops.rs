@@ -4,6 +4,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use crate::db::{self, DbError};
+use crate::subscriptions;
 
 /// A printable summary of the queue, subscriptions and open backfills.
 pub async fn status(database_url: &str) -> Result<String, DbError> {
@@ -47,23 +48,13 @@ pub async fn status(database_url: &str) -> Result<String, DbError> {
         due.map(human_age).unwrap_or_else(|| "none".to_string())
     );
 
-    let subs = client
-        .query(
-            "select status, count(*) from userhooks.webhook_subscriptions group by status order by status",
-            &[],
-        )
-        .await?;
+    let subs = subscriptions::count_by_status(&client).await?;
     let _ = writeln!(out, "\nSubscriptions");
     if subs.is_empty() {
         let _ = writeln!(out, "  (none)");
     }
-    for row in &subs {
-        let _ = writeln!(
-            out,
-            "  {:<13} {:>8}",
-            row.get::<_, String>(0),
-            row.get::<_, i64>(1)
-        );
+    for (status, count) in &subs {
+        let _ = writeln!(out, "  {status:<13} {count:>8}");
     }
 
     let backfills = client

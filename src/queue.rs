@@ -6,63 +6,8 @@ use deadpool_postgres::Pool;
 use serde_json::Value;
 
 use crate::db::DbError;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Action {
-    Subscribe,
-    Unsubscribe,
-    Backfill,
-    Update,
-    Pause,
-    Resume,
-}
-
-impl Action {
-    pub fn parse(text: &str) -> Option<Action> {
-        Some(match text {
-            "subscribe" => Action::Subscribe,
-            "unsubscribe" => Action::Unsubscribe,
-            "backfill" => Action::Backfill,
-            "update" => Action::Update,
-            "pause" => Action::Pause,
-            "resume" => Action::Resume,
-            _ => return None,
-        })
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Action::Subscribe => "subscribe",
-            Action::Unsubscribe => "unsubscribe",
-            Action::Backfill => "backfill",
-            Action::Update => "update",
-            Action::Pause => "pause",
-            Action::Resume => "resume",
-        }
-    }
-}
-
-/// A claimed request. `attempts` (after the claim's increment) and `locked_by` fence every
-/// write-back: if another worker re-claimed the row meanwhile, ours changes nothing.
-#[derive(Clone, Debug)]
-pub struct Request {
-    pub id: i64,
-    pub action: Action,
-    pub user_id: String,
-    pub webhook_url: Option<String>,
-    pub subscription_id: Option<i64>,
-    pub options: Value,
-    pub attempts: i32,
-    pub max_attempts: i32,
-    /// Seconds from insert to this claim.
-    pub waited: f64,
-}
-
-impl Request {
-    pub fn is_last_attempt(&self) -> bool {
-        self.attempts >= self.max_attempts
-    }
-}
+use crate::model::{Action, Change, Outcome, Request};
+use crate::subscriptions;
 
 /// Result of one claim round trip.
 pub struct Claimed {
@@ -80,7 +25,7 @@ pub struct Claimed {
 ///   so `LIMIT` and `SKIP LOCKED` apply before the update (no over-claiming).
 /// - `offset 0` keeps the per-user check a per-row probe of `user_open_idx`. Without it the
 ///   planner may turn it into a hash anti-join, which reads and sorts every open request on
-///   each claim (44 ms instead of 2 ms with 20,000 open requests).
+///   each claim.
 /// - The update finds its rows by `id = any(array(...))`, not by joining `due`: a join is
 ///   planned from table statistics, and on a large or never-analysed table it became a hash
 ///   join over a sequential scan of every row. An id list always probes the primary key.
@@ -146,13 +91,11 @@ pub async fn claim(
         let Some(id) = row.get::<_, Option<i64>>("id") else {
             continue;
         };
-        let action_text: String = row.get("action");
-        // The CHECK constraint makes an unknown action impossible; a row that somehow has one
-        // is failed by the worker rather than crashing it.
-        let action = Action::parse(&action_text).unwrap_or(Action::Subscribe);
+        // The CHECK constraint makes an unknown action impossible at the INSERT; a row that
+        // has one anyway (a newer schema, a dropped constraint) is failed by the provisioner.
         requests.push(Request {
             id,
-            action,
+            action: Action::parse(row.get("action")),
             user_id: row.get("user_id"),
             webhook_url: row.get("webhook_url"),
             subscription_id: row.get("subscription_id"),
@@ -169,68 +112,6 @@ pub async fn claim(
         requests,
         next_due_in,
     })
-}
-
-/// What the worker decided for one attempt.
-#[derive(Debug)]
-pub enum Outcome {
-    Succeeded {
-        result: Value,
-        changes: Vec<Change>,
-    },
-    Failed {
-        /// `invalid_request`, `sequin_rejected`, `exhausted`, `not_found`, ...
-        kind: &'static str,
-        message: String,
-        status: Option<u16>,
-        details: Option<Value>,
-        changes: Vec<Change>,
-    },
-    /// Try again after `delay` (a durable reschedule through `run_at`).
-    Retry {
-        message: String,
-        delay: Duration,
-    },
-    /// Sequin rejected the token: put the request back untouched (the attempt is not counted).
-    AuthRejected {
-        message: String,
-    },
-}
-
-impl Outcome {
-    pub fn label(&self) -> &'static str {
-        match self {
-            Outcome::Succeeded { .. } => "succeeded",
-            Outcome::Failed { .. } => "failed",
-            Outcome::Retry { .. } | Outcome::AuthRejected { .. } => "retried",
-        }
-    }
-}
-
-/// A change to subscription bookkeeping, applied in the same transaction as the fenced
-/// request write-back, so a lost lease changes nothing at all.
-#[derive(Debug, Clone)]
-pub enum Change {
-    /// Provisioning finished: record the Sequin ids and names, mark `active`.
-    Activate {
-        subscription_id: i64,
-        endpoint_id: String,
-        sink_id: String,
-        endpoint_name: String,
-        sink_name: String,
-    },
-    /// Set a subscription's status (`failed`, `deleted`, `paused`, `active`...).
-    SetStatus {
-        subscription_id: i64,
-        status: &'static str,
-    },
-    /// Update the fields an `update` request changed.
-    SetFields {
-        subscription_id: i64,
-        endpoint: Option<String>,
-        transform: Option<Option<String>>,
-        actions: Option<Vec<String>>,
-    },
 }
 
 /// Whether the write-back took effect.
@@ -261,19 +142,20 @@ pub async fn write_back(
 /// `uncount` gives back the attempt of an auth rejection (not the request's fault);
 /// a `pending` outcome keeps the previous result and is due after `delay`.
 ///
-/// The plan is fenced, because the planner misjudged this statement badly (40 ms for 200
-/// rows of 20,000). It took the lease check (`locked_by = $8 and status = 'running'`) to
+/// The plan is fenced, because the planner misjudged this statement badly (the numbers are
+/// in docs/performance.md). It took the lease check (`locked_by = $8 and status = 'running'`) to
 /// match about one row, since statistics of a hot queue table are always stale, and so
 /// joined in a nested loop that reads the whole batch once per row. Now:
 /// - `r.id = any($1)`, redundant with the join, lets it fetch the rows by primary key;
 /// - the lease check sits inside `coalesce`, an expression the planner has no statistics
 ///   for, so it is taken to keep half the rows, and the join is hashed.
 ///
-/// The `unnest` updates below carry the same `id = any($1)`.
+/// The subscription updates of the same write-back ([`subscriptions::apply`]) carry the
+/// same `id = any($1)`.
 ///
 /// It also sends `userhooks_request_done` for each request it finishes, the payload the row
-/// trigger would send: from the statement this costs half as much as the trigger (migration
-/// 0006), which [`NOTIFIES_DONE_SQL`] turns off for the transaction.
+/// trigger would send: from the statement this skips the trigger's per-row machinery
+/// (migration 0006), and [`NOTIFIES_DONE_SQL`] turns the trigger off for the transaction.
 pub const WRITE_BACK_SQL: &str = "
 update userhooks.subscription_requests r
    set status = u.status,
@@ -301,28 +183,11 @@ returning r.id,
 pub const NOTIFIES_DONE_SQL: &str =
     "select pg_catalog.set_config('userhooks.notifies_request_done', 'on', true)";
 
-pub const ACTIVATE_SQL: &str = "
-update userhooks.webhook_subscriptions s
-   set status = 'active', sequin_endpoint_id = u.endpoint_id::uuid, sequin_sink_id = u.sink_id::uuid,
-       endpoint_name = u.endpoint_name, sink_name = u.sink_name, updated_at = now()
-  from unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[])
-       as u(id, endpoint_id, sink_id, endpoint_name, sink_name)
- where s.id = any($1) and s.id = u.id";
-
-/// A `paused` subscription has no sink in Sequin (pause deletes it), so its sink id is
-/// cleared rather than left naming a deleted sink; resume records the new one (`Activate`).
-const SET_STATUS_SQL: &str = "
-update userhooks.webhook_subscriptions s
-   set status = u.status, updated_at = now(),
-       sequin_sink_id = case when u.status = 'paused' then null else s.sequin_sink_id end,
-       deleted_at = case when u.status = 'deleted' then now() else s.deleted_at end
-  from unnest($1::bigint[], $2::text[]) as u(id, status)
- where s.id = any($1) and s.id = u.id";
-
 /// Write many outcomes back inside `tx`, set-based: one statement for all request rows and
-/// one per kind of subscription change, whatever the batch size (per-statement work such
-/// as loading CHECK constraints and trigger conditions is paid once). Each request is
-/// fenced on its own lease; a request whose lease was lost changes nothing.
+/// one per kind of subscription change ([`subscriptions::apply`]), whatever the batch size
+/// (per-statement work such as loading CHECK constraints and trigger conditions is paid
+/// once). Each request is fenced on its own lease; a request whose lease was lost changes
+/// nothing, its subscription changes included.
 pub async fn write_back_many(
     tx: &deadpool_postgres::Transaction<'_>,
     worker_id: &str,
@@ -384,65 +249,18 @@ pub async fn write_back_many(
         futures_util::try_join!(tx.execute(&notifies, &[]), tx.query(&statement, &params))?;
     let applied: std::collections::HashSet<i64> = rows.iter().map(|row| row.get(0)).collect();
 
-    let mut activate = ActivateColumns::default();
-    let mut set_status: (Vec<i64>, Vec<&str>) = Default::default();
-    let mut set_fields = Vec::new();
-    for (request, outcome) in items {
-        if !applied.contains(&request.id) {
-            continue;
-        }
-        let changes = match outcome {
+    let changes: Vec<&Change> = items
+        .iter()
+        .filter(|(request, _)| applied.contains(&request.id))
+        .flat_map(|(_, outcome)| match outcome {
             Outcome::Succeeded { changes, .. } | Outcome::Failed { changes, .. } => {
                 changes.as_slice()
             }
             _ => &[],
-        };
-        for change in changes {
-            match change {
-                Change::Activate {
-                    subscription_id,
-                    endpoint_id,
-                    sink_id,
-                    endpoint_name,
-                    sink_name,
-                } => {
-                    activate.ids.push(*subscription_id);
-                    activate.endpoint_ids.push(endpoint_id);
-                    activate.sink_ids.push(sink_id);
-                    activate.endpoint_names.push(endpoint_name);
-                    activate.sink_names.push(sink_name);
-                }
-                Change::SetStatus {
-                    subscription_id,
-                    status,
-                } => {
-                    set_status.0.push(*subscription_id);
-                    set_status.1.push(status);
-                }
-                Change::SetFields { .. } => set_fields.push(change),
-            }
-        }
-    }
-    if !activate.ids.is_empty() {
-        let st = tx.prepare_cached(ACTIVATE_SQL).await?;
-        tx.execute(
-            &st,
-            &[
-                &activate.ids,
-                &activate.endpoint_ids,
-                &activate.sink_ids,
-                &activate.endpoint_names,
-                &activate.sink_names,
-            ],
-        )
-        .await?;
-    }
-    if !set_status.0.is_empty() {
-        let st = tx.prepare_cached(SET_STATUS_SQL).await?;
-        tx.execute(&st, &[&set_status.0, &set_status.1]).await?;
-    }
-    for change in set_fields {
-        set_subscription_fields(tx, change).await?;
+        })
+        .collect();
+    if !changes.is_empty() {
+        subscriptions::apply(tx, &changes).await?;
     }
     Ok(items
         .iter()
@@ -454,56 +272,6 @@ pub async fn write_back_many(
             }
         })
         .collect())
-}
-
-/// The parameters of [`ACTIVATE_SQL`], one array per column.
-#[derive(Default)]
-struct ActivateColumns<'a> {
-    ids: Vec<i64>,
-    endpoint_ids: Vec<&'a str>,
-    sink_ids: Vec<&'a str>,
-    endpoint_names: Vec<&'a str>,
-    sink_names: Vec<&'a str>,
-}
-
-/// The fields an `update` changed (rare: one statement each).
-async fn set_subscription_fields(
-    tx: &deadpool_postgres::Transaction<'_>,
-    change: &Change,
-) -> Result<(), DbError> {
-    let Change::SetFields {
-        subscription_id,
-        endpoint,
-        transform,
-        actions,
-    } = change
-    else {
-        return Ok(());
-    };
-    let st = tx
-        .prepare_cached(
-            "update userhooks.webhook_subscriptions
-                set endpoint = coalesce($2, endpoint),
-                    transform = case when $3 then $4 else transform end,
-                    actions = coalesce($5, actions),
-                    updated_at = now()
-              where id = $1",
-        )
-        .await?;
-    let set_transform = transform.is_some();
-    let new_transform = transform.clone().flatten();
-    tx.execute(
-        &st,
-        &[
-            subscription_id,
-            endpoint,
-            &set_transform,
-            &new_transform,
-            actions,
-        ],
-    )
-    .await?;
-    Ok(())
 }
 
 /// Renew the leases of every request this worker is working on, in one statement.

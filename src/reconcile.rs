@@ -24,6 +24,7 @@ use crate::config::Config;
 use crate::db::{self, DbError};
 use crate::provision::Names;
 use crate::sequin::{Pacer, Resource, SequinClient, SequinError};
+use crate::subscriptions;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
@@ -219,6 +220,13 @@ fn compare(
         ));
         return out;
     };
+    out.extend(compare_sink(config, sub, s));
+    out
+}
+
+/// Compare an existing sink's fields with what `sub` asks for.
+fn compare_sink(config: &Config, sub: &Sub, s: &Value) -> Vec<Drift> {
+    let mut out = Vec::new();
     let name = &sub.names.sink;
     let status = s.get("status").cloned().unwrap_or(Value::Null);
     if status != json!(sub.status) {
@@ -286,43 +294,34 @@ fn compare(
 async fn load(config: &Config) -> Result<(Vec<Sub>, HashSet<String>, usize), ReconcileError> {
     let client = db::connect(&config.database_url, "userhooks-reconcile").await?;
     db::require_schema(&client).await?;
-    let rows = client
-        .query(
-            "select id, user_id, endpoint, status, sink_name, endpoint_name, source_table,
-                    transform, actions, secret_hash is not null
-               from userhooks.webhook_subscriptions
-              where status in ('provisioning', 'active', 'paused', 'deleting')
-              order by id",
-            &[],
-        )
-        .await?;
+    let rows =
+        subscriptions::with_status(&client, &["provisioning", "active", "paused", "deleting"])
+            .await?;
     let mut subs = Vec::new();
     let mut known = HashSet::new();
     let mut in_flight = 0;
     for r in rows {
-        let id: i64 = r.get(0);
-        let default = Names::new(&config.name_prefix, id);
+        let default = Names::new(&config.name_prefix, r.id);
         let names = Names {
-            sink: r.get::<_, Option<String>>(4).unwrap_or(default.sink),
-            endpoint: r.get::<_, Option<String>>(5).unwrap_or(default.endpoint),
+            sink: r.sink_name.unwrap_or(default.sink),
+            endpoint: r.endpoint_name.unwrap_or(default.endpoint),
         };
         known.insert(names.sink.clone());
         known.insert(names.endpoint.clone());
-        let status: String = r.get(3);
-        if status == "provisioning" || status == "deleting" {
+        if r.status == "provisioning" || r.status == "deleting" {
             in_flight += 1;
             continue;
         }
         subs.push(Sub {
-            id,
-            user_id: r.get(1),
-            url: r.get(2),
-            status,
+            id: r.id,
+            user_id: r.user_id,
+            url: r.endpoint,
+            status: r.status,
             names,
-            source_table: r.get(6),
-            transform: r.get(7),
-            actions: r.get(8),
-            has_secret: r.get(9),
+            source_table: r.source_table,
+            transform: r.transform,
+            actions: r.actions,
+            has_secret: r.has_secret,
         });
     }
     Ok((subs, known, in_flight))

@@ -25,6 +25,7 @@ use tokio::sync::broadcast;
 use tokio_postgres::AsyncMessage;
 
 use crate::db;
+use crate::subscriptions;
 
 pub const DONE_CHANNEL: &str = "userhooks_request_done";
 
@@ -100,20 +101,21 @@ impl From<tokio_postgres::Error> for Reply {
             }
         }
         tracing::warn!(error = %err, "serve: database error");
-        Reply::error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("the database is not available: {err}"),
-        )
+        database_unavailable()
     }
 }
 
 impl From<deadpool_postgres::PoolError> for Reply {
     fn from(err: deadpool_postgres::PoolError) -> Self {
-        Reply::error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("the database is not available: {err}"),
-        )
+        tracing::warn!(error = %crate::telemetry::error_chain(&err), "serve: no database connection");
+        database_unavailable()
     }
+}
+
+/// The 503 for a database error. The details (host, port, database, server messages) go to
+/// the log only: without a serve token, any caller reads the answer.
+fn database_unavailable() -> Reply {
+    Reply::error(StatusCode::SERVICE_UNAVAILABLE, "database unavailable")
 }
 
 type Result<T> = std::result::Result<T, Reply>;
@@ -329,24 +331,16 @@ async fn token_rejected(state: &AppState, row: &RequestRow) -> bool {
 
 async fn subscription_json(state: &AppState, id: i64) -> Result<Value> {
     let client = state.pool.get().await?;
-    let row = client
-        .query_opt(
-            "select user_id, endpoint, sequin_sink_id::text, sink_name, sequin_endpoint_id::text,
-                    endpoint_name, status, created_at
-               from userhooks.webhook_subscriptions where id = $1",
-            &[&id],
-        )
-        .await?;
-    Ok(match row {
-        Some(r) => json!({
+    Ok(match subscriptions::by_id(&client, id).await? {
+        Some(s) => json!({
             "subscriptionId": id,
-            "userId": r.get::<_, String>(0),
-            "webhookUrl": r.get::<_, String>(1),
-            "sinkId": r.get::<_, Option<String>>(2),
-            "sinkName": r.get::<_, Option<String>>(3),
-            "endpointId": r.get::<_, Option<String>>(4),
-            "endpointName": r.get::<_, Option<String>>(5),
-            "status": r.get::<_, String>(6),
+            "userId": s.user_id,
+            "webhookUrl": s.endpoint,
+            "sinkId": s.sequin_sink_id,
+            "sinkName": s.sink_name,
+            "endpointId": s.sequin_endpoint_id,
+            "endpointName": s.endpoint_name,
+            "status": s.status,
         }),
         None => json!({"subscriptionId": id}),
     })
@@ -388,18 +382,9 @@ async fn subscribe_inner(state: &AppState, body: Bytes) -> Result<Reply> {
         .and_then(Value::as_i64)
         .unwrap_or(0);
     // A subscription older than this request existed already: the call was idempotent.
-    let existed: bool = {
+    let existed = {
         let client = state.pool.get().await?;
-        client
-            .query_one(
-                "select coalesce(s.created_at < r.created_at, false)
-                   from userhooks.subscription_requests r
-                   left join userhooks.webhook_subscriptions s on s.id = $2
-                  where r.id = $1",
-                &[&row.id, &sub_id],
-            )
-            .await?
-            .get(0)
+        subscriptions::created_before_request(&client, sub_id, row.id).await?
     };
     let mut out = subscription_json(state, sub_id).await?;
     out["message"] = json!(if existed {
@@ -478,20 +463,10 @@ async fn backfill_inner(state: &AppState, body: Bytes) -> Result<Reply> {
     };
     let (sub_id, user) = {
         let client = state.pool.get().await?;
-        let mut rows = client
-            .query(
-                "select id, user_id, sink_name from userhooks.webhook_subscriptions where sink_name = $1 and live",
-                &[&sink],
-            )
-            .await?;
+        let mut rows = subscriptions::live_by_sink_name(&client, &sink).await?;
         if rows.is_empty() {
             if let Some(user) = seed_sink_user(&sink) {
-                rows = client
-                    .query(
-                        "select id, user_id, sink_name from userhooks.webhook_subscriptions where user_id = $1 and live order by id",
-                        &[&user],
-                    )
-                    .await?;
+                rows = subscriptions::live_of_user(&client, user).await?;
             }
         }
         match rows.as_slice() {
@@ -501,9 +476,9 @@ async fn backfill_inner(state: &AppState, body: Bytes) -> Result<Reply> {
                     format!("no live subscription has the sink `{sink}`"),
                 ))
             }
-            [one] => (one.get::<_, i64>(0), one.get::<_, String>(1)),
+            [one] => (one.id, one.user_id.clone()),
             many => {
-                let names: Vec<Option<String>> = many.iter().map(|r| r.get(2)).collect();
+                let names: Vec<Option<String>> = many.iter().map(|s| s.sink_name.clone()).collect();
                 return Err(Reply::new(
                     StatusCode::CONFLICT,
                     json!({
@@ -631,10 +606,12 @@ async fn get_request(State(state): State<Shared>, Path(id): Path<i64>) -> Reply 
 fn bearer_matches(headers: &axum::http::HeaderMap, expected: &crate::config::Secret) -> bool {
     use sha2::{Digest, Sha256};
     use subtle::ConstantTimeEq;
-    let Some(given) = headers
+    // The scheme's name is case-insensitive (RFC 9110 §11.1).
+    let Some((_, given)) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
     else {
         return false;
     };
@@ -731,9 +708,41 @@ pub struct Server {
     token: Option<crate::config::Secret>,
 }
 
+/// Refuse a token no client can send: clients send, and [`bearer_matches`] reads, header
+/// values of visible ASCII, so with a byte-order mark (an editor's), a control character, a
+/// space or a non-ASCII letter in it every call would get 401 with no hint why. Says where,
+/// never what.
+fn check_token(token: &crate::config::Secret) -> std::result::Result<(), ServeError> {
+    let token = token.expose();
+    if token.is_empty() {
+        return Err(ServeError::EmptyToken);
+    }
+    let Some((index, c)) = token
+        .chars()
+        .enumerate()
+        .find(|(_, c)| !c.is_ascii_graphic())
+    else {
+        return Ok(());
+    };
+    let what = match c {
+        '\u{feff}' => "a byte-order mark (U+FEFF)",
+        c if c.is_whitespace() => "whitespace",
+        c if c.is_control() => "a control character",
+        _ => "a non-ASCII character",
+    };
+    Err(ServeError::UnusableToken {
+        what,
+        position: index + 1,
+    })
+}
+
 /// Connect and check the schema: an unreachable server or an unmigrated database fails here,
-/// naming the server, rather than as a 503 on every call.
+/// naming the server, rather than as a 503 on every call. A token that can never match
+/// fails first.
 pub async fn prepare(config: ServeConfig) -> std::result::Result<Server, ServeError> {
+    if let Some(token) = &config.token {
+        check_token(token)?;
+    }
     let pool = db::pool(&config.database_url, 16)?;
     {
         let client = pool
@@ -793,6 +802,10 @@ pub enum ServeError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("USERHOOKS_SERVE_TOKEN is empty")]
+    EmptyToken,
+    #[error("USERHOOKS_SERVE_TOKEN holds {what} at character {position}: no client can send it in an Authorization header, so every call would get 401; use visible ASCII only (for example from `openssl rand -hex 32`)")]
+    UnusableToken { what: &'static str, position: usize },
 }
 
 #[cfg(test)]
@@ -824,10 +837,43 @@ mod tests {
             h
         };
         assert!(bearer_matches(&with("Bearer s3cret"), &token));
+        // The scheme is case-insensitive (RFC 9110 §11.1); the token is not.
+        assert!(bearer_matches(&with("bearer s3cret"), &token));
+        assert!(bearer_matches(&with("BEARER s3cret"), &token));
+        assert!(!bearer_matches(&with("Bearer S3CRET"), &token));
+        assert!(!bearer_matches(&with("Bearers3cret"), &token));
         assert!(!bearer_matches(&with("Bearer s3cre"), &token));
         assert!(!bearer_matches(&with("Bearer s3cret2"), &token));
         assert!(!bearer_matches(&with("Basic s3cret"), &token));
         assert!(!bearer_matches(&axum::http::HeaderMap::new(), &token));
+    }
+
+    #[test]
+    fn a_token_no_client_can_send_is_refused_saying_where_not_what() {
+        use crate::config::Secret;
+        for ok in ["s3cret", "a-b_c.d~e+f/g==", "!#$%&'*"] {
+            assert!(check_token(&Secret::new(ok)).is_ok(), "{ok}");
+        }
+        for (token, what, position) in [
+            ("\u{feff}tok-7f3a", "a byte-order mark (U+FEFF)", 1),
+            ("tok 7f3a", "whitespace", 4),
+            ("tok\t7f3a", "whitespace", 4),
+            ("tok\u{7}7f3a", "a control character", 4),
+            ("tök7f3a", "a non-ASCII character", 2),
+        ] {
+            let err = check_token(&Secret::new(token)).unwrap_err();
+            assert!(
+                matches!(err, ServeError::UnusableToken { what: w, position: p } if w == what && p == position),
+                "{token:?}: {err}"
+            );
+            let text = err.to_string();
+            assert!(text.starts_with("USERHOOKS_SERVE_TOKEN holds "), "{text}");
+            assert!(!text.contains("7f3a"), "{text}");
+        }
+        assert!(matches!(
+            check_token(&Secret::new("")),
+            Err(ServeError::EmptyToken)
+        ));
     }
 
     #[test]

@@ -1,9 +1,10 @@
-//! Validation of the webhook URLs that end users type (DESIGN.md §5).
+//! Validation of the webhook URLs that end users type (docs/architecture.md, section 7).
 //!
-//! Sequin checks only the shape of an endpoint URL (sequin-api.md §3): scheme `http`/`https`, a
-//! host matching `^[a-zA-Z0-9.-]+$`, a port in 1..=65535. It never asks where the host points,
-//! so without the checks here any user could aim Sequin at the operator's internal network
-//! (loopback, RFC 1918, cloud metadata at 169.254.169.254, ...).
+//! Sequin checks only the shape of an endpoint URL (Sequin:
+//! lib/sequin/consumers/http_endpoint.ex): scheme `http`/`https`, a host matching
+//! `^[a-zA-Z0-9.-]+$`, a port in 1..=65535. It never asks where the host points, so without
+//! the checks here any user could aim Sequin at the operator's internal network (loopback,
+//! RFC 1918, cloud metadata at 169.254.169.254, ...).
 //!
 //! * [`parse`] checks the syntax and IP literals, without DNS.
 //! * [`validate`] also resolves a host name and refuses it when any address is non-public. A

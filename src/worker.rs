@@ -16,11 +16,13 @@ use crate::batch::Done;
 use crate::config::Config;
 use crate::db::{self, DbError};
 use crate::doctor;
+use crate::health::Health;
 use crate::housekeeping;
 use crate::listener;
 use crate::metrics::{self, Metrics};
+use crate::model::{Outcome, Request};
 use crate::provision::Provisioner;
-use crate::queue::{self, Outcome, Request, WriteBack};
+use crate::queue::{self, WriteBack};
 use crate::sequin::{ErrorClass, Pacer, SequinClient};
 use crate::webhook_url::Resolver;
 use crate::writeback::{WriteBackOp, Writer};
@@ -54,6 +56,7 @@ pub struct App {
     config: Arc<Config>,
     pool: Pool,
     metrics: Arc<Metrics>,
+    health: Arc<Health>,
     provisioner: Arc<Provisioner>,
     metrics_listener: Option<tokio::net::TcpListener>,
 }
@@ -81,6 +84,10 @@ pub async fn build_with_resolver(config: Config, resolver: Resolver) -> Result<A
         db::require_schema(&client).await?;
     }
     let metrics = Metrics::new();
+    let health = Health::new(
+        metrics.listener_connected.clone(),
+        metrics.sequin_auth_ok.clone(),
+    );
     let sequin = SequinClient::new(
         &config.sequin_api_url,
         config.sequin_token.clone(),
@@ -98,7 +105,7 @@ pub async fn build_with_resolver(config: Config, resolver: Resolver) -> Result<A
         resolver,
     ));
     // Also puts the filter function in place (written only when missing or different).
-    doctor::at_worker_start(&config, &pool, &provisioner, &metrics).await?;
+    doctor::at_worker_start(&config, &pool, &provisioner, &health).await?;
     let metrics_listener = match config.metrics_addr {
         Some(addr) => Some(
             metrics::bind(addr)
@@ -111,6 +118,7 @@ pub async fn build_with_resolver(config: Config, resolver: Resolver) -> Result<A
         config,
         pool,
         metrics,
+        health,
         provisioner,
         metrics_listener,
     })
@@ -119,6 +127,11 @@ pub async fn build_with_resolver(config: Config, resolver: Resolver) -> Result<A
 impl App {
     pub fn metrics(&self) -> Arc<Metrics> {
         self.metrics.clone()
+    }
+
+    /// What the worker knows about its connections and its Sequin token.
+    pub fn health(&self) -> Arc<Health> {
+        self.health.clone()
     }
 
     /// The bound metrics address (useful with port 0).
@@ -134,6 +147,7 @@ impl App {
             config,
             pool,
             metrics,
+            health,
             provisioner,
             metrics_listener,
         } = self;
@@ -145,17 +159,18 @@ impl App {
             config.database_url.clone(),
             config.listener_ping,
             wake.clone(),
-            metrics.clone(),
+            health.clone(),
             stop_rx.clone(),
         ));
         if let Some(listener) = metrics_listener {
             let mut stop = stop_rx.clone();
             let metrics = metrics.clone();
+            let health = health.clone();
             background.spawn(async move {
                 let shutdown = async move {
                     let _ = stop.wait_for(|s| *s).await;
                 };
-                if let Err(err) = metrics::serve(listener, metrics, shutdown).await {
+                if let Err(err) = metrics::serve(listener, metrics, health, shutdown).await {
                     tracing::error!(error = %err, "metrics server stopped");
                 }
             });
@@ -165,6 +180,7 @@ impl App {
             pool.clone(),
             provisioner.clone(),
             metrics.clone(),
+            health.clone(),
             stop_rx.clone(),
         ));
         let leases = Leases::default();
@@ -172,7 +188,7 @@ impl App {
             pool.clone(),
             config.clone(),
             leases.clone(),
-            metrics.clone(),
+            health.clone(),
             stop_rx.clone(),
         ));
         let (writer, writer_task) = Writer::spawn(
@@ -185,10 +201,10 @@ impl App {
             config: config.clone(),
             pool: pool.clone(),
             metrics: metrics.clone(),
+            health,
             provisioner,
             writer,
             tasks: JoinSet::new(),
-            in_flight: HashMap::new(),
             leases: leases.clone(),
             last_db_error_log: None,
         };
@@ -207,7 +223,8 @@ impl App {
 }
 
 /// One line with what an operator checks first: where the metrics are and the settings that
-/// decide what the worker touches. Hosts and names only: no token, no password.
+/// decide what the worker touches. Hosts and names only: no token, no password. Then, if
+/// Postgres is elsewhere under `sslmode=prefer`, one warning that it may go without TLS.
 fn log_ready(config: &Config, metrics_addr: Option<SocketAddr>) {
     let metrics = metrics_addr.map_or_else(|| "off".to_string(), |a| format!("http://{a}/metrics"));
     let sequin = url::Url::parse(&config.sequin_api_url)
@@ -233,29 +250,33 @@ fn log_ready(config: &Config, metrics_addr: Option<SocketAddr>) {
         name_prefix = %config.name_prefix,
         "worker ready"
     );
+    // Once per start, here rather than in every CLI command.
+    if let Some(warning) = db::plaintext_fallback_warning(&config.database_url) {
+        tracing::warn!("{warning}");
+    }
 }
 
 struct Loop {
     config: Arc<Config>,
     pool: Pool,
     metrics: Arc<Metrics>,
+    health: Arc<Health>,
     provisioner: Arc<Provisioner>,
     writer: Writer,
     tasks: JoinSet<(i64, bool)>,
     /// Claimed and not yet written back: id → attempts (the fence).
-    in_flight: HashMap<i64, i32>,
-    /// The leases the keeper renews, with the signal that tells a task its lease was lost.
+    /// Claimed and not yet written back, shared with the keeper that renews the leases.
     leases: Leases,
     last_db_error_log: Option<Instant>,
 }
 
 impl Loop {
     fn auth_ok(&self) -> bool {
-        self.metrics.sequin_auth_ok.get() == 1
+        self.health.sequin_auth_ok()
     }
 
     fn capacity(&self) -> usize {
-        self.config.concurrency.saturating_sub(self.in_flight.len())
+        self.config.concurrency.saturating_sub(self.leases.len())
     }
 
     async fn run(&mut self, shutdown: impl Future<Output = ()>, wake: &Notify) {
@@ -269,8 +290,7 @@ impl Loop {
         let mut polls: u32 = 0;
         // Claiming in batches: after a completion, wait until a sixteenth of the capacity is
         // free (or nothing runs) before the next claim, instead of one query per completion.
-        // A quarter left too many slots idle while they waited: with 20 ms Sequin calls and
-        // 256 slots, ~14 % fewer subscribes per second.
+        // A larger share leaves slots idle while they wait for it (docs/performance.md).
         let batch_threshold = (self.config.concurrency / 16).max(1);
         loop {
             if claim_now && self.auth_ok() && self.capacity() > 0 {
@@ -291,7 +311,7 @@ impl Loop {
                     // poll (for expired leases and lost notifications) runs every other
                     // tick then: an idle worker stays under one query per second.
                     polls = polls.wrapping_add(1);
-                    claim_now = self.metrics.listener_connected.get() == 0 || polls.is_multiple_of(2);
+                    claim_now = !self.health.listener_connected() || polls.is_multiple_of(2);
                 }
                 _ = due => { next_due = None; claim_now = true; }
                 Some(joined) = self.tasks.join_next(), if !self.tasks.is_empty() => {
@@ -299,7 +319,7 @@ impl Loop {
                     while let Some(joined) = self.tasks.try_join_next() {
                         self.finished(joined);
                     }
-                    claim_now = self.in_flight.is_empty() || self.capacity() >= batch_threshold;
+                    claim_now = self.leases.is_empty() || self.capacity() >= batch_threshold;
                 }
                 _ = auth_probe.tick(), if !self.auth_ok() => {
                     if self.probe_auth().await {
@@ -313,10 +333,8 @@ impl Loop {
     fn finished(&mut self, joined: Result<(i64, bool), tokio::task::JoinError>) {
         match joined {
             Ok((id, auth_rejected)) => {
-                self.in_flight.remove(&id);
-                self.leases.unregister(id);
-                if auth_rejected && self.auth_ok() {
-                    self.metrics.sequin_auth_ok.set(0);
+                self.leases.finish(id);
+                if auth_rejected && self.health.set_sequin_auth_ok(false) {
                     tracing::error!("Sequin rejects the API token; claiming paused, requests stay pending; re-checking every {AUTH_PROBE_INTERVAL:?}");
                 }
             }
@@ -325,7 +343,7 @@ impl Loop {
                 tracing::error!(error = %err, "request task failed");
             }
         }
-        self.metrics.in_flight.set(self.in_flight.len() as i64);
+        self.metrics.in_flight.set(self.leases.len() as i64);
     }
 
     /// Claim up to the free capacity; returns when the next pending request becomes due.
@@ -340,11 +358,11 @@ impl Loop {
         .await
         {
             Ok(claimed) => {
-                self.metrics.set_database_ok(true);
+                self.health.set_database_ok(true);
                 claimed
             }
             Err(err) => {
-                self.metrics.set_database_ok(false);
+                self.health.set_database_ok(false);
                 let now = Instant::now();
                 if self
                     .last_db_error_log
@@ -360,8 +378,7 @@ impl Loop {
             if request.attempts == 1 {
                 self.metrics.queue_wait.observe(request.waited);
             }
-            self.in_flight.insert(request.id, request.attempts);
-            let lease_lost = self.leases.register(request.id, request.attempts);
+            let lease_lost = self.leases.hold(request.id, request.attempts);
             let provisioner = self.provisioner.clone();
             let writer = self.writer.clone();
             let metrics = self.metrics.clone();
@@ -372,7 +389,7 @@ impl Loop {
                 (id, auth_rejected)
             });
         }
-        self.metrics.in_flight.set(self.in_flight.len() as i64);
+        self.metrics.in_flight.set(self.leases.len() as i64);
         claimed.next_due_in.map(|d| tokio::time::Instant::now() + d)
     }
 
@@ -380,7 +397,7 @@ impl Loop {
     async fn probe_auth(&mut self) -> bool {
         match self.provisioner.sequin().list_databases().await {
             Ok(_) => {
-                self.metrics.sequin_auth_ok.set(1);
+                self.health.set_sequin_auth_ok(true);
                 tracing::info!("Sequin accepts the API token again; resuming");
                 true
             }
@@ -399,7 +416,7 @@ impl Loop {
     /// back the rest.
     async fn drain(&mut self) {
         if !self.tasks.is_empty() {
-            tracing::info!(in_flight = self.in_flight.len(), grace = ?self.config.shutdown_grace, "shutting down: finishing in-flight requests");
+            tracing::info!(in_flight = self.leases.len(), grace = ?self.config.shutdown_grace, "shutting down: finishing in-flight requests");
         }
         let deadline = tokio::time::sleep(self.config.shutdown_grace);
         tokio::pin!(deadline);
@@ -414,7 +431,7 @@ impl Loop {
         }
         self.tasks.abort_all();
         while self.tasks.join_next().await.is_some() {}
-        let unfinished: Vec<(i64, i32)> = self.in_flight.drain().collect();
+        let unfinished = self.leases.take_all();
         for (id, attempts) in &unfinished {
             match queue::release(&self.pool, &self.config.worker_id, *id, *attempts).await {
                 Ok(_) => {}
@@ -469,7 +486,7 @@ async fn process(
             None
         }
     };
-    let action = request.action.as_str();
+    let action = request.action_label();
     let elapsed = started.elapsed();
     metrics
         .request_duration
@@ -501,7 +518,7 @@ async fn process(
 
 fn log_outcome(request: &Request, outcome: &Outcome, elapsed: Duration) {
     let duration_ms = elapsed.as_millis() as u64;
-    let action = request.action.as_str();
+    let action = request.action_label();
     tracing::debug!(request_id = request.id, user_id = %request.user_id, "request user");
     match outcome {
         Outcome::Succeeded { .. } => tracing::info!(
@@ -539,32 +556,85 @@ fn log_outcome(request: &Request, outcome: &Outcome, elapsed: Duration) {
     }
 }
 
-/// Leases of the requests this worker holds. One keeper task renews all of them with one
+/// The requests this worker holds: claimed and not yet written back, each with its lease.
+/// The loop counts them for its capacity; one keeper task renews all their leases with one
 /// statement every lease/3, so an attempt that makes several slow Sequin calls keeps its
 /// request (without renewal, another worker would take it over mid-flight and fence off
 /// every attempt's write-back: a livelock).
 #[derive(Clone, Default)]
-struct Leases(Arc<std::sync::Mutex<LeaseMap>>);
+struct Leases(Arc<std::sync::Mutex<HashMap<i64, Lease>>>);
 
-/// id → (attempts, lost signal).
-type LeaseMap = HashMap<i64, (i32, oneshot::Sender<()>)>;
+struct Lease {
+    /// The claim's attempt count: the fence of renewal, write-back and release.
+    attempts: i32,
+    /// Tells the task its lease was lost. Taken when that happens: the request is no longer
+    /// renewed, but stays held until its task has stopped.
+    lost: Option<oneshot::Sender<()>>,
+}
 
 impl Leases {
-    fn lock(&self) -> std::sync::MutexGuard<'_, LeaseMap> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i64, Lease>> {
         self.0
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Start renewing; the receiver fires if the lease is found lost.
-    fn register(&self, id: i64, attempts: i32) -> oneshot::Receiver<()> {
+    /// Hold a claimed request; the receiver fires if its lease is found lost.
+    fn hold(&self, id: i64, attempts: i32) -> oneshot::Receiver<()> {
         let (lost, receiver) = oneshot::channel();
-        self.lock().insert(id, (attempts, lost));
+        self.lock().insert(
+            id,
+            Lease {
+                attempts,
+                lost: Some(lost),
+            },
+        );
         receiver
     }
 
-    fn unregister(&self, id: i64) {
+    /// Its task has ended (written back, or abandoned).
+    fn finish(&self, id: i64) {
         self.lock().remove(&id);
+    }
+
+    fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
+    /// (id, attempts) of the leases still to renew.
+    fn renewable(&self) -> Vec<(i64, i32)> {
+        self.lock()
+            .iter()
+            .filter(|(_, lease)| lease.lost.is_some())
+            .map(|(id, lease)| (*id, lease.attempts))
+            .collect()
+    }
+
+    /// Another worker owns these claims now: tell their tasks. A claim is named with its
+    /// attempts, so a later claim of the same request is not mistaken for it.
+    fn lost(&self, claims: impl IntoIterator<Item = (i64, i32)>) {
+        let mut held = self.lock();
+        for (id, attempts) in claims {
+            let signal = held
+                .get_mut(&id)
+                .filter(|lease| lease.attempts == attempts)
+                .and_then(|lease| lease.lost.take());
+            if let Some(signal) = signal {
+                let _ = signal.send(());
+            }
+        }
+    }
+
+    /// Stop holding everything (shutdown): (id, attempts) of each, to put back.
+    fn take_all(&self) -> Vec<(i64, i32)> {
+        self.lock()
+            .drain()
+            .map(|(id, lease)| (id, lease.attempts))
+            .collect()
     }
 }
 
@@ -574,7 +644,7 @@ async fn keep_leases(
     pool: Pool,
     config: Arc<Config>,
     leases: Leases,
-    metrics: Arc<Metrics>,
+    health: Arc<Health>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(config.lease / 3);
@@ -585,24 +655,36 @@ async fn keep_leases(
             _ = stop.changed() => return,
             _ = tick.tick() => {}
         }
-        let held: Vec<(i64, i32)> = leases
-            .lock()
-            .iter()
-            .map(|(id, (attempts, _))| (*id, *attempts))
-            .collect();
+        let held = leases.renewable();
         match queue::extend_leases(&pool, &config.worker_id, &held, config.lease).await {
-            Ok(lost) => {
-                let mut held = leases.lock();
-                for id in lost {
-                    if let Some((_, signal)) = held.remove(&id) {
-                        let _ = signal.send(());
-                    }
-                }
-            }
+            Ok(lost) => leases.lost(held.into_iter().filter(|(id, _)| lost.contains(id))),
             Err(err) => {
-                metrics.set_database_ok(false);
+                health.set_database_ok(false);
                 tracing::warn!(error = %err, "could not renew leases; will retry");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lost_lease_stops_renewal_but_stays_held_until_its_task_ends() {
+        let leases = Leases::default();
+        let mut first = leases.hold(1, 3);
+        let _second = leases.hold(2, 1);
+        assert_eq!(leases.renewable().len(), 2);
+        // A loss reported for another claim of the request (other attempts) is not this one's.
+        leases.lost([(1, 2)]);
+        assert!(first.try_recv().is_err());
+        leases.lost([(1, 3)]);
+        assert_eq!(first.try_recv(), Ok(()));
+        assert_eq!(leases.renewable(), [(2, 1)]);
+        assert_eq!(leases.len(), 2, "still held: counts against the capacity");
+        leases.finish(1);
+        assert_eq!(leases.take_all(), [(2, 1)]);
+        assert!(leases.is_empty());
     }
 }

@@ -5,7 +5,8 @@ use deadpool_postgres::Transaction;
 
 use crate::batch::{BatchOp, Batcher};
 use crate::db::DbError;
-use crate::queue::{self, Outcome, Request, WriteBack};
+use crate::model::{Outcome, Request};
+use crate::queue::{self, WriteBack};
 
 pub struct WriteBackOp {
     pub worker_id: String,

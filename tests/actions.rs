@@ -6,35 +6,17 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use sequin_emulator::{EmulatorConfig, Faults, RouteFaults};
+use sequin_emulator::{Faults, RouteFaults};
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(15);
 
-async fn subscribe(db: &TestDb, user: &str, url: &str, options: Value) -> Value {
-    let id = db.insert("subscribe", user, Some(url), options).await;
-    let row = db.finished(id, WAIT).await;
-    assert_eq!(row.status, "succeeded", "{row:?}");
-    row.result.expect("result")
-}
-
-async fn run(
-    db: &TestDb,
-    action: &str,
-    user: &str,
-    url: Option<&str>,
-    options: Value,
-) -> RequestRow {
-    let id = db.insert(action, user, url, options).await;
-    db.finished(id, WAIT).await
-}
-
-async fn apply_transform(emulator: &sequin_emulator::EmulatorHandle, name: &str) {
+async fn apply_transform(app: &TestApp, name: &str) {
     let yaml = format!(
         "functions:\n  - name: \"{name}\"\n    type: \"transform\"\n    code: |-\n      def transform(action, record, changes, metadata) do\n        %{{message: record[\"message\"]}}\n      end\n"
     );
     let response = reqwest::Client::new()
-        .post(format!("{}/config/apply", emulator.api_url()))
+        .post(format!("{}/config/apply", app.emulator.api_url()))
         .bearer_auth(TOKEN)
         .header("accept", "application/json")
         .json(&json!({ "yaml": yaml }))
@@ -53,28 +35,29 @@ fn sink_named<'a>(sinks: &'a [Value], name: &str) -> &'a Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsubscribe_deletes_the_sink_then_the_endpoint() {
-    let db = TestDb::new().await;
-    let emulator = start_emulator().await;
-    let worker = start_worker(config(&db, &emulator)).await;
-    let sub = subscribe(&db, "u1", "https://hooks.example.com/a", json!({})).await;
-    emulator.clear_calls();
+    let app = TestApp::spawn().await;
+    let sub = app
+        .subscribed("u1", "https://hooks.example.com/a", json!({}))
+        .await;
+    app.emulator.clear_calls();
 
-    let row = run(
-        &db,
-        "unsubscribe",
-        "u1",
-        Some("https://hooks.example.com/a"),
-        json!({}),
-    )
-    .await;
+    let row = app
+        .run(
+            "unsubscribe",
+            "u1",
+            Some("https://hooks.example.com/a"),
+            json!({}),
+        )
+        .await;
     assert_eq!(row.status, "succeeded", "{row:?}");
     assert_eq!(
         row.result.unwrap(),
         json!({"removed": 1, "subscription_ids": [sub["subscription_id"]]})
     );
-    assert!(emulator.sinks().is_empty());
-    assert!(emulator.endpoints().is_empty());
-    let order: Vec<String> = emulator
+    assert!(app.sinks().is_empty());
+    assert!(app.endpoints().is_empty());
+    let order: Vec<String> = app
+        .emulator
         .calls()
         .into_iter()
         .map(|c| c.operation)
@@ -82,67 +65,67 @@ async fn unsubscribe_deletes_the_sink_then_the_endpoint() {
         .collect();
     assert_eq!(order, ["delete_sink", "delete_endpoint"]);
     assert_eq!(
-        db.scalar_i64("select count(*) from userhooks.webhook_subscriptions where status = 'deleted' and deleted_at is not null")
+        app.scalar("select count(*) from userhooks.webhook_subscriptions where status = 'deleted' and deleted_at is not null")
             .await,
         1
     );
-    worker.stop().await;
+    app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsubscribe_twice_succeeds_with_nothing_removed() {
-    let db = TestDb::new().await;
-    let emulator = start_emulator().await;
-    let worker = start_worker(config(&db, &emulator)).await;
-    subscribe(&db, "u1", "https://hooks.example.com/a", json!({})).await;
-    run(
-        &db,
+    let app = TestApp::spawn().await;
+    app.subscribed("u1", "https://hooks.example.com/a", json!({}))
+        .await;
+    app.run(
         "unsubscribe",
         "u1",
         Some("https://hooks.example.com/a"),
         json!({}),
     )
     .await;
-    let again = run(
-        &db,
-        "unsubscribe",
-        "u1",
-        Some("https://hooks.example.com/a"),
-        json!({}),
-    )
-    .await;
+    let again = app
+        .run(
+            "unsubscribe",
+            "u1",
+            Some("https://hooks.example.com/a"),
+            json!({}),
+        )
+        .await;
     assert_eq!(again.status, "succeeded");
     assert_eq!(again.attempts, 1, "no retries for nothing to do");
     assert_eq!(again.result.unwrap()["removed"], 0);
-    worker.stop().await;
+    app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsubscribe_without_url_removes_every_url_of_that_user_only() {
-    let db = TestDb::new().await;
-    let emulator = start_emulator().await;
-    let worker = start_worker(config(&db, &emulator)).await;
-    subscribe(&db, "u1", "https://hooks.example.com/a", json!({})).await;
-    subscribe(&db, "u1", "https://hooks.example.com/b", json!({})).await;
-    let other = subscribe(&db, "u2", "https://hooks.example.com/c", json!({})).await;
+    let app = TestApp::spawn().await;
+    app.subscribed("u1", "https://hooks.example.com/a", json!({}))
+        .await;
+    app.subscribed("u1", "https://hooks.example.com/b", json!({}))
+        .await;
+    let other = app
+        .subscribed("u2", "https://hooks.example.com/c", json!({}))
+        .await;
 
-    let row = run(&db, "unsubscribe", "u1", None, json!({})).await;
+    let row = app.run("unsubscribe", "u1", None, json!({})).await;
     assert_eq!(row.result.unwrap()["removed"], 2);
-    let sinks = emulator.sinks();
+    let sinks = app.sinks();
     assert_eq!(sinks.len(), 1);
     assert_eq!(sinks[0]["id"], other["sink_id"]);
-    assert_eq!(emulator.endpoints().len(), 1);
-    worker.stop().await;
+    assert_eq!(app.endpoints().len(), 1);
+    app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsubscribe_by_subscription_id_of_another_user_is_not_found() {
-    let db = TestDb::new().await;
-    let emulator = start_emulator().await;
-    let worker = start_worker(config(&db, &emulator)).await;
-    let sub = subscribe(&db, "u1", "https://hooks.example.com/a", json!({})).await;
+    let app = TestApp::spawn().await;
+    let sub = app
+        .subscribed("u1", "https://hooks.example.com/a", json!({}))
+        .await;
     let sub_id = sub["subscription_id"].as_i64().unwrap();
-    let client = db.client().await;
+    let client = app.client().await;
     let id: i64 = client
         .query_one(
             "insert into userhooks.subscription_requests (action, user_id, subscription_id)
@@ -152,14 +135,10 @@ async fn unsubscribe_by_subscription_id_of_another_user_is_not_found() {
         .await
         .unwrap()
         .get(0);
-    let row = db.finished(id, WAIT).await;
+    let row = app.finished(id).await;
     assert_eq!(row.status, "failed");
     assert!(row.last_error.unwrap().contains("no live subscription"));
-    assert_eq!(
-        emulator.sinks().len(),
-        1,
-        "another user's sink is untouched"
-    );
+    assert_eq!(app.sinks().len(), 1, "another user's sink is untouched");
 
     let id: i64 = client
         .query_one(
@@ -170,34 +149,31 @@ async fn unsubscribe_by_subscription_id_of_another_user_is_not_found() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(db.finished(id, WAIT).await.status, "succeeded");
-    assert!(emulator.sinks().is_empty());
-    worker.stop().await;
+    assert_eq!(app.finished(id).await.status, "succeeded");
+    assert!(app.sinks().is_empty());
+    app.stop().await;
 }
 
-async fn slow_backfill_emulator(rows: u64, per_sec: u64) -> sequin_emulator::EmulatorHandle {
-    start_emulator_with(EmulatorConfig {
-        token: TOKEN.to_string(),
-        database: SEQUIN_DB.to_string(),
-        tables: vec!["public.notifications".to_string()],
-        backfill_rows: rows,
-        backfill_rows_per_sec: per_sec,
-        ..EmulatorConfig::default()
+/// An app whose emulator's backfills find `rows` rows and process `per_sec` a second.
+fn slow_backfills(rows: u64, per_sec: u64) -> TestAppBuilder {
+    TestApp::builder().emulator(|e| {
+        e.backfill_rows = rows;
+        e.backfill_rows_per_sec = per_sec;
     })
-    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backfill_progress_is_tracked_to_completed_and_announced() {
-    let db = TestDb::new().await;
-    let emulator = slow_backfill_emulator(60, 40).await;
-    let mut config = config(&db, &emulator);
-    config.backfill_poll_interval = Duration::from_millis(200);
-    let worker = start_worker(config).await;
-    let mut done = listen(&db, "userhooks_backfill_done").await;
-    let sub = subscribe(&db, "u1", "https://hooks.example.com/a", json!({})).await;
+    let app = slow_backfills(60, 40)
+        .config(|c| c.backfill_poll_interval = Duration::from_millis(200))
+        .spawn()
+        .await;
+    let mut done = listen(&app.db, "userhooks_backfill_done").await;
+    let sub = app
+        .subscribed("u1", "https://hooks.example.com/a", json!({}))
+        .await;
 
-    let row = run(&db, "backfill", "u1", None, json!({})).await;
+    let row = app.run("backfill", "u1", None, json!({})).await;
     assert_eq!(row.status, "succeeded", "{row:?}");
     let result = row.result.unwrap();
     assert_eq!(result["subscription_id"], sub["subscription_id"]);
@@ -205,8 +181,8 @@ async fn backfill_progress_is_tracked_to_completed_and_announced() {
 
     // Progress is visible before the end.
     eventually(WAIT, "partial progress recorded", || async {
-        let n = db
-            .scalar_i64(&format!(
+        let n = app
+            .scalar(&format!(
                 "select coalesce(rows_processed_count, 0) from userhooks.backfills where id = {backfill_id}"
             ))
             .await;
@@ -222,7 +198,7 @@ async fn backfill_progress_is_tracked_to_completed_and_announced() {
         payload,
         json!({"id": backfill_id, "subscription_id": sub["subscription_id"], "state": "completed"})
     );
-    let row = db
+    let row = app
         .client()
         .await
         .query_one(
@@ -233,7 +209,7 @@ async fn backfill_progress_is_tracked_to_completed_and_announced() {
         .await
         .unwrap();
     assert_eq!(row.get::<_, String>(0), "completed");
-    let emulated = &emulator.backfills()[0];
+    let emulated = &app.emulator.backfills()[0];
     assert_eq!(
         Some(row.get::<_, i64>(1)),
         emulated["rows_initial_count"].as_i64()
@@ -243,176 +219,159 @@ async fn backfill_progress_is_tracked_to_completed_and_announced() {
         emulated["rows_processed_count"].as_i64()
     );
     assert!(row.get::<_, bool>(3));
-    worker.stop().await;
+    app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn second_backfill_while_one_runs_reports_the_running_one() {
-    let db = TestDb::new().await;
-    let emulator = slow_backfill_emulator(1000, 1).await;
-    let worker = start_worker(config(&db, &emulator)).await;
-    subscribe(&db, "u1", "https://hooks.example.com/a", json!({})).await;
-    let first = run(&db, "backfill", "u1", None, json!({}))
+    let app = slow_backfills(1000, 1).spawn().await;
+    app.subscribed("u1", "https://hooks.example.com/a", json!({}))
+        .await;
+    let first = app
+        .run("backfill", "u1", None, json!({}))
         .await
         .result
         .unwrap();
-    let second = run(&db, "backfill", "u1", None, json!({})).await;
+    let second = app.run("backfill", "u1", None, json!({})).await;
     assert_eq!(second.status, "succeeded");
     let second = second.result.unwrap();
     assert_eq!(second["already_running"], true);
     assert_eq!(second["backfill_id"], first["backfill_id"]);
-    assert_eq!(count_calls(&emulator, "create_backfill"), 1);
-    worker.stop().await;
+    assert_eq!(app.calls("create_backfill"), 1);
+    app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backfill_tracking_resumes_after_a_worker_restart() {
-    let db = TestDb::new().await;
-    let emulator = slow_backfill_emulator(40, 20).await;
-    let mut config = config(&db, &emulator);
-    config.backfill_poll_interval = Duration::from_millis(200);
-    let first = start_worker(config.clone()).await;
-    subscribe(&db, "u1", "https://hooks.example.com/a", json!({})).await;
-    run(&db, "backfill", "u1", None, json!({})).await;
-    first.stop().await;
+    let mut app = slow_backfills(40, 20)
+        .config(|c| c.backfill_poll_interval = Duration::from_millis(200))
+        .spawn()
+        .await;
+    app.subscribed("u1", "https://hooks.example.com/a", json!({}))
+        .await;
+    app.run("backfill", "u1", None, json!({})).await;
+    app.stop_worker().await;
     assert_eq!(
-        db.scalar_i64("select count(*) from userhooks.backfills where state = 'active'")
+        app.scalar("select count(*) from userhooks.backfills where state = 'active'")
             .await,
         1
     );
-    let second = start_worker(config).await;
+    app.start_worker().await;
     eventually(WAIT, "backfill completed after restart", || async {
-        db.scalar_i64("select count(*) from userhooks.backfills where state = 'completed' and rows_processed_count = 40")
+        app.scalar("select count(*) from userhooks.backfills where state = 'completed' and rows_processed_count = 40")
             .await
             == 1
     })
     .await;
-    second.stop().await;
+    app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backfill_for_a_user_without_subscription_fails_clearly() {
-    let db = TestDb::new().await;
-    let emulator = start_emulator().await;
-    let worker = start_worker(config(&db, &emulator)).await;
-    let row = run(&db, "backfill", "nobody", None, json!({})).await;
+    let app = TestApp::spawn().await;
+    let row = app.run("backfill", "nobody", None, json!({})).await;
     assert_eq!(row.status, "failed");
     assert_eq!(row.attempts, 1);
     assert!(row.last_error.unwrap().contains("has no live subscription"));
-    assert_eq!(count_calls(&emulator, "create_backfill"), 0);
-    worker.stop().await;
+    assert_eq!(app.calls("create_backfill"), 0);
+    app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscribe_with_backfill_option_starts_one() {
-    let db = TestDb::new().await;
-    let emulator = start_emulator().await;
-    let worker = start_worker(config(&db, &emulator)).await;
-    let result = subscribe(
-        &db,
-        "u1",
-        "https://hooks.example.com/a",
-        json!({"backfill": true}),
-    )
-    .await;
+    let app = TestApp::spawn().await;
+    let result = app
+        .subscribed(
+            "u1",
+            "https://hooks.example.com/a",
+            json!({"backfill": true}),
+        )
+        .await;
     assert!(result["backfill_id"].as_i64().is_some(), "{result}");
-    let backfills = emulator.backfills();
+    let backfills = app.emulator.backfills();
     assert_eq!(backfills.len(), 1);
     assert_eq!(backfills[0]["id"], result["sequin_backfill_id"]);
     assert_eq!(backfills[0]["sink_consumer"], result["sink_name"]);
-    worker.stop().await;
+    app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscribe_with_transform_attaches_it_to_the_sink() {
-    let db = TestDb::new().await;
-    let emulator = start_emulator().await;
-    apply_transform(&emulator, "webhook_transform").await;
-    let worker = start_worker(config(&db, &emulator)).await;
-    let result = subscribe(
-        &db,
-        "u1",
-        "https://hooks.example.com/a",
-        json!({"transform": "webhook_transform"}),
-    )
-    .await;
-    let sinks = emulator.sinks();
+    let app = TestApp::spawn().await;
+    apply_transform(&app, "webhook_transform").await;
+    let result = app
+        .subscribed(
+            "u1",
+            "https://hooks.example.com/a",
+            json!({"transform": "webhook_transform"}),
+        )
+        .await;
+    let sinks = app.sinks();
     assert_eq!(
         sink_named(&sinks, result["sink_name"].as_str().unwrap())["transform"],
         "webhook_transform"
     );
-    worker.stop().await;
+    app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscribe_with_unknown_transform_fails_with_sequins_message_and_leaves_nothing() {
-    let db = TestDb::new().await;
-    let emulator = start_emulator().await;
-    let worker = start_worker(config(&db, &emulator)).await;
-    let row = run(
-        &db,
-        "subscribe",
-        "u1",
-        Some("https://hooks.example.com/a"),
-        json!({"transform": "nope"}),
-    )
-    .await;
+    let app = TestApp::spawn().await;
+    let row = app
+        .run(
+            "subscribe",
+            "u1",
+            Some("https://hooks.example.com/a"),
+            json!({"transform": "nope"}),
+        )
+        .await;
     assert_eq!(row.status, "failed");
     assert!(row
         .last_error
         .unwrap()
         .contains("Function 'nope' not found."));
-    assert!(emulator.sinks().is_empty());
-    assert!(emulator.endpoints().is_empty(), "compensated");
-    worker.stop().await;
+    assert!(app.sinks().is_empty());
+    assert!(app.endpoints().is_empty(), "compensated");
+    app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn update_of_the_url_changes_the_endpoint() {
-    let db = TestDb::new().await;
-    let emulator = start_emulator().await;
-    let worker = start_worker(config(&db, &emulator)).await;
-    subscribe(&db, "u1", "https://hooks.example.com/old", json!({})).await;
-    let row = run(
-        &db,
-        "update",
-        "u1",
-        None,
-        json!({"webhook_url": "https://hooks.example.com/new"}),
-    )
-    .await;
+    let app = TestApp::spawn().await;
+    app.subscribed("u1", "https://hooks.example.com/old", json!({}))
+        .await;
+    let row = app
+        .run(
+            "update",
+            "u1",
+            None,
+            json!({"webhook_url": "https://hooks.example.com/new"}),
+        )
+        .await;
     assert_eq!(row.status, "succeeded", "{row:?}");
     assert_eq!(row.result.unwrap()["changed"], json!(["webhook_url"]));
+    assert_eq!(app.endpoints()[0]["url"], "https://hooks.example.com/new");
+    assert_eq!(app.calls("update_sink"), 0);
     assert_eq!(
-        emulator.endpoints()[0]["url"],
-        "https://hooks.example.com/new"
-    );
-    assert_eq!(count_calls(&emulator, "update_sink"), 0);
-    assert_eq!(
-        db.scalar_i64("select count(*) from userhooks.webhook_subscriptions where endpoint = 'https://hooks.example.com/new' and status = 'active'")
+        app.scalar("select count(*) from userhooks.webhook_subscriptions where endpoint = 'https://hooks.example.com/new' and status = 'active'")
             .await,
         1
     );
-    worker.stop().await;
+    app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn update_that_changes_nothing_makes_no_sequin_update_call() {
-    let db = TestDb::new().await;
-    let emulator = start_emulator().await;
-    apply_transform(&emulator, "webhook_transform").await;
-    let worker = start_worker(config(&db, &emulator)).await;
-    subscribe(
-        &db,
+    let app = TestApp::spawn().await;
+    apply_transform(&app, "webhook_transform").await;
+    app.subscribed(
         "u1",
         "https://hooks.example.com/a",
         json!({"transform": "webhook_transform", "actions": ["insert"]}),
     )
     .await;
-    emulator.clear_calls();
-    let row = run(
-        &db,
-        "update",
+    app.emulator.clear_calls();
+    let row = app.run("update",
         "u1",
         Some("https://hooks.example.com/a"),
         json!({"webhook_url": "https://hooks.example.com:443/a", "transform": "webhook_transform", "actions": ["insert"]}),
@@ -420,49 +379,44 @@ async fn update_that_changes_nothing_makes_no_sequin_update_call() {
     .await;
     assert_eq!(row.status, "succeeded", "{row:?}");
     assert_eq!(row.result.unwrap()["changed"], json!([]));
-    assert_eq!(count_calls(&emulator, "update_sink"), 0);
-    assert_eq!(count_calls(&emulator, "update_endpoint"), 0);
+    assert_eq!(app.calls("update_sink"), 0);
+    assert_eq!(app.calls("update_endpoint"), 0);
 
     // A real change is sent, and only the changed field.
-    let row = run(&db, "update", "u1", None, json!({"transform": "none"})).await;
+    let row = app
+        .run("update", "u1", None, json!({"transform": "none"}))
+        .await;
     assert_eq!(row.result.unwrap()["changed"], json!(["transform"]));
-    let updates: Vec<_> = emulator
+    let updates: Vec<_> = app
+        .emulator
         .calls()
         .into_iter()
         .filter(|c| c.operation == "update_sink")
         .collect();
     assert_eq!(updates.len(), 1);
     assert_eq!(updates[0].body, Some(json!({"transform": "none"})));
-    assert_eq!(emulator.sinks()[0]["transform"], "none");
-    worker.stop().await;
+    assert_eq!(app.sinks()[0]["transform"], "none");
+    app.stop().await;
 }
 
-/// The subscription's row: status and sink id.
-async fn subscription_row(db: &TestDb, id: &Value) -> (String, Option<String>) {
-    let row = db
-        .client()
-        .await
-        .query_one(
-            "select status, sequin_sink_id::text from userhooks.webhook_subscriptions where id = $1",
-            &[&id.as_i64().unwrap()],
-        )
-        .await
-        .unwrap();
-    (row.get(0), row.get(1))
+/// The subscription's status and sink id.
+async fn subscription_row(app: &TestApp, id: &Value) -> (String, Option<String>) {
+    let sub = app.subscription(id).await;
+    (sub.status, sub.sink_id)
 }
 
 /// Sinks with this name in the emulator.
-fn sinks_named(emulator: &sequin_emulator::EmulatorHandle, name: &str) -> Vec<Value> {
-    emulator
-        .sinks()
+fn sinks_named(app: &TestApp, name: &str) -> Vec<Value> {
+    app.sinks()
         .into_iter()
         .filter(|s| s["name"] == name)
         .collect()
 }
 
 /// No PUT or PATCH of a sink: each one (but to `disabled`) restarts Sequin's replication.
-fn assert_no_sink_update(emulator: &sequin_emulator::EmulatorHandle) {
-    let updates: Vec<String> = emulator
+fn assert_no_sink_update(app: &TestApp) {
+    let updates: Vec<String> = app
+        .emulator
         .calls()
         .iter()
         .filter(|c| (c.method == "PUT" || c.method == "PATCH") && c.path.starts_with("/api/sinks"))
@@ -473,40 +427,34 @@ fn assert_no_sink_update(emulator: &sequin_emulator::EmulatorHandle) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pause_deletes_the_sink_and_resume_creates_it_again_without_a_sink_update() {
-    let db = TestDb::new().await;
-    let emulator = start_emulator().await;
-    let worker = start_worker(config(&db, &emulator)).await;
-    let sub = subscribe(
-        &db,
-        "u1",
-        "https://hooks.example.com/a",
-        json!({"actions": ["insert"]}),
-    )
-    .await;
+    let app = TestApp::spawn().await;
+    let sub = app
+        .subscribed(
+            "u1",
+            "https://hooks.example.com/a",
+            json!({"actions": ["insert"]}),
+        )
+        .await;
     let name = sub["sink_name"].as_str().unwrap().to_string();
-    let endpoints = emulator.endpoints().len();
-    emulator.clear_calls();
+    let endpoints = app.endpoints().len();
+    app.emulator.clear_calls();
 
-    let row = run(&db, "pause", "u1", None, json!({})).await;
+    let row = app.run("pause", "u1", None, json!({})).await;
     assert_eq!(row.status, "succeeded", "{row:?}");
     assert_eq!(row.result.unwrap()["changed"], json!(["status"]));
     // No sink at all: not `paused` (routed and buffering), not `disabled`.
-    assert!(
-        sinks_named(&emulator, &name).is_empty(),
-        "{:?}",
-        emulator.sinks()
-    );
-    assert!(emulator.sinks().iter().all(|s| s["status"] != "paused"));
-    assert_eq!(emulator.endpoints().len(), endpoints, "the endpoint stays");
+    assert!(sinks_named(&app, &name).is_empty(), "{:?}", app.sinks());
+    assert!(app.sinks().iter().all(|s| s["status"] != "paused"));
+    assert_eq!(app.endpoints().len(), endpoints, "the endpoint stays");
     assert_eq!(
-        subscription_row(&db, &sub["subscription_id"]).await,
+        subscription_row(&app, &sub["subscription_id"]).await,
         ("paused".to_string(), None)
     );
 
-    let row = run(&db, "resume", "u1", None, json!({})).await;
+    let row = app.run("resume", "u1", None, json!({})).await;
     assert_eq!(row.status, "succeeded", "{row:?}");
     let result = row.result.unwrap();
-    let sinks = sinks_named(&emulator, &name);
+    let sinks = sinks_named(&app, &name);
     assert_eq!(sinks.len(), 1, "{sinks:?}");
     assert_eq!(sinks[0]["status"], "active");
     assert_eq!(sinks[0]["annotations"], json!({"user_id": "u1"}));
@@ -518,110 +466,113 @@ async fn pause_deletes_the_sink_and_resume_creates_it_again_without_a_sink_updat
     assert_ne!(sinks[0]["id"], sub["sink_id"], "a new sink");
     assert_eq!(result["sink_id"], sinks[0]["id"]);
     assert_eq!(
-        subscription_row(&db, &sub["subscription_id"]).await,
+        subscription_row(&app, &sub["subscription_id"]).await,
         (
             "active".to_string(),
             sinks[0]["id"].as_str().map(String::from)
         )
     );
     assert!(result.get("backfill_id").is_none(), "{result}");
-    assert_no_sink_update(&emulator);
+    assert_no_sink_update(&app);
 
     // Resuming what runs is a no-op without a Sequin call.
-    emulator.clear_calls();
-    let row = run(&db, "resume", "u1", None, json!({})).await;
+    app.emulator.clear_calls();
+    let row = app.run("resume", "u1", None, json!({})).await;
     assert_eq!(row.result.unwrap()["changed"], json!([]));
-    assert_eq!(emulator.call_count(), 0, "{:?}", emulator.calls());
-    worker.stop().await;
+    assert_eq!(app.emulator.call_count(), 0, "{:?}", app.emulator.calls());
+    app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resume_with_replay_starts_a_backfill_of_the_new_sink() {
-    let db = TestDb::new().await;
-    let emulator = start_emulator().await;
-    let worker = start_worker(config(&db, &emulator)).await;
-    let sub = subscribe(&db, "u1", "https://hooks.example.com/a", json!({})).await;
+    let app = TestApp::spawn().await;
+    let sub = app
+        .subscribed("u1", "https://hooks.example.com/a", json!({}))
+        .await;
     let name = sub["sink_name"].as_str().unwrap().to_string();
     assert_eq!(
-        run(&db, "pause", "u1", None, json!({})).await.status,
+        app.run("pause", "u1", None, json!({})).await.status,
         "succeeded"
     );
     // A paused subscription has no sink to backfill: say what to do instead.
-    let row = run(&db, "backfill", "u1", None, json!({})).await;
+    let row = app.run("backfill", "u1", None, json!({})).await;
     assert_eq!(row.status, "failed", "{row:?}");
     assert!(row.last_error.unwrap().contains("\"replay\": true"));
 
-    let row = run(&db, "resume", "u1", None, json!({"replay": true})).await;
+    let row = app.run("resume", "u1", None, json!({"replay": true})).await;
     assert_eq!(row.status, "succeeded", "{row:?}");
     let result = row.result.unwrap();
-    let backfills = emulator.backfills();
+    let backfills = app.emulator.backfills();
     assert_eq!(backfills.len(), 1, "{backfills:?}");
     assert_eq!(result["sequin_backfill_id"], backfills[0]["id"]);
-    let sink = &sinks_named(&emulator, &name)[0];
+    let sink = &sinks_named(&app, &name)[0];
     assert_eq!(backfills[0]["sink_consumer"], sink["name"], "{backfills:?}");
-    let recorded = db
-        .scalar_i64(&format!(
+    let recorded = app
+        .scalar(&format!(
             "select id from userhooks.backfills where sequin_backfill_id = '{}'",
             backfills[0]["id"].as_str().unwrap()
         ))
         .await;
     assert_eq!(result["backfill_id"], json!(recorded));
-    assert_no_sink_update(&emulator);
+    assert_no_sink_update(&app);
 
     // A replay option that is not a boolean fails the request, and leaves it paused.
     assert_eq!(
-        run(&db, "pause", "u1", None, json!({})).await.status,
+        app.run("pause", "u1", None, json!({})).await.status,
         "succeeded"
     );
-    let row = run(&db, "resume", "u1", None, json!({"replay": "yes"})).await;
+    let row = app
+        .run("resume", "u1", None, json!({"replay": "yes"}))
+        .await;
     assert_eq!(row.status, "failed", "{row:?}");
-    assert!(sinks_named(&emulator, &name).is_empty());
-    worker.stop().await;
+    assert!(sinks_named(&app, &name).is_empty());
+    app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_subscription_can_be_updated_and_unsubscribed() {
-    let db = TestDb::new().await;
-    let emulator = start_emulator().await;
-    let worker = start_worker(config(&db, &emulator)).await;
-    let sub = subscribe(&db, "u1", "https://hooks.example.com/a", json!({})).await;
+    let app = TestApp::spawn().await;
+    let sub = app
+        .subscribed("u1", "https://hooks.example.com/a", json!({}))
+        .await;
     let name = sub["sink_name"].as_str().unwrap().to_string();
     assert_eq!(
-        run(&db, "pause", "u1", None, json!({})).await.status,
+        app.run("pause", "u1", None, json!({})).await.status,
         "succeeded"
     );
     // Update while paused: recorded, and used when the sink is created again.
-    emulator.clear_calls();
-    let row = run(
-        &db,
-        "update",
-        "u1",
-        None,
-        json!({"actions": ["insert", "update"]}),
-    )
-    .await;
+    app.emulator.clear_calls();
+    let row = app
+        .run(
+            "update",
+            "u1",
+            None,
+            json!({"actions": ["insert", "update"]}),
+        )
+        .await;
     assert_eq!(row.status, "succeeded", "{row:?}");
-    assert_eq!(count_calls(&emulator, "update_sink"), 0);
-    assert!(sinks_named(&emulator, &name).is_empty());
+    assert_eq!(app.calls("update_sink"), 0);
+    assert!(sinks_named(&app, &name).is_empty());
     assert_eq!(
-        run(&db, "resume", "u1", None, json!({})).await.status,
+        app.run("resume", "u1", None, json!({})).await.status,
         "succeeded"
     );
     assert_eq!(
-        sinks_named(&emulator, &name)[0]["actions"],
+        sinks_named(&app, &name)[0]["actions"],
         json!(["insert", "update"])
     );
 
     assert_eq!(
-        run(&db, "pause", "u1", None, json!({})).await.status,
+        app.run("pause", "u1", None, json!({})).await.status,
         "succeeded"
     );
-    emulator.clear_calls();
-    let row = run(&db, "unsubscribe", "u1", None, json!({})).await;
+    app.emulator.clear_calls();
+    let row = app.run("unsubscribe", "u1", None, json!({})).await;
     assert_eq!(row.status, "succeeded", "{row:?}");
     assert_eq!(row.result.unwrap()["removed"], 1);
     // The sink was already gone: its DELETE answered 404, which counts as gone.
-    let deletes: Vec<(String, u16)> = emulator
+    let deletes: Vec<(String, u16)> = app
+        .emulator
         .calls()
         .iter()
         .filter(|c| c.method == "DELETE")
@@ -634,26 +585,26 @@ async fn a_paused_subscription_can_be_updated_and_unsubscribed() {
             ("delete_endpoint".to_string(), 200)
         ]
     );
-    assert!(emulator.endpoints().is_empty() && emulator.sinks().is_empty());
+    assert!(app.endpoints().is_empty() && app.sinks().is_empty());
     assert_eq!(
-        subscription_row(&db, &sub["subscription_id"]).await.0,
+        subscription_row(&app, &sub["subscription_id"]).await.0,
         "deleted"
     );
-    worker.stop().await;
+    app.stop().await;
 }
 
 /// A subscription paused by an older userhooks has a sink in Sequin's `paused` status:
 /// pausing again removes it, and resume replaces such a sink instead of updating it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sinks_left_paused_in_sequin_are_removed_or_replaced_not_updated() {
-    let db = TestDb::new().await;
-    let emulator = start_emulator().await;
-    let worker = start_worker(config(&db, &emulator)).await;
-    let sub = subscribe(&db, "u1", "https://hooks.example.com/a", json!({})).await;
+    let app = TestApp::spawn().await;
+    let sub = app
+        .subscribed("u1", "https://hooks.example.com/a", json!({}))
+        .await;
     let name = sub["sink_name"].as_str().unwrap().to_string();
     let legacy_pause = || async {
         let response = reqwest::Client::new()
-            .patch(format!("{}/sinks/{name}", emulator.api_url()))
+            .patch(format!("{}/sinks/{name}", app.emulator.api_url()))
             .bearer_auth(TOKEN)
             .header("accept", "application/json")
             .json(&json!({"status": "paused"}))
@@ -661,7 +612,7 @@ async fn sinks_left_paused_in_sequin_are_removed_or_replaced_not_updated() {
             .await
             .unwrap();
         assert_eq!(response.status(), 200);
-        db.client()
+        app.client()
             .await
             .execute(
                 "update userhooks.webhook_subscriptions set status = 'paused'",
@@ -671,44 +622,40 @@ async fn sinks_left_paused_in_sequin_are_removed_or_replaced_not_updated() {
             .unwrap();
     };
     legacy_pause().await;
-    emulator.clear_calls();
-    let row = run(&db, "pause", "u1", None, json!({})).await;
+    app.emulator.clear_calls();
+    let row = app.run("pause", "u1", None, json!({})).await;
     assert_eq!(row.status, "succeeded", "{row:?}");
-    assert!(
-        sinks_named(&emulator, &name).is_empty(),
-        "{:?}",
-        emulator.sinks()
-    );
+    assert!(sinks_named(&app, &name).is_empty(), "{:?}", app.sinks());
 
     assert_eq!(
-        run(&db, "resume", "u1", None, json!({})).await.status,
+        app.run("resume", "u1", None, json!({})).await.status,
         "succeeded"
     );
     legacy_pause().await;
-    emulator.clear_calls();
-    let row = run(&db, "resume", "u1", None, json!({})).await;
+    app.emulator.clear_calls();
+    let row = app.run("resume", "u1", None, json!({})).await;
     assert_eq!(row.status, "succeeded", "{row:?}");
-    let sinks = sinks_named(&emulator, &name);
+    let sinks = sinks_named(&app, &name);
     assert_eq!(sinks.len(), 1);
     assert_eq!(sinks[0]["status"], "active");
     assert_eq!(row.result.unwrap()["sink_id"], sinks[0]["id"]);
-    assert_no_sink_update(&emulator);
-    worker.stop().await;
+    assert_no_sink_update(&app);
+    app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_users_requests_run_in_order_while_other_users_run_concurrently() {
-    let db = TestDb::new().await;
-    let emulator = start_emulator().await;
-    emulator.set_faults(Faults {
-        all: RouteFaults {
-            latency_ms: 100,
-            ..RouteFaults::default()
-        },
-        ..Faults::default()
-    });
-    let worker = start_worker(config(&db, &emulator)).await;
-    db.client()
+    let app = TestApp::builder()
+        .faults(Faults {
+            all: RouteFaults {
+                latency_ms: 100,
+                ..RouteFaults::default()
+            },
+            ..Faults::default()
+        })
+        .spawn()
+        .await;
+    app.client()
         .await
         .batch_execute(
             "begin;
@@ -726,26 +673,24 @@ async fn one_users_requests_run_in_order_while_other_users_run_concurrently() {
         .await
         .unwrap();
     eventually(Duration::from_secs(30), "all requests finished", || async {
-        db.scalar_i64("select count(*) from userhooks.subscription_requests where status not in ('succeeded')")
+        app.scalar("select count(*) from userhooks.subscription_requests where status not in ('succeeded')")
             .await
             == 0
     })
     .await;
-    let live = db
-        .client()
+    let live: Vec<String> = app
+        .subscriptions()
         .await
-        .query(
-            "select endpoint from userhooks.webhook_subscriptions
-              where user_id = 'u1' and status in ('provisioning', 'active', 'paused')",
-            &[],
-        )
-        .await
-        .unwrap();
-    assert_eq!(live.len(), 1);
-    assert_eq!(live[0].get::<_, String>(0), "https://hooks.example.com/2");
+        .into_iter()
+        .filter(|s| {
+            s.user_id == "u1" && ["provisioning", "active", "paused"].contains(&s.status.as_str())
+        })
+        .map(|s| s.endpoint)
+        .collect();
+    assert_eq!(live, ["https://hooks.example.com/2"]);
     // u1's chain finished in insertion order...
-    let ordered = db
-        .scalar_i64(
+    let ordered = app
+        .scalar(
             "select count(*) from (select id, finished_at, lag(finished_at) over (order by id) prev
                                      from userhooks.subscription_requests where user_id = 'u1') t
               where prev is null or finished_at >= prev",
@@ -753,23 +698,26 @@ async fn one_users_requests_run_in_order_while_other_users_run_concurrently() {
         .await;
     assert_eq!(ordered, 3);
     // ...while the other users did not wait behind it.
-    let others_done_before_u1_last = db
-        .scalar_i64(
+    let others_done_before_u1_last = app
+        .scalar(
             "select count(*) from userhooks.subscription_requests o
               where o.user_id like 'other%'
                 and o.finished_at < (select max(finished_at) from userhooks.subscription_requests where user_id = 'u1')",
         )
         .await;
     assert_eq!(others_done_before_u1_last, 6);
-    assert_eq!(emulator.sinks().len(), 7);
-    worker.stop().await;
+    assert_eq!(app.sinks().len(), 7);
+    app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_deletes_only_old_terminal_rows() {
-    let db = TestDb::new().await;
-    let emulator = start_emulator().await;
-    let client = db.client().await;
+    let mut app = TestApp::builder()
+        .config(|c| c.retention = Duration::from_secs(3600))
+        .without_worker()
+        .spawn()
+        .await;
+    let client = app.client().await;
     client
         .batch_execute(
             "insert into userhooks.subscription_requests (action, user_id, webhook_url, status, finished_at, created_at)
@@ -782,11 +730,9 @@ async fn retention_deletes_only_old_terminal_rows() {
         )
         .await
         .unwrap();
-    let mut config = config(&db, &emulator);
-    config.retention = Duration::from_secs(3600);
-    let worker = start_worker(config).await;
+    app.start_worker().await;
     eventually(WAIT, "old terminal rows deleted", || async {
-        db.scalar_i64("select count(*) from userhooks.subscription_requests where user_id like 'old-%' and status <> 'pending'")
+        app.scalar("select count(*) from userhooks.subscription_requests where user_id like 'old-%' and status <> 'pending'")
             .await
             == 0
     })
@@ -802,29 +748,28 @@ async fn retention_deletes_only_old_terminal_rows() {
         .map(|r| r.get(0))
         .collect();
     assert_eq!(left, ["old-pending", "recent-ok"]);
-    worker.stop().await;
+    app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sql_helpers_enqueue_and_retry_and_the_summary_counts() {
-    let db = TestDb::new().await;
-    let emulator = start_emulator().await;
-    let mut config = config(&db, &emulator);
-    config.allow_private_urls = false;
-    let worker = start_worker(config).await;
-    let client = db.client().await;
+    let app = TestApp::builder()
+        .config(|c| c.allow_private_urls = false)
+        .spawn()
+        .await;
+    let client = app.client().await;
     let sub: i64 = client
         .query_one("select userhooks.subscribe('u1', 'https://8.8.8.8/a')", &[])
         .await
         .unwrap()
         .get(0);
-    assert_eq!(db.finished(sub, WAIT).await.status, "succeeded");
+    assert_eq!(app.finished(sub).await.status, "succeeded");
     let backfill: i64 = client
         .query_one("select userhooks.backfill('u1')", &[])
         .await
         .unwrap()
         .get(0);
-    assert_eq!(db.finished(backfill, WAIT).await.status, "succeeded");
+    assert_eq!(app.finished(backfill).await.status, "succeeded");
     let unsub: i64 = client
         .query_one(
             "select userhooks.unsubscribe('u1', 'https://8.8.8.8/a')",
@@ -833,8 +778,8 @@ async fn sql_helpers_enqueue_and_retry_and_the_summary_counts() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(db.finished(unsub, WAIT).await.status, "succeeded");
-    assert!(emulator.sinks().is_empty());
+    assert_eq!(app.finished(unsub).await.status, "succeeded");
+    assert!(app.sinks().is_empty());
 
     // retry: only failed requests, with a fresh attempt budget.
     let bad: i64 = client
@@ -845,7 +790,7 @@ async fn sql_helpers_enqueue_and_retry_and_the_summary_counts() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(db.finished(bad, WAIT).await.status, "failed");
+    assert_eq!(app.finished(bad).await.status, "failed");
     let not_failed: bool = client
         .query_one("select userhooks.retry($1)", &[&sub])
         .await
@@ -858,7 +803,7 @@ async fn sql_helpers_enqueue_and_retry_and_the_summary_counts() {
         .unwrap()
         .get(0);
     assert!(retried);
-    let again = db.finished(bad, WAIT).await;
+    let again = app.finished(bad).await;
     assert_eq!(again.status, "failed", "still a private URL");
     assert_eq!(again.attempts, 1, "attempts were reset");
 
@@ -881,7 +826,7 @@ async fn sql_helpers_enqueue_and_retry_and_the_summary_counts() {
             ("unsubscribe".to_string(), "succeeded".to_string(), 1),
         ]
     );
-    worker.stop().await;
+    app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -55,6 +55,50 @@ async fn an_unreachable_postgres_is_named_by_host_port_and_database_never_the_pa
 }
 
 #[tokio::test]
+async fn a_malformed_database_url_is_refused_without_printing_its_password() {
+    let sequin = [
+        ("SEQUIN_API_URL", "http://127.0.0.1:1/api"),
+        ("SEQUIN_API_TOKEN", TOKEN),
+        ("SEQUIN_DATABASE", SEQUIN_DB),
+    ];
+    for (url, said) in [
+        (
+            " postgres://u:hunter2@127.0.0.1/db?sslmode=require",
+            "whitespace before postgres://",
+        ),
+        (
+            "postgresql+psycopg://u:hunter2@127.0.0.1/db?sslmode=require",
+            "must start with postgres:// or postgresql://",
+        ),
+        (
+            "pg://u:hunter2@127.0.0.1/db?connect_timeout=3",
+            "must start with postgres:// or postgresql://",
+        ),
+        // An `@` in the query: the user name would run up to it, password included.
+        (
+            "postgres://127.0.0.1/db?password=hunter2@127.0.0.1&sslmode=verify-full",
+            "%40",
+        ),
+        ("postgres://u:hunter@2@127.0.0.1/db", "%40"),
+    ] {
+        for args in [
+            &["status"][..],
+            &["doctor"][..],
+            &["doctor", "--json"][..],
+            &["run"][..],
+        ] {
+            let mut env = vec![("DATABASE_URL", url)];
+            env.extend_from_slice(&sequin);
+            let out = run_userhooks(args, &env).await;
+            assert_eq!(out.code, Some(1), "{args:?} {url}: {out:?}");
+            let all = format!("{}{}", out.stdout, out.stderr);
+            assert!(!all.contains("hunter"), "{args:?} {url}: {all}");
+            assert!(all.contains(said), "{args:?} {url}: {all}");
+        }
+    }
+}
+
+#[tokio::test]
 async fn serve_with_an_unreachable_postgres_fails_at_start() {
     let port = free_port();
     let url = format!("postgres://postgres@127.0.0.1:{port}/app");
@@ -198,6 +242,32 @@ async fn serve_listens_on_a_host_name_and_says_it_has_no_authentication() {
         .expect("GET /healthz");
     assert_eq!(health.status(), 200);
     assert!(serve.terminate().await.success(), "{}", serve.stderr());
+}
+
+#[tokio::test]
+async fn serve_refuses_a_token_no_client_can_send_before_connecting() {
+    let dir = std::env::temp_dir().join(format!("uh-serve-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // Saved by an editor that writes a byte-order mark: every call would get 401.
+    let file = dir.join("token");
+    std::fs::write(&file, "\u{feff}tok-from-file\n").unwrap();
+    // Refused before Postgres is asked: none is listening here.
+    let url = format!("postgres://postgres@127.0.0.1:{}/app", free_port());
+    let out = run_userhooks(
+        &["serve", "--listen", "127.0.0.1:0"],
+        &[
+            ("DATABASE_URL", &url),
+            ("USERHOOKS_SERVE_TOKEN_FILE", file.to_str().unwrap()),
+        ],
+    )
+    .await;
+    let _ = std::fs::remove_dir_all(dir);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert_eq!(
+        out.error_line(),
+        "error: USERHOOKS_SERVE_TOKEN holds a byte-order mark (U+FEFF) at character 1: no client can send it in an Authorization header, so every call would get 401; use visible ASCII only (for example from `openssl rand -hex 32`)"
+    );
+    assert!(!out.stderr.contains("tok-from-file"), "{}", out.stderr);
 }
 
 #[tokio::test]

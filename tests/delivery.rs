@@ -11,7 +11,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::{Json, Router};
-use common::{start_emulator_with, TestDb, SEQUIN_DB, TOKEN};
+use common::{start_emulator_with, TestApp, TestDb, SEQUIN_DB, TOKEN};
 use sequin_emulator::{DeliveryConfig, EmulatorConfig, EmulatorHandle, RuntimeReport};
 use serde_json::{json, Value};
 
@@ -95,31 +95,24 @@ impl Setup {
 
     /// Delivery from a fresh example app on `tables`; `base` gives the other settings.
     async fn with(tables: &[&str], base: EmulatorConfig) -> Setup {
-        let db = TestDb::new().await;
-        userhooks::db::create_example_app(&db.url)
-            .await
-            .expect("example app tables");
-        db.client()
-            .await
-            .batch_execute(
+        let tables: Vec<String> = tables.iter().map(|t| t.to_string()).collect();
+        let TestApp { db, emulator, .. } = TestApp::builder()
+            .emulator(move |e| {
+                *e = EmulatorConfig {
+                    token: TOKEN.to_string(),
+                    database: SEQUIN_DB.to_string(),
+                    tables,
+                    ..base
+                }
+            })
+            .delivery(|_| {})
+            .setup_sql(
                 "insert into users (name) values ('A'), ('B'), ('C');
                  create table public.no_id (k text primary key, v text)",
             )
-            .await
-            .unwrap();
-        let mut delivery = DeliveryConfig::new(db.url.clone());
-        delivery.poll_interval = Duration::from_millis(30);
-        delivery.retry_initial = Duration::from_millis(50);
-        delivery.retry_max = Duration::from_millis(200);
-        delivery.request_timeout = Duration::from_secs(5);
-        let emulator = start_emulator_with(EmulatorConfig {
-            token: TOKEN.to_string(),
-            database: SEQUIN_DB.to_string(),
-            tables: tables.iter().map(|t| t.to_string()).collect(),
-            delivery: Some(delivery),
-            ..base
-        })
-        .await;
+            .without_worker()
+            .spawn()
+            .await;
         let receiver = Receiver::default();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let receiver_base = format!("http://{}", listener.local_addr().unwrap());
@@ -958,4 +951,64 @@ async fn two_emulators_on_one_database_share_the_change_log_and_each_read_it_all
             .await;
     assert_eq!(count, 3, "one log, each change once");
     other.shutdown().await;
+}
+
+/// The worker's side of the stall above: a user's pause through the outbox leaves no sink
+/// in Sequin's `paused` status, so however much the table changes while that user is
+/// paused, every other user keeps receiving, and pausing and resuming restart nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pausing_a_user_through_the_worker_never_stalls_the_other_users() {
+    let s = Setup::with(
+        &["public.notifications"],
+        EmulatorConfig {
+            store_max_messages: 20,
+            ..EmulatorConfig::default()
+        },
+    )
+    .await;
+    let worker = common::start_worker(common::config(&s.db, &s.emulator)).await;
+    for user in ["1", "2"] {
+        let url = format!("{}/hooks/{user}", s.receiver_base);
+        let id = s.db.insert("subscribe", user, Some(&url), json!({})).await;
+        let row = s.db.finished(id, Duration::from_secs(15)).await;
+        assert_eq!(row.status, "succeeded", "{row:?}");
+    }
+    let id = s.db.insert("pause", "2", None, json!({})).await;
+    assert_eq!(
+        s.db.finished(id, Duration::from_secs(15)).await.status,
+        "succeeded"
+    );
+    let restarts_before = s.emulator.runtime().replication_restarts;
+
+    // Twice the store limit of changes while user 2 is paused.
+    for i in 0..40 {
+        s.notify(if i % 2 == 0 { 1 } else { 2 }, &format!("change {i}"))
+            .await;
+    }
+    s.wait_for("1", 20).await;
+    let r = s.emulator.runtime();
+    assert!(!r.stalled, "{r:#?}");
+    assert!(
+        s.emulator
+            .sinks()
+            .iter()
+            .all(|sink| sink["status"] != json!("paused")),
+        "no sink is left paused in Sequin: {:#?}",
+        s.emulator.sinks()
+    );
+    assert!(s.receiver.for_user("2").is_empty(), "user 2 is paused");
+
+    let id = s.db.insert("resume", "2", None, json!({})).await;
+    assert_eq!(
+        s.db.finished(id, Duration::from_secs(15)).await.status,
+        "succeeded"
+    );
+    s.notify(2, "after resume").await;
+    s.wait_for("2", 1).await;
+    assert_eq!(
+        s.emulator.runtime().replication_restarts,
+        restarts_before,
+        "pause and resume only create and delete sinks"
+    );
+    worker.stop().await;
 }

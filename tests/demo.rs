@@ -34,6 +34,8 @@ async fn demo_runs_to_completion_and_its_check_passes() {
         output.status
     );
     assert!(stdout.contains("Check passed"), "{stdout}");
+    // A newcomer's first run shows no warning: the demo's setup passes the worker's preflight.
+    assert!(!stderr.contains("WARN"), "{stderr}");
     assert!(stdout.contains("Demo passed"), "{stdout}");
     assert!(stdout.contains("backfill completed"), "{stdout}");
     assert!(

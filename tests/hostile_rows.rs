@@ -1,7 +1,7 @@
 //! Hostile rows in the outbox, with a real worker running against the emulator: each is
 //! refused at the INSERT, or fails with a clear reason, or succeeds correctly — and a good
 //! request of another user inserted alongside always succeeds, and the worker never crashes
-//! (`worker.stop()` asserts its task did not panic).
+//! (`app.stop()` asserts the worker's task did not panic).
 //!
 //! Two kinds of "strange strings" cannot be stored at all, so need no worker behaviour:
 //! Postgres `text` cannot hold NUL (U+0000), and `jsonb` refuses `\u0000` and lone UTF-16
@@ -10,20 +10,15 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
 use serde_json::{json, Value};
 use tokio_postgres::error::SqlState;
 
-const WAIT: Duration = Duration::from_secs(20);
-
 /// Insert a good subscribe for a fresh user and return its id.
-async fn good_row(db: &TestDb, tag: &str) -> i64 {
-    db.insert(
-        "subscribe",
+async fn good_row(app: &TestApp, tag: &str) -> RequestId {
+    app.subscribe(
         &format!("good-{tag}"),
-        Some(&format!("https://hooks.example.com/good/{tag}")),
+        &format!("https://hooks.example.com/good/{tag}"),
         json!({}),
     )
     .await
@@ -35,10 +30,8 @@ fn nested(depth: usize, leaf: Value) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_sql_can_refuse_is_refused_at_the_insert() {
-    let db = TestDb::new().await;
-    let emulator = start_emulator().await;
-    let worker = start_worker(config(&db, &emulator)).await;
-    let client = db.client().await;
+    let app = TestApp::spawn().await;
+    let client = app.client().await;
 
     let insert =
         "insert into userhooks.subscription_requests (action, user_id, webhook_url, options)
@@ -157,7 +150,7 @@ async fn what_sql_can_refuse_is_refused_at_the_insert() {
         assert_eq!(err.code(), Some(&code), "{what}: {err:?}");
     }
     assert_eq!(
-        db.scalar_i64("select count(*) from userhooks.subscription_requests")
+        app.scalar("select count(*) from userhooks.subscription_requests")
             .await,
         0
     );
@@ -168,16 +161,14 @@ async fn what_sql_can_refuse_is_refused_at_the_insert() {
         .await
         .expect("32 levels are allowed");
 
-    let good = good_row(&db, "insert").await;
-    assert_eq!(db.finished(good, WAIT).await.status, "succeeded");
-    worker.stop().await;
+    let good = good_row(&app, "insert").await;
+    assert_eq!(app.finished(good).await.status, "succeeded");
+    app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_options_fail_with_a_reason_and_never_block_other_rows() {
-    let db = TestDb::new().await;
-    let emulator = start_emulator().await;
-    let worker = start_worker(config(&db, &emulator)).await;
+    let app = TestApp::spawn().await;
 
     let sqlish = "'; drop table userhooks.subscription_requests; --";
     let cases: Vec<(Value, &str)> = vec![
@@ -276,15 +267,12 @@ async fn hostile_options_fail_with_a_reason_and_never_block_other_rows() {
     for (n, (options, _)) in cases.iter().enumerate() {
         let user = format!("hostile-{n}");
         let url = format!("https://hooks.example.com/hostile/{n}");
-        ids.push(
-            db.insert("subscribe", &user, Some(&url), options.clone())
-                .await,
-        );
+        ids.push(app.subscribe(&user, &url, options.clone()).await);
     }
-    let good = good_row(&db, "options").await;
+    let good = good_row(&app, "options").await;
 
     for (id, (options, expected)) in ids.into_iter().zip(&cases) {
-        let row = db.finished(id, WAIT).await;
+        let row = app.finished(id).await;
         assert_eq!(row.status, "failed", "{options}: {row:?}");
         let last_error = row.last_error.clone().unwrap_or_default();
         assert!(
@@ -296,25 +284,67 @@ async fn hostile_options_fail_with_a_reason_and_never_block_other_rows() {
         assert_eq!(result["error"]["kind"], "invalid_request", "{result}");
         assert_eq!(row.attempts, 1, "invalid input is not retried");
     }
-    assert_eq!(db.finished(good, WAIT).await.status, "succeeded");
+    assert_eq!(app.finished(good).await.status, "succeeded");
     // Nothing was provisioned for the hostile rows; the tables are all still here.
-    assert_eq!(emulator.endpoints().len(), 1);
-    assert_eq!(emulator.sinks().len(), 1);
+    assert_eq!(app.endpoints().len(), 1);
+    assert_eq!(app.sinks().len(), 1);
     assert_eq!(
-        db.scalar_i64(
-            "select count(*) from userhooks.webhook_subscriptions where status <> 'failed'"
-        )
-        .await,
+        app.scalar("select count(*) from userhooks.webhook_subscriptions where status <> 'failed'")
+            .await,
         1
     );
-    worker.stop().await;
+    app.stop().await;
+}
+
+/// An action this worker does not know (a newer schema's, or one past a dropped CHECK) fails
+/// the request with a reason, instead of running as another action.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_action_fails_naming_the_actions_this_worker_knows() {
+    let app = TestApp::builder()
+        .setup_sql(
+            "alter table userhooks.subscription_requests
+               drop constraint subscription_requests_action_check",
+        )
+        .spawn()
+        .await;
+    let unknown = app
+        .db
+        .insert(
+            "frobnicate",
+            "unknown-action",
+            Some("https://hooks.example.com/unknown-action"),
+            json!({}),
+        )
+        .await;
+    let good = good_row(&app, "unknown-action").await;
+
+    let row = app.finished(unknown).await;
+    assert_eq!(row.status, "failed", "{row:?}");
+    assert_eq!(
+        row.last_error.as_deref(),
+        Some(
+            "unknown action \"frobnicate\": this worker knows subscribe, unsubscribe, backfill, \
+             update, pause, resume (upgrade the worker?)"
+        )
+    );
+    let result = row.result.expect("failure result");
+    assert_eq!(result["error"]["kind"], "invalid_request", "{result}");
+    assert_eq!(row.attempts, 1, "not retried");
+    assert_eq!(app.finished(good).await.status, "succeeded");
+    // Nothing was provisioned for it: only the good row has an endpoint, a sink and a row.
+    assert_eq!(app.endpoints().len(), 1);
+    assert_eq!(app.sinks().len(), 1);
+    assert_eq!(
+        app.scalar("select count(*) from userhooks.webhook_subscriptions")
+            .await,
+        1
+    );
+    app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strange_user_ids_keep_sequin_names_valid_and_reach_the_annotation_verbatim() {
-    let db = TestDb::new().await;
-    let emulator = start_emulator().await;
-    let worker = start_worker(config(&db, &emulator)).await;
+    let app = TestApp::spawn().await;
 
     let users: Vec<String> = vec![
         "user with spaces".into(),
@@ -335,15 +365,19 @@ async fn strange_user_ids_keep_sequin_names_valid_and_reach_the_annotation_verba
     let mut ids = Vec::new();
     for (n, user) in users.iter().enumerate() {
         let url = format!("https://hooks.example.com/strange/{n}");
-        ids.push(db.insert("subscribe", user, Some(&url), json!({})).await);
+        ids.push(app.subscribe(user, &url, json!({})).await);
     }
-    let good = good_row(&db, "users").await;
+    let good = good_row(&app, "users").await;
 
+    let mut rows = Vec::new();
+    for id in ids {
+        rows.push(app.finished(id).await);
+    }
     let name_ok = regex::Regex::new(r"^[A-Za-z0-9_.-]{1,255}$").unwrap();
     let mut names = std::collections::HashSet::new();
-    let sinks = emulator.sinks();
-    for (id, user) in ids.into_iter().zip(&users) {
-        let row = db.finished(id, WAIT).await;
+    // Read once every request finished: a sink made after the read would be missing.
+    let sinks = app.sinks();
+    for (row, user) in rows.into_iter().zip(&users) {
         assert_eq!(row.status, "succeeded", "{user:?}: {row:?}");
         let result = row.result.unwrap();
         let sink_name = result["sink_name"].as_str().unwrap().to_string();
@@ -357,33 +391,22 @@ async fn strange_user_ids_keep_sequin_names_valid_and_reach_the_annotation_verba
             .find(|s| s["name"] == sink_name.as_str())
             .expect("sink exists in Sequin");
         assert_eq!(sink["annotations"]["user_id"], user.as_str(), "{user:?}");
-        let stored: String = db
-            .client()
-            .await
-            .query_one(
-                "select user_id from userhooks.webhook_subscriptions where id = $1",
-                &[&result["subscription_id"].as_i64().unwrap()],
-            )
-            .await
-            .unwrap()
-            .get(0);
+        let stored = app.subscription(&result["subscription_id"]).await.user_id;
         assert_eq!(&stored, user);
     }
-    assert_eq!(db.finished(good, WAIT).await.status, "succeeded");
+    assert_eq!(app.finished(good).await.status, "succeeded");
     // The SQL-ish user id was data, nothing more.
     assert_eq!(
-        db.scalar_i64("select count(*) from userhooks.webhook_subscriptions")
+        app.scalar("select count(*) from userhooks.webhook_subscriptions")
             .await as usize,
         users.len() + 1
     );
-    worker.stop().await;
+    app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlish_and_strange_webhook_urls_fail_clearly_or_are_encoded() {
-    let db = TestDb::new().await;
-    let emulator = start_emulator().await;
-    let worker = start_worker(config(&db, &emulator)).await;
+    let app = TestApp::spawn().await;
 
     let failing = [
         (
@@ -401,24 +424,20 @@ async fn sqlish_and_strange_webhook_urls_fail_clearly_or_are_encoded() {
     ];
     let mut ids = Vec::new();
     for (n, (url, _)) in failing.iter().enumerate() {
-        ids.push(
-            db.insert("subscribe", &format!("url-{n}"), Some(url), json!({}))
-                .await,
-        );
+        ids.push(app.subscribe(&format!("url-{n}"), url, json!({})).await);
     }
     // Quotes and SQL in the path or query are just characters of a URL: percent-encoded.
-    let odd_but_valid = db
-        .insert(
-            "subscribe",
+    let odd_but_valid = app
+        .subscribe(
             "url-ok",
-            Some("https://hooks.example.com/x'; drop table t; --?q=\"1\" or 1=1"),
+            "https://hooks.example.com/x'; drop table t; --?q=\"1\" or 1=1",
             json!({}),
         )
         .await;
-    let good = good_row(&db, "urls").await;
+    let good = good_row(&app, "urls").await;
 
     for (id, (url, expected)) in ids.into_iter().zip(failing) {
-        let row = db.finished(id, WAIT).await;
+        let row = app.finished(id).await;
         assert_eq!(row.status, "failed", "{url:?}: {row:?}");
         let last_error = row.last_error.unwrap_or_default();
         assert!(
@@ -426,9 +445,9 @@ async fn sqlish_and_strange_webhook_urls_fail_clearly_or_are_encoded() {
             "{url:?}: expected {expected:?} in {last_error:?}"
         );
     }
-    let row = db.finished(odd_but_valid, WAIT).await;
+    let row = app.finished(odd_but_valid).await;
     assert_eq!(row.status, "succeeded", "{row:?}");
-    let endpoint = emulator
+    let endpoint = app
         .endpoints()
         .into_iter()
         .find(|e| e["name"] == row.result.as_ref().unwrap()["endpoint_name"])
@@ -438,50 +457,39 @@ async fn sqlish_and_strange_webhook_urls_fail_clearly_or_are_encoded() {
         !sent.contains(' ') && !sent.contains('"'),
         "encoded: {sent}"
     );
-    assert_eq!(db.finished(good, WAIT).await.status, "succeeded");
-    worker.stop().await;
+    assert_eq!(app.finished(good).await.status, "succeeded");
+    app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn require_https_fails_http_urls_end_to_end() {
-    let db = TestDb::new().await;
-    let emulator = start_emulator().await;
-    let mut config = config(&db, &emulator);
-    config.require_https = true;
-    let worker = start_worker(config).await;
-
-    let http = db
-        .insert(
-            "subscribe",
-            "plain",
-            Some("http://hooks.example.com/plain"),
-            json!({}),
-        )
+    let app = TestApp::builder()
+        .config(|c| c.require_https = true)
+        .spawn()
         .await;
-    let https = good_row(&db, "https").await;
-    let row = db.finished(http, WAIT).await;
+
+    let http = app
+        .subscribe("plain", "http://hooks.example.com/plain", json!({}))
+        .await;
+    let https = good_row(&app, "https").await;
+    let row = app.finished(http).await;
     assert_eq!(row.status, "failed", "{row:?}");
     assert_eq!(
         row.last_error.as_deref(),
         Some("webhook_url must use https, not http")
     );
     assert_eq!(row.result.unwrap()["error"]["kind"], "invalid_request");
-    assert_eq!(db.finished(https, WAIT).await.status, "succeeded");
-    assert_eq!(
-        emulator.endpoints().len(),
-        1,
-        "nothing provisioned for http"
-    );
-    worker.stop().await;
+    assert_eq!(app.finished(https).await.status, "succeeded");
+    assert_eq!(app.endpoints().len(), 1, "nothing provisioned for http");
+    app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn private_and_metadata_urls_fail_end_to_end_without_allow_private() {
-    let db = TestDb::new().await;
-    let emulator = start_emulator().await;
-    let mut config = config(&db, &emulator);
-    config.allow_private_urls = false;
-    let worker = start_worker(config).await;
+    let app = TestApp::builder()
+        .config(|c| c.allow_private_urls = false)
+        .spawn()
+        .await;
 
     let refused = [
         ("http://169.254.169.254/latest/meta-data/", "link-local"),
@@ -492,22 +500,14 @@ async fn private_and_metadata_urls_fail_end_to_end_without_allow_private() {
     ];
     let mut ids = Vec::new();
     for (n, (url, _)) in refused.iter().enumerate() {
-        ids.push(
-            db.insert("subscribe", &format!("ssrf-{n}"), Some(url), json!({}))
-                .await,
-        );
+        ids.push(app.subscribe(&format!("ssrf-{n}"), url, json!({})).await);
     }
     // A public address literal needs no DNS in the test sandbox.
-    let public = db
-        .insert(
-            "subscribe",
-            "public",
-            Some("https://93.184.215.14/hook"),
-            json!({}),
-        )
+    let public = app
+        .subscribe("public", "https://93.184.215.14/hook", json!({}))
         .await;
     for (id, (url, expected)) in ids.into_iter().zip(refused) {
-        let row = db.finished(id, WAIT).await;
+        let row = app.finished(id).await;
         assert_eq!(row.status, "failed", "{url}: {row:?}");
         let last_error = row.last_error.unwrap_or_default();
         assert!(last_error.contains(expected), "{url}: {last_error}");
@@ -516,9 +516,9 @@ async fn private_and_metadata_urls_fail_end_to_end_without_allow_private() {
             "{last_error}"
         );
     }
-    assert_eq!(db.finished(public, WAIT).await.status, "succeeded");
-    assert_eq!(emulator.endpoints().len(), 1);
-    worker.stop().await;
+    assert_eq!(app.finished(public).await.status, "succeeded");
+    assert_eq!(app.endpoints().len(), 1);
+    app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

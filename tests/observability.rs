@@ -1,5 +1,5 @@
-//! What operators see: `/metrics` as DESIGN.md §6 promises, `/readyz` that names the failing
-//! check, and logs that never carry a secret.
+//! What operators see: `/metrics` as docs/architecture.md §8 promises, `/readyz` that names
+//! the failing check, and logs that never carry a secret.
 
 mod common;
 mod prom;
@@ -12,8 +12,8 @@ use sequin_emulator::Faults;
 use serde_json::{json, Value};
 use tokio::io::AsyncReadExt;
 
-/// Every metric of DESIGN.md §6, as sample names (histograms by their `_count`).
-const DESIGN_METRICS: &[&str] = &[
+/// Every metric of docs/architecture.md §8, as sample names (histograms by their `_count`).
+const PROMISED_METRICS: &[&str] = &[
     "userhooks_requests_total",
     "userhooks_request_duration_seconds_count",
     "userhooks_queue_wait_seconds_count",
@@ -29,14 +29,11 @@ const DESIGN_METRICS: &[&str] = &[
     "userhooks_in_flight",
 ];
 
-async fn worker_with_metrics(
-    db: &TestDb,
-    emulator: &sequin_emulator::EmulatorHandle,
-) -> RunningWorker {
-    let mut config = config(db, emulator);
-    config.allow_private_urls = true;
-    config.metrics_addr = Some("127.0.0.1:0".parse().unwrap());
-    start_worker(config).await
+/// An app whose worker serves `/metrics`, `/healthz` and `/readyz`.
+fn with_metrics() -> TestAppBuilder {
+    TestApp::builder()
+        .metrics()
+        .config(|c| c.allow_private_urls = true)
 }
 
 async fn readyz(addr: std::net::SocketAddr) -> (u16, Value) {
@@ -74,10 +71,8 @@ async fn readyz_until(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scrape_after_subscribes_shows_every_design_metric_with_true_values_and_no_user_id() {
-    let db = TestDb::new().await;
-    let emulator = start_emulator().await;
-    let worker = worker_with_metrics(&db, &emulator).await;
-    let addr = worker.metrics_addr.expect("metrics server bound");
+    let app = with_metrics().spawn().await;
+    let addr = app.worker().metrics_addr.expect("metrics server bound");
 
     let users = [
         "uid-Qx7-alice-5531",
@@ -87,10 +82,10 @@ async fn scrape_after_subscribes_shows_every_design_metric_with_true_values_and_
     let mut ids = Vec::new();
     for user in users {
         let url = format!("https://hooks.example.com/{user}");
-        ids.push(db.insert("subscribe", user, Some(&url), json!({})).await);
+        ids.push(app.subscribe(user, &url, json!({})).await);
     }
     for id in &ids {
-        let row = db.finished(*id, Duration::from_secs(20)).await;
+        let row = app.finished(*id).await;
         assert_eq!(row.status, "succeeded", "{row:?}");
     }
     // Whole-table gauges are refreshed on a slow timer (30 s): wait for them to catch up.
@@ -107,7 +102,7 @@ async fn scrape_after_subscribes_shows_every_design_metric_with_true_values_and_
     }
 
     let names = scrape.names();
-    for metric in DESIGN_METRICS {
+    for metric in PROMISED_METRICS {
         assert!(
             names.contains(*metric),
             "{metric} missing from:\n{}",
@@ -247,15 +242,13 @@ async fn scrape_after_subscribes_shows_every_design_metric_with_true_values_and_
             );
         }
     }
-    worker.stop().await;
+    app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_subscriptions_are_counted_per_source_table() {
-    let db = TestDb::new().await;
-    db.client()
-        .await
-        .batch_execute(
+    let app = with_metrics()
+        .setup_sql(
             "insert into userhooks.webhook_subscriptions (user_id, endpoint, source_table, status)
              values ('a', 'https://h.example/a', 'public.notifications', 'active'),
                     ('b', 'https://h.example/b', 'public.notifications', 'paused'),
@@ -265,11 +258,9 @@ async fn live_subscriptions_are_counted_per_source_table() {
                     ('f', 'https://h.example/f', 'public.orders', 'active'),
                     ('g', 'https://h.example/g', 'public.gone', 'deleted')",
         )
-        .await
-        .unwrap();
-    let emulator = start_emulator().await;
-    let worker = worker_with_metrics(&db, &emulator).await;
-    let addr = worker.metrics_addr.expect("metrics server bound");
+        .spawn()
+        .await;
+    let addr = app.worker().metrics_addr.expect("metrics server bound");
     // The first refresh runs when the worker starts.
     let live = |scrape: &prom::Scrape, table: &str| {
         scrape.value("userhooks_live_subscriptions", &[("source_table", table)])
@@ -298,15 +289,13 @@ async fn live_subscriptions_are_counted_per_source_table() {
         scrape.value("userhooks_subscriptions", &[("status", "deleted")]),
         Some(2.0)
     );
-    worker.stop().await;
+    app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_fails_while_sequin_rejects_the_token_and_recovers_by_itself() {
-    let db = TestDb::new().await;
-    let emulator = start_emulator().await;
-    let worker = worker_with_metrics(&db, &emulator).await;
-    let addr = worker.metrics_addr.expect("metrics server bound");
+    let app = with_metrics().spawn().await;
+    let addr = app.worker().metrics_addr.expect("metrics server bound");
 
     let (status, _, body) = prom::get(addr, "/healthz").await;
     assert_eq!(status, 200, "{body}");
@@ -316,17 +305,12 @@ async fn readyz_fails_while_sequin_rejects_the_token_and_recovers_by_itself() {
     .await;
     assert_eq!(last.1["ready"], json!(true));
 
-    emulator.set_faults(Faults {
+    app.set_faults(Faults {
         force_401: true,
         ..Default::default()
     });
-    let id = db
-        .insert(
-            "subscribe",
-            "u-401",
-            Some("https://hooks.example.com/a"),
-            json!({}),
-        )
+    let id = app
+        .subscribe("u-401", "https://hooks.example.com/a", json!({}))
         .await;
     let last = readyz_until(
         addr,
@@ -344,12 +328,12 @@ async fn readyz_fails_while_sequin_rejects_the_token_and_recovers_by_itself() {
     );
     assert_eq!(last.1["checks"]["database"], json!("ok"), "{}", last.1);
     assert_eq!(last.1["checks"]["listener"], json!("ok"), "{}", last.1);
-    assert_eq!(worker.metrics.sequin_auth_ok.get(), 0);
+    assert_eq!(app.worker().metrics.sequin_auth_ok.get(), 0);
     // /healthz stays 200: the process is alive.
     assert_eq!(prom::get(addr, "/healthz").await.0, 200);
-    assert_eq!(db.request(id).await.status, "pending");
+    assert_eq!(app.request_row(id).await.status, "pending");
 
-    emulator.set_faults(Faults::default());
+    app.set_faults(Faults::default());
     // The worker re-probes the token every 10 s.
     let last = readyz_until(
         addr,
@@ -359,17 +343,15 @@ async fn readyz_fails_while_sequin_rejects_the_token_and_recovers_by_itself() {
     )
     .await;
     assert_eq!(last.1["checks"]["sequin_auth"], json!("ok"));
-    let row = db.finished(id, Duration::from_secs(15)).await;
+    let row = app.finished(id).await;
     assert_eq!(row.status, "succeeded", "{row:?}");
-    worker.stop().await;
+    app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_fails_when_the_database_is_gone() {
-    let db = TestDb::new().await;
-    let emulator = start_emulator().await;
-    let worker = worker_with_metrics(&db, &emulator).await;
-    let addr = worker.metrics_addr.expect("metrics server bound");
+    let app = with_metrics().spawn().await;
+    let addr = app.worker().metrics_addr.expect("metrics server bound");
     eventually(Duration::from_secs(10), "ready at start", || async {
         readyz(addr).await.0 == 200
     })
@@ -380,7 +362,7 @@ async fn readyz_fails_when_the_database_is_gone() {
         .await
         .expect("admin connection");
     admin
-        .batch_execute(&format!("drop database {} with (force)", db.name))
+        .batch_execute(&format!("drop database {} with (force)", app.db.name))
         .await
         .expect("drop the worker's database");
 
@@ -398,19 +380,18 @@ async fn readyz_fails_when_the_database_is_gone() {
         metrics.value("userhooks_listener_connected", &[]),
         Some(0.0)
     );
-    worker.stop().await;
+    app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_logs_of_a_debug_run_never_contain_the_token_or_an_endpoint_secret() {
     const SECRET: &str = "whsec-Lq93-do-not-print-me";
-    let db = TestDb::new().await;
-    let emulator = start_emulator().await;
+    let app = TestApp::builder().without_worker().spawn().await;
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_userhooks"))
         .arg("run")
         .env_clear()
-        .env("DATABASE_URL", &db.url)
-        .env("SEQUIN_API_URL", emulator.api_url())
+        .env("DATABASE_URL", &app.db.url)
+        .env("SEQUIN_API_URL", app.emulator.api_url())
         .env("SEQUIN_API_TOKEN", TOKEN)
         .env("SEQUIN_DATABASE", SEQUIN_DB)
         .env("USERHOOKS_METRICS_ADDR", "off")
@@ -429,41 +410,34 @@ async fn json_logs_of_a_debug_run_never_contain_the_token_or_an_endpoint_secret(
         text
     });
 
-    let subscribed = db
-        .insert(
-            "subscribe",
+    let subscribed = app
+        .subscribe(
             "u-logs",
-            Some("https://hooks.example.com/logs"),
+            "https://hooks.example.com/logs",
             json!({"secret": SECRET, "headers": {"X-Tenant": "t1"}}),
         )
         .await;
-    let row = db.finished(subscribed, Duration::from_secs(20)).await;
+    let row = app.finished(subscribed).await;
     assert_eq!(row.status, "succeeded", "{row:?}");
-    let unsubscribed = db
-        .insert(
-            "unsubscribe",
-            "u-logs",
-            Some("https://hooks.example.com/logs"),
-            json!({}),
-        )
+    let unsubscribed = app
+        .unsubscribe("u-logs", Some("https://hooks.example.com/logs"))
         .await;
-    db.finished(unsubscribed, Duration::from_secs(20)).await;
+    app.finished(unsubscribed).await;
     // An auth failure too: its error lines must not echo the token either.
-    emulator.set_faults(Faults {
+    app.set_faults(Faults {
         force_401: true,
         ..Default::default()
     });
-    db.insert(
-        "subscribe",
+    app.subscribe(
         "u-logs",
-        Some("https://hooks.example.com/logs2"),
+        "https://hooks.example.com/logs2",
         json!({"secret": SECRET}),
     )
     .await;
     eventually(
         Duration::from_secs(10),
         "the token rejection is noticed",
-        || async { emulator.calls().iter().any(|c| c.status == 401) },
+        || async { app.emulator.calls().iter().any(|c| c.status == 401) },
     )
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -539,13 +513,15 @@ async fn json_logs_of_a_debug_run_never_contain_the_token_or_an_endpoint_secret(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_worker_logs_one_ready_line_with_its_settings_and_no_colour_codes_in_a_pipe() {
-    let db = TestDb::new().await;
-    let emulator = start_emulator().await;
+    let app = TestApp::builder().without_worker().spawn().await;
     // Trust authentication ignores the password: it is there to prove it is never printed.
-    let url = db.url.replacen("postgres@", "postgres:pw-do-not-print@", 1);
+    let url = app
+        .db
+        .url
+        .replacen("postgres@", "postgres:pw-do-not-print@", 1);
     let worker = binary::WorkerProcess::spawn(
         &url,
-        &emulator.api_url(),
+        &app.emulator.api_url(),
         &[
             ("USERHOOKS_METRICS_ADDR", "auto"),
             ("USERHOOKS_LEASE", "45s"),
@@ -553,8 +529,8 @@ async fn the_worker_logs_one_ready_line_with_its_settings_and_no_colour_codes_in
         ],
     );
     let addr = worker.metrics_addr.unwrap();
-    let port = emulator.addr().port();
-    let server = url::Url::parse(&db.url).unwrap();
+    let port = app.emulator.addr().port();
+    let server = url::Url::parse(&app.db.url).unwrap();
     let server = format!(
         "{}:{}",
         server.host_str().unwrap(),
@@ -574,7 +550,7 @@ async fn the_worker_logs_one_ready_line_with_its_settings_and_no_colour_codes_in
         format!("metrics=http://{addr}/metrics"),
         "source_table=public.notifications".to_string(),
         format!("sequin=127.0.0.1:{port}"),
-        format!("database `{}`", db.name),
+        format!("database `{}`", app.db.name),
         format!("postgres={server}, database"),
         "concurrency=32".to_string(),
         "lease=45s".to_string(),

@@ -14,13 +14,14 @@ use userhooks::sequin::WriteRate;
 async fn a_worker_keeps_its_sequin_writes_under_the_limit() {
     const RATE: usize = 10;
     const USERS: usize = 30;
-    let db = TestDb::new().await;
-    let emulator = start_emulator().await;
-    let mut config = config(&db, &emulator);
-    config.concurrency = 16;
-    config.sequin_max_writes_per_second = WriteRate::PerSecond(RATE as f64);
-    let worker = start_worker(config).await;
-    db.client()
+    let mut app = TestApp::builder()
+        .config(|c| {
+            c.concurrency = 16;
+            c.sequin_max_writes_per_second = WriteRate::PerSecond(RATE as f64);
+        })
+        .spawn()
+        .await;
+    app.client()
         .await
         .batch_execute(&format!(
             "insert into userhooks.subscription_requests (action, user_id, webhook_url)
@@ -30,16 +31,17 @@ async fn a_worker_keeps_its_sequin_writes_under_the_limit() {
         .await
         .unwrap();
     eventually(Duration::from_secs(60), "every subscribe done", || async {
-        db.scalar_i64(
+        app.scalar(
             "select count(*) from userhooks.subscription_requests where status = 'succeeded'",
         )
         .await
             == USERS as i64
     })
     .await;
-    worker.stop().await;
+    app.stop_worker().await;
 
-    let mut writes: Vec<std::time::Instant> = emulator
+    let mut writes: Vec<std::time::Instant> = app
+        .emulator
         .calls()
         .iter()
         .filter(|c| c.method != "GET")

@@ -5,7 +5,8 @@
 mod common;
 
 use common::*;
-use userhooks::queue::{ACTIVATE_SQL, CLAIM_SQL, WRITE_BACK_SQL};
+use userhooks::queue::{CLAIM_SQL, WRITE_BACK_SQL};
+use userhooks::subscriptions::ACTIVATE_SQL;
 
 /// 20,000 open requests, the first `running` of them leased by worker `w`; no ANALYZE.
 async fn large_unanalysed_queue(db: &TestDb, running: i64) -> tokio_postgres::Client {

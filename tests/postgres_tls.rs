@@ -392,6 +392,23 @@ async fn a_private_ca_is_checked_as_libpq_does() {
         "{}",
         stderr(&refused)
     );
+
+    // verify-ca checks no name: with the system roots, a certificate any public CA issued
+    // for another host would pass. Refused before connecting, as libpq refuses it.
+    let verify_ca_system = with_params(
+        &format!("postgres://postgres@db.invalid:{port}/postgres?hostaddr=127.0.0.1"),
+        "sslmode=verify-ca",
+    );
+    let refused = run_userhooks(
+        &["status"],
+        &system_roots_env(&verify_ca_system, &ca.cert, empty.path()),
+    )
+    .await;
+    assert!(!refused.success(), "{}", stderr(&refused));
+    assert_eq!(
+        refused.error_line(),
+        "error: sslmode=verify-ca needs sslrootcert=<the CA certificate file>: with the system roots any public certificate would pass; use verify-full for them"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -43,79 +43,70 @@ fn stored_code(emulator: &EmulatorHandle) -> String {
     functions[0]["code"].as_str().unwrap().to_string()
 }
 
-async fn subscribe(db: &TestDb, user: &str, options: Value) -> RequestRow {
+async fn subscribe(app: &TestApp, user: &str, options: Value) -> RequestRow {
     let url = format!("https://hooks.example.com/{user}");
-    let id = db.insert("subscribe", user, Some(&url), options).await;
-    db.finished(id, Duration::from_secs(20)).await
+    app.finished(app.subscribe(user, &url, options).await).await
 }
 
 // ------------------------------------------------------------------ the filter function
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_leave_an_identical_filter_function_alone() {
-    let db = TestDb::new().await;
-    let emulator = start_emulator().await;
-    sequin(&emulator)
+    let mut app = TestApp::builder().without_worker().spawn().await;
+    sequin(&app.emulator)
         .config_apply(&filter_function_yaml(FUNCTION, "user_id"))
         .await
         .unwrap();
-    emulator.clear_calls();
+    app.emulator.clear_calls();
 
-    let first = start_worker(config(&db, &emulator)).await;
-    assert_eq!(writes(&emulator), Vec::<String>::new());
-    assert_eq!(count_calls(&emulator, "config_export"), 1, "read back once");
+    app.start_worker().await;
+    assert_eq!(writes(&app.emulator), Vec::<String>::new());
+    assert_eq!(app.calls("config_export"), 1, "read back once");
     // Scale-out: a second worker while the first runs.
-    let second = start_worker(config(&db, &emulator)).await;
-    assert_eq!(writes(&emulator), Vec::<String>::new());
-    assert_eq!(count_calls(&emulator, "config_export"), 2);
+    let second = app.another_worker().await;
+    assert_eq!(writes(&app.emulator), Vec::<String>::new());
+    assert_eq!(app.calls("config_export"), 2);
     // Requests do not write it either.
-    let row = subscribe(&db, "u1", json!({})).await;
+    let row = subscribe(&app, "u1", json!({})).await;
     assert_eq!(row.status, "succeeded", "{row:?}");
-    assert_eq!(count_calls(&emulator, "config_apply"), 0);
-    assert_eq!(
-        count_calls(&emulator, "config_export"),
-        2,
-        "cached per process"
-    );
-    first.stop().await;
+    assert_eq!(app.calls("config_apply"), 0);
+    assert_eq!(app.calls("config_export"), 2, "cached per process");
     second.stop().await;
+    app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_different_filter_function_is_rewritten_exactly_once() {
-    let db = TestDb::new().await;
-    let emulator = start_emulator().await;
-    sequin(&emulator)
+    let mut app = TestApp::builder().without_worker().spawn().await;
+    sequin(&app.emulator)
         .config_apply(&filter_function_yaml(FUNCTION, "owner_id"))
         .await
         .unwrap();
-    emulator.clear_calls();
+    app.emulator.clear_calls();
 
-    let worker = start_worker(config(&db, &emulator)).await;
-    assert_eq!(count_calls(&emulator, "config_apply"), 1);
-    assert_eq!(stored_code(&emulator), filter_function_code("user_id"));
+    app.start_worker().await;
+    assert_eq!(app.calls("config_apply"), 1);
+    assert_eq!(stored_code(&app.emulator), filter_function_code("user_id"));
     for user in ["u1", "u2"] {
-        assert_eq!(subscribe(&db, user, json!({})).await.status, "succeeded");
+        assert_eq!(subscribe(&app, user, json!({})).await.status, "succeeded");
     }
     // A worker started after it finds the function current.
-    let later = start_worker(config(&db, &emulator)).await;
-    assert_eq!(count_calls(&emulator, "config_apply"), 1);
-    worker.stop().await;
+    let later = app.another_worker().await;
+    assert_eq!(app.calls("config_apply"), 1);
+    app.stop().await;
     later.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_filter_function_is_created_once() {
-    let db = TestDb::new().await;
-    let emulator = start_emulator().await;
-    let worker = start_worker(config(&db, &emulator)).await;
-    assert_eq!(count_calls(&emulator, "config_apply"), 1);
-    assert_eq!(stored_code(&emulator), filter_function_code("user_id"));
+    let app = TestApp::spawn().await;
+    assert_eq!(app.calls("config_apply"), 1);
+    assert_eq!(stored_code(&app.emulator), filter_function_code("user_id"));
     for user in ["u1", "u2"] {
-        assert_eq!(subscribe(&db, user, json!({})).await.status, "succeeded");
+        assert_eq!(subscribe(&app, user, json!({})).await.status, "succeeded");
     }
-    assert_eq!(count_calls(&emulator, "config_apply"), 1);
-    worker.stop().await;
+    assert_eq!(app.calls("config_apply"), 1);
+    app.stop().await;
 }
 
 // ------------------------------------------------------------------ replica identity
@@ -126,8 +117,8 @@ async fn example_app(db: &TestDb) {
         .expect("example tables");
 }
 
-async fn stored_actions(db: &TestDb, user: &str) -> Vec<String> {
-    db.client()
+async fn stored_actions(app: &TestApp, user: &str) -> Vec<String> {
+    app.client()
         .await
         .query_one(
             "select actions from userhooks.webhook_subscriptions where user_id = $1",
@@ -150,21 +141,21 @@ fn sink_actions(emulator: &EmulatorHandle, user: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deletes_are_asked_for_only_while_the_table_has_replica_identity_full() {
     const FIX: &str = "ALTER TABLE public.notifications REPLICA IDENTITY FULL";
-    let db = TestDb::new().await;
-    example_app(&db).await;
-    db.client()
+    let mut app = TestApp::builder().without_worker().spawn().await;
+    example_app(&app.db).await;
+    app.client()
         .await
         .batch_execute("alter table public.notifications replica identity default")
         .await
         .unwrap();
-    let emulator = start_emulator().await;
-    let worker = start_worker(config(&db, &emulator)).await;
+    app.start_worker().await;
+    let emulator = &app.emulator;
 
     // No actions named: insert and update only, and the result says why and what to do.
-    let row = subscribe(&db, "u1", json!({})).await;
+    let row = subscribe(&app, "u1", json!({})).await;
     assert_eq!(row.status, "succeeded", "{row:?}");
-    assert_eq!(sink_actions(&emulator, "u1"), json!(["insert", "update"]));
-    assert_eq!(stored_actions(&db, "u1").await, ["insert", "update"]);
+    assert_eq!(sink_actions(emulator, "u1"), json!(["insert", "update"]));
+    assert_eq!(stored_actions(&app, "u1").await, ["insert", "update"]);
     let warnings = row.result.unwrap()["warnings"].clone();
     assert_eq!(warnings.as_array().map(Vec::len), Some(1), "{warnings}");
     let warning = warnings[0].as_str().unwrap();
@@ -173,7 +164,7 @@ async fn deletes_are_asked_for_only_while_the_table_has_replica_identity_full() 
 
     // Asking for delete explicitly fails, on subscribe and on update; nothing is created.
     let sinks_before = emulator.sinks().len();
-    let row = subscribe(&db, "u2", json!({"actions": ["insert", "delete"]})).await;
+    let row = subscribe(&app, "u2", json!({"actions": ["insert", "delete"]})).await;
     assert_eq!(row.status, "failed", "{row:?}");
     assert_eq!(
         row.result.as_ref().unwrap()["error"]["kind"],
@@ -181,43 +172,43 @@ async fn deletes_are_asked_for_only_while_the_table_has_replica_identity_full() 
     );
     assert!(row.last_error.as_deref().unwrap().contains(FIX), "{row:?}");
     assert_eq!(emulator.sinks().len(), sinks_before);
-    let id = db
-        .insert(
+    let row = app
+        .run(
             "update",
             "u1",
             None,
             json!({"actions": ["insert", "update", "delete"]}),
         )
         .await;
-    let row = db.finished(id, Duration::from_secs(20)).await;
     assert_eq!(row.status, "failed", "{row:?}");
     assert!(row.last_error.as_deref().unwrap().contains(FIX), "{row:?}");
-    assert_eq!(sink_actions(&emulator, "u1"), json!(["insert", "update"]));
+    assert_eq!(sink_actions(emulator, "u1"), json!(["insert", "update"]));
     // Named actions without delete are taken as they are, without a warning.
-    let row = subscribe(&db, "u3", json!({"actions": ["insert"]})).await;
+    let row = subscribe(&app, "u3", json!({"actions": ["insert"]})).await;
     assert_eq!(row.status, "succeeded", "{row:?}");
     assert!(row.result.unwrap().get("warnings").is_none());
-    worker.stop().await;
+    app.stop_worker().await;
 
     // With the table FULL, a default subscribe asks for deletes too.
-    db.client()
+    app.client()
         .await
         .batch_execute(&format!("{FIX};"))
         .await
         .unwrap();
-    let worker = start_worker(config(&db, &emulator)).await;
-    let row = subscribe(&db, "u4", json!({})).await;
+    app.start_worker().await;
+    let emulator = &app.emulator;
+    let row = subscribe(&app, "u4", json!({})).await;
     assert_eq!(row.status, "succeeded", "{row:?}");
     assert!(row.result.unwrap().get("warnings").is_none());
     assert_eq!(
-        sink_actions(&emulator, "u4"),
+        sink_actions(emulator, "u4"),
         json!(["insert", "update", "delete"])
     );
     assert_eq!(
-        stored_actions(&db, "u4").await,
+        stored_actions(&app, "u4").await,
         ["insert", "update", "delete"]
     );
-    worker.stop().await;
+    app.stop().await;
 }
 
 // ------------------------------------------------------------------ doctor and start-up

@@ -5,8 +5,8 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use common::{config, start_emulator_with, start_worker, TestDb, SEQUIN_DB, TOKEN};
-use sequin_emulator::{EmulatorConfig, EmulatorHandle};
+use common::{TestApp, TestDb, SEQUIN_DB, TOKEN};
+use sequin_emulator::EmulatorHandle;
 use serde_json::{json, Value};
 use userhooks::reconcile::{reconcile, Options, Report};
 
@@ -31,9 +31,9 @@ async fn api(emulator: &EmulatorHandle, method: &str, path: &str, body: Option<V
 }
 
 /// `userhooks reconcile --json` as an operator runs it: exit code and report.
-async fn run_cli(db: &TestDb, emulator: &EmulatorHandle) -> (Option<i32>, Value) {
+async fn run_cli(app: &TestApp) -> (Option<i32>, Value) {
     let bin = env!("CARGO_BIN_EXE_userhooks");
-    let (url, api) = (db.url.clone(), emulator.api_url());
+    let (url, api) = (app.db.url.clone(), app.emulator.api_url());
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new(bin)
             .args(["reconcile", "--json"])
@@ -72,41 +72,28 @@ fn kinds(report: &Report) -> BTreeMap<String, BTreeSet<&'static str>> {
 
 #[tokio::test]
 async fn each_kind_of_drift_is_found_and_repair_fixes_it() {
-    let db = TestDb::new().await;
-    let emulator = start_emulator_with(EmulatorConfig {
-        token: TOKEN.to_string(),
-        database: SEQUIN_DB.to_string(),
-        tables: vec!["public.notifications".into(), "public.users".into()],
-        ..EmulatorConfig::default()
-    })
-    .await;
-    let mut cfg = config(&db, &emulator);
-    cfg.allow_private_urls = true;
-    let worker = start_worker(cfg.clone()).await;
+    let mut app = TestApp::builder()
+        .emulator(|e| e.tables = vec!["public.notifications".into(), "public.users".into()])
+        .config(|c| c.allow_private_urls = true)
+        .spawn()
+        .await;
     let mut ids = Vec::new();
     for u in 1..=5 {
         let url = format!("http://127.0.0.1:9/hooks/{u}");
-        ids.push(
-            db.insert("subscribe", &u.to_string(), Some(&url), json!({}))
-                .await,
-        );
+        ids.push(app.subscribe(&u.to_string(), &url, json!({})).await);
     }
     for id in ids {
-        let row = db.finished(id, Duration::from_secs(20)).await;
+        let row = app.finished(id).await;
         assert_eq!(row.status, "succeeded", "{row:?}");
     }
-    worker.stop().await;
-    let names: BTreeMap<String, (String, String)> = db
-        .client()
+    app.stop_worker().await;
+    let cfg = app.config.clone();
+    let emulator = &app.emulator;
+    let names: BTreeMap<String, (String, String)> = app
+        .subscriptions()
         .await
-        .query(
-            "select user_id, sink_name, endpoint_name from userhooks.webhook_subscriptions",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), (r.get(1), r.get(2))))
+        .into_iter()
+        .map(|s| (s.user_id, (s.sink_name.unwrap(), s.endpoint_name.unwrap())))
         .collect();
     let sink = |u: &str| names[u].0.clone();
     let endpoint = |u: &str| names[u].1.clone();
@@ -120,32 +107,32 @@ async fn each_kind_of_drift_is_found_and_repair_fixes_it() {
     assert!(clean.drifts.is_empty(), "{:?}", clean.drifts);
 
     // Drift, by hand. User 5 stays untouched.
-    api(&emulator, "DELETE", &format!("/sinks/{}", sink("1")), None).await;
+    api(emulator, "DELETE", &format!("/sinks/{}", sink("1")), None).await;
     api(
-        &emulator,
+        emulator,
         "PATCH",
         &format!("/sinks/{}", sink("2")),
         Some(json!({"status": "paused", "filter": "none", "annotations": {"user_id": "999"}})),
     )
     .await;
     api(
-        &emulator,
+        emulator,
         "PATCH",
         &format!("/destinations/http_endpoints/{}", endpoint("3")),
         Some(json!({"url": "http://127.0.0.1:9/somewhere-else"})),
     )
     .await;
     api(
-        &emulator,
+        emulator,
         "PATCH",
         &format!("/sinks/{}", sink("3")),
         Some(json!({"database": SEQUIN_DB, "source": {"include_tables": ["public.users"]},
                     "destination": {"type": "webhook", "http_endpoint": endpoint("3"), "batch": true}})),
     )
     .await;
-    api(&emulator, "DELETE", &format!("/sinks/{}", sink("4")), None).await;
+    api(emulator, "DELETE", &format!("/sinks/{}", sink("4")), None).await;
     api(
-        &emulator,
+        emulator,
         "DELETE",
         &format!("/destinations/http_endpoints/{}", endpoint("4")),
         None,
@@ -153,14 +140,14 @@ async fn each_kind_of_drift_is_found_and_repair_fixes_it() {
     .await;
     for name in ["userhooks-999", "someone-else"] {
         api(
-            &emulator,
+            emulator,
             "POST",
             "/destinations/http_endpoints",
             Some(json!({"name": format!("{name}-endpoint"), "url": "http://127.0.0.1:9/x"})),
         )
         .await;
         api(
-            &emulator,
+            emulator,
             "POST",
             "/sinks",
             Some(json!({"name": format!("{name}-sink"), "database": SEQUIN_DB,
@@ -192,7 +179,7 @@ async fn each_kind_of_drift_is_found_and_repair_fixes_it() {
     );
     assert_eq!(report.unresolved(), report.drifts.len());
     // The command: the same report as JSON, and a failing exit code while drift remains.
-    let (code, json_report) = run_cli(&db, &emulator).await;
+    let (code, json_report) = run_cli(&app).await;
     assert_eq!(code, Some(1));
     assert_eq!(
         json_report["drifts"].as_array().map(Vec::len),
@@ -223,7 +210,7 @@ async fn each_kind_of_drift_is_found_and_repair_fixes_it() {
         "{}",
         userhooks::reconcile::render(&after, false)
     );
-    let (code, json_report) = run_cli(&db, &emulator).await;
+    let (code, json_report) = run_cli(&app).await;
     assert_eq!(code, Some(0), "{json_report}");
     assert_eq!(json_report["drifts"], json!([]));
     assert_eq!(json_report["checked"], 5);
@@ -280,26 +267,18 @@ async fn create_sink(emulator: &EmulatorHandle, name: &str, endpoint: &str, stat
     .await;
 }
 
-async fn finish(db: &TestDb, action: &str, user: &str, url: Option<&str>) {
-    let id = db.insert(action, user, url, json!({})).await;
-    let row = db.finished(id, Duration::from_secs(20)).await;
+async fn finish(app: &TestApp, action: &str, user: &str, url: Option<&str>) {
+    let row = app.run(action, user, url, json!({})).await;
     assert_eq!(row.status, "succeeded", "{row:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repair_touches_only_this_deployments_resources_and_expects_no_sink_while_paused() {
-    let db = TestDb::new().await;
-    let emulator = start_emulator_with(EmulatorConfig {
-        token: TOKEN.to_string(),
-        database: SEQUIN_DB.to_string(),
-        ..EmulatorConfig::default()
-    })
-    .await;
-    let cfg = config(&db, &emulator);
-    let worker = start_worker(cfg.clone()).await;
+    let mut app = TestApp::spawn().await;
+    let cfg = app.config.clone();
     for u in ["1", "2"] {
         finish(
-            &db,
+            &app,
             "subscribe",
             u,
             Some(&format!("http://127.0.0.1:9/hooks/{u}")),
@@ -317,7 +296,7 @@ async fn repair_touches_only_this_deployments_resources_and_expects_no_sink_whil
     let mut other = cfg.clone();
     other.database_url = other_db.url.clone();
     other.sequin_database = "app-staging".to_string();
-    emulator.clear_calls();
+    app.emulator.clear_calls();
     let report = reconcile(&other, &repair, |_, _| {}).await.unwrap();
     assert!(report.drifts.is_empty(), "{report:?}");
     let ours = [
@@ -337,25 +316,26 @@ async fn repair_touches_only_this_deployments_resources_and_expects_no_sink_whil
         .unwrap();
     assert!(sink_1.reason.contains("\"app\""), "{sink_1:?}");
     assert!(
-        emulator.calls().iter().all(|c| c.method == "GET"),
+        app.emulator.calls().iter().all(|c| c.method == "GET"),
         "{:?}",
-        emulator.calls()
+        app.emulator.calls()
     );
 
-    finish(&db, "pause", "2", None).await;
-    worker.stop().await;
+    finish(&app, "pause", "2", None).await;
+    app.stop_worker().await;
+    let emulator = &app.emulator;
     // Look-alikes of ours that are not: another prefix that starts with ours, another name.
-    create_endpoint(&emulator, "userhooks-staging-1-endpoint").await;
+    create_endpoint(emulator, "userhooks-staging-1-endpoint").await;
     create_sink(
-        &emulator,
+        emulator,
         "userhooks-staging-1-sink",
         "userhooks-staging-1-endpoint",
         "active",
     )
     .await;
-    create_endpoint(&emulator, "other-1-endpoint").await;
+    create_endpoint(emulator, "other-1-endpoint").await;
     // Ours, owned by no subscription.
-    create_endpoint(&emulator, "userhooks-999-endpoint").await;
+    create_endpoint(emulator, "userhooks-999-endpoint").await;
 
     let report = reconcile(&cfg, &repair, |_, _| {}).await.unwrap();
     let render = userhooks::reconcile::render(&report, true);
@@ -404,14 +384,14 @@ async fn repair_touches_only_this_deployments_resources_and_expects_no_sink_whil
             .map(|n| n.to_string())
             .collect()
     );
-    let (code, json_report) = run_cli(&db, &emulator).await;
+    let (code, json_report) = run_cli(&app).await;
     assert_eq!(code, Some(0), "{json_report}");
     assert_eq!(json_report["foreign"].as_array().map(Vec::len), Some(3));
 
     // A sink left `paused` in Sequin for a paused subscription (an older userhooks did
     // that) is drift, and the repair deletes it.
     create_sink(
-        &emulator,
+        emulator,
         "userhooks-2-sink",
         "userhooks-2-endpoint",
         "paused",
@@ -437,15 +417,6 @@ async fn repair_touches_only_this_deployments_resources_and_expects_no_sink_whil
 /// the per-call timeout, so list calls get a longer one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_list_of_sinks_does_not_time_out() {
-    let db = TestDb::new().await;
-    let emulator = start_emulator_with(EmulatorConfig {
-        token: TOKEN.to_string(),
-        database: SEQUIN_DB.to_string(),
-        ..EmulatorConfig::default()
-    })
-    .await;
-    let mut cfg = config(&db, &emulator);
-    cfg.http_timeout = Duration::from_secs(1);
     let mut faults = sequin_emulator::Faults::default();
     faults.routes.insert(
         "list_sinks".to_string(),
@@ -454,11 +425,17 @@ async fn a_slow_list_of_sinks_does_not_time_out() {
             ..Default::default()
         },
     );
-    emulator.set_faults(faults);
+    let app = TestApp::builder()
+        .config(|c| c.http_timeout = Duration::from_secs(1))
+        .faults(faults)
+        .without_worker()
+        .spawn()
+        .await;
+    let cfg = &app.config;
     let options = Options {
         repair: false,
         concurrency: 4,
     };
-    let report = reconcile(&cfg, &options, |_, _| {}).await;
+    let report = reconcile(cfg, &options, |_, _| {}).await;
     assert!(report.is_ok(), "{:?}", report.err());
 }

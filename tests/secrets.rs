@@ -8,22 +8,14 @@ mod common;
 use std::process::Stdio;
 use std::time::Duration;
 
+use common::binary::free_port;
 use common::*;
 use serde_json::json;
 use tokio::io::AsyncReadExt;
 
-const WAIT: Duration = Duration::from_secs(20);
 const TOKEN_FILE_TOKEN: &str = "tok-from-file-5b1e9c2d";
 /// What the emulator's `config/apply` answer carries as the database password.
 const DB_PASSWORD: &str = "emulator-secret-password";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// Every row of every table in schema userhooks, as JSON text.
 async fn dump_schema(db: &TestDb) -> String {
@@ -59,14 +51,11 @@ async fn dump_schema(db: &TestDb) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_in_logs_tables_or_metrics_after_a_run() {
-    let db = TestDb::new().await;
-    let emulator = start_emulator_with(sequin_emulator::EmulatorConfig {
-        token: TOKEN_FILE_TOKEN.to_string(),
-        database: SEQUIN_DB.to_string(),
-        tables: vec!["public.notifications".to_string()],
-        ..Default::default()
-    })
-    .await;
+    let app = TestApp::builder()
+        .emulator(|e| e.token = TOKEN_FILE_TOKEN.to_string())
+        .without_worker()
+        .spawn()
+        .await;
     let token_file =
         std::env::temp_dir().join(format!("userhooks-token-{}", uuid::Uuid::new_v4().simple()));
     std::fs::write(&token_file, format!("{TOKEN_FILE_TOKEN}\n")).unwrap();
@@ -75,8 +64,8 @@ async fn no_secret_in_logs_tables_or_metrics_after_a_run() {
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_userhooks"))
         .arg("run")
         .env_clear()
-        .env("DATABASE_URL", &db.url)
-        .env("SEQUIN_API_URL", emulator.api_url())
+        .env("DATABASE_URL", &app.db.url)
+        .env("SEQUIN_API_URL", app.emulator.api_url())
         .env("SEQUIN_API_TOKEN_FILE", &token_file)
         .env("SEQUIN_DATABASE", SEQUIN_DB)
         .env("USERHOOKS_METRICS_ADDR", &metrics_addr)
@@ -92,41 +81,38 @@ async fn no_secret_in_logs_tables_or_metrics_after_a_run() {
     let mut stdout = child.stdout.take().unwrap();
     let logs = tokio::spawn(async move {
         let mut text = String::new();
-        let _ = stderr.read_to_string(&mut text).await;
-        let _ = stdout.read_to_string(&mut text).await;
+        stderr.read_to_string(&mut text).await.expect("read stderr");
+        stdout.read_to_string(&mut text).await.expect("read stdout");
         text
     });
 
     let ok_secret = "s3cret-succeeds-8d1f";
     let bad_url_secret = "s3cret-bad-url-41aa";
     let bad_option_secret = "s3cret-bad-option-77c0";
-    let ok = db
-        .insert(
-            "subscribe",
+    let ok = app
+        .subscribe(
             "42",
-            Some("https://hooks.example.com/42"),
+            "https://hooks.example.com/42",
             json!({ "secret": ok_secret, "headers": { "X-Plain": "visible" } }),
         )
         .await;
-    let bad_url = db
-        .insert(
-            "subscribe",
+    let bad_url = app
+        .subscribe(
             "43",
-            Some("ftp://hooks.example.com/43"),
+            "ftp://hooks.example.com/43",
             json!({ "secret": bad_url_secret }),
         )
         .await;
-    let bad_option = db
-        .insert(
-            "subscribe",
+    let bad_option = app
+        .subscribe(
             "44",
-            Some("https://hooks.example.com/44"),
+            "https://hooks.example.com/44",
             json!({ "secret": bad_option_secret, "colour": "red" }),
         )
         .await;
-    assert_eq!(db.finished(ok, WAIT).await.status, "succeeded");
-    assert_eq!(db.finished(bad_url, WAIT).await.status, "failed");
-    assert_eq!(db.finished(bad_option, WAIT).await.status, "failed");
+    assert_eq!(app.finished(ok).await.status, "succeeded");
+    assert_eq!(app.finished(bad_url).await.status, "failed");
+    assert_eq!(app.finished(bad_option).await.status, "failed");
 
     let metrics = reqwest::get(format!("http://{metrics_addr}/metrics"))
         .await
@@ -149,7 +135,7 @@ async fn no_secret_in_logs_tables_or_metrics_after_a_run() {
     let logs = logs.await.unwrap();
     let _ = std::fs::remove_file(&token_file);
     assert!(logs.contains("DEBUG"), "debug logging was on");
-    let dump = dump_schema(&db).await;
+    let dump = dump_schema(&app.db).await;
 
     for secret in [
         TOKEN_FILE_TOKEN,
@@ -164,7 +150,7 @@ async fn no_secret_in_logs_tables_or_metrics_after_a_run() {
     }
 
     // The secret went to Sequin once, inside encrypted_headers only.
-    let calls = emulator.calls();
+    let calls = app.emulator.calls();
     let with_secret: Vec<_> = calls
         .iter()
         .filter(|c| {
@@ -192,7 +178,7 @@ async fn no_secret_in_logs_tables_or_metrics_after_a_run() {
     }
 
     // In the tables: a redaction marker with the same SHA-256 as the subscription's hash.
-    let client = db.client().await;
+    let client = app.client().await;
     for (id, secret) in [
         (ok, ok_secret),
         (bad_url, bad_url_secret),

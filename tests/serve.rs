@@ -428,6 +428,48 @@ async fn with_a_token_a_call_without_it_gets_401_and_enqueues_nothing() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 202);
+    // The scheme's name in any case (RFC 9110 §11.1): past the check, the request is unknown.
+    for auth in ["bearer serve-tok", "BEARER serve-tok"] {
+        let resp = http
+            .get(format!("{base}/requests/424242"))
+            .header("Authorization", auth)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 404, "{auth}");
+    }
     let health = http.get(format!("{base}/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 200);
+}
+
+#[tokio::test]
+async fn a_database_outage_gives_503_without_the_database_error_text() {
+    let s = setup(false, false, Duration::from_millis(200)).await;
+    // Answered once serve has connected and checked the schema.
+    let health = s.http.get(format!("{}/healthz", s.base)).send().await;
+    assert_eq!(health.unwrap().status(), 200);
+    // The database refuses new connections (naming itself), and serve's are cut.
+    let admin = userhooks::db::connect(&common::server_url(), "userhooks-tests")
+        .await
+        .unwrap();
+    admin
+        .batch_execute(&format!(
+            "alter database {} allow_connections false",
+            s.db.name
+        ))
+        .await
+        .unwrap();
+    admin
+        .execute(
+            "select pg_terminate_backend(pid) from pg_stat_activity
+              where datname = $1 and pid <> pg_backend_pid()",
+            &[&s.db.name],
+        )
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let (status, body, _) = s.curl("POST", "/subscribe", SEED_SUBSCRIBE).await;
+        assert_eq!(status, 503, "{body}");
+        assert_eq!(body, json!({"error": "database unavailable"}));
+    }
 }

@@ -8,7 +8,6 @@ mod prom;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use common::*;
 use serde_json::Value as Json;
@@ -629,27 +628,19 @@ async fn every_metric_in_the_dashboard_and_alerts_is_exported_by_a_real_worker()
     }
     assert!(queried.len() >= 10, "too few metrics found: {queried:?}");
 
-    let db = TestDb::new().await;
-    let emulator = start_emulator().await;
-    let mut config = config(&db, &emulator);
-    config.metrics_addr = Some("127.0.0.1:0".parse().unwrap());
-    let worker = start_worker(config).await;
-    let addr = worker.metrics_addr.expect("metrics server bound");
+    let app = TestApp::builder().metrics().spawn().await;
+    let addr = app.worker().metrics_addr.expect("metrics server bound");
     // One request, so that the per-call Sequin series exist too.
-    let id = db
-        .insert(
-            "subscribe",
+    let id = app
+        .subscribe(
             "u-stack",
-            Some("https://hooks.example.com/stack"),
+            "https://hooks.example.com/stack",
             serde_json::json!({}),
         )
         .await;
-    assert_eq!(
-        db.finished(id, Duration::from_secs(20)).await.status,
-        "succeeded"
-    );
+    assert_eq!(app.finished(id).await.status, "succeeded");
     let exported = prom::scrape(addr).await.names();
-    worker.stop().await;
+    app.stop().await;
 
     let missing: Vec<_> = queried
         .iter()

@@ -12,25 +12,18 @@ const WAIT: Duration = Duration::from_secs(15);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscribe_creates_endpoint_and_sink_filtered_to_the_user() {
-    let db = TestDb::new().await;
-    let emulator = start_emulator().await;
-    let worker = start_worker(config(&db, &emulator)).await;
+    let app = TestApp::spawn().await;
 
-    let id = db
-        .insert(
-            "subscribe",
-            "42",
-            Some("https://hooks.example.com/u42"),
-            json!({}),
-        )
+    let id = app
+        .subscribe("42", "https://hooks.example.com/u42", json!({}))
         .await;
-    let row = db.finished(id, WAIT).await;
+    let row = app.finished(id).await;
     assert_eq!(row.status, "succeeded", "{row:?}");
 
-    let endpoints = emulator.endpoints();
+    let endpoints = app.endpoints();
     assert_eq!(endpoints.len(), 1);
     assert_eq!(endpoints[0]["url"], "https://hooks.example.com/u42");
-    let sinks = emulator.sinks();
+    let sinks = app.sinks();
     assert_eq!(sinks.len(), 1);
     let sink = &sinks[0];
     assert_eq!(sink["annotations"], json!({"user_id": "42"}));
@@ -42,7 +35,8 @@ async fn subscribe_creates_endpoint_and_sink_filtered_to_the_user() {
     assert_eq!(sink["destination"]["http_endpoint"], endpoints[0]["name"]);
     assert_eq!(sink["destination"]["batch"], false);
     assert_eq!(sink["batch_size"], 1);
-    assert!(emulator
+    assert!(app
+        .emulator
         .functions()
         .iter()
         .any(|f| f["name"] == "userhooks-user-filter" && f["type"] == "filter"));
@@ -50,79 +44,53 @@ async fn subscribe_creates_endpoint_and_sink_filtered_to_the_user() {
     let result = row.result.expect("result");
     assert_eq!(result["sink_id"], sink["id"]);
     assert_eq!(result["endpoint_id"], endpoints[0]["id"]);
-    let sub = db
-        .client()
-        .await
-        .query_one(
-            "select status, sequin_sink_id::text, sequin_endpoint_id::text, endpoint, user_id
-               from userhooks.webhook_subscriptions where id = $1",
-            &[&result["subscription_id"].as_i64().expect("subscription id")],
-        )
-        .await
-        .unwrap();
-    assert_eq!(sub.get::<_, String>(0), "active");
-    assert_eq!(
-        sub.get::<_, Option<String>>(1).as_deref(),
-        sink["id"].as_str()
-    );
-    assert_eq!(
-        sub.get::<_, Option<String>>(2).as_deref(),
-        endpoints[0]["id"].as_str()
-    );
-    assert_eq!(sub.get::<_, String>(3), "https://hooks.example.com/u42");
-    worker.stop().await;
+    let sub = app.subscription(&result["subscription_id"]).await;
+    assert_eq!(sub.status, "active");
+    assert_eq!(sub.sink_id.as_deref(), sink["id"].as_str());
+    assert_eq!(sub.endpoint_id.as_deref(), endpoints[0]["id"].as_str());
+    assert_eq!(sub.endpoint, "https://hooks.example.com/u42");
+    app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notify_wakes_the_worker_long_before_the_poll_interval() {
-    let db = TestDb::new().await;
-    let emulator = start_emulator().await;
-    let mut config = config(&db, &emulator);
-    config.poll_interval = Duration::from_secs(30);
-    let worker = start_worker(config).await;
+    let app = TestApp::builder()
+        .config(|c| c.poll_interval = Duration::from_secs(30))
+        .spawn()
+        .await;
     eventually(WAIT, "listener connected", || async {
-        worker.metrics.listener_connected.get() == 1
+        app.worker().metrics.listener_connected.get() == 1
     })
     .await;
     // Let the start-up claim and first poll tick pass, so only NOTIFY can wake the worker.
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    let id = db
-        .insert(
-            "subscribe",
-            "7",
-            Some("https://hooks.example.com/7"),
-            json!({}),
-        )
+    let id = app
+        .subscribe("7", "https://hooks.example.com/7", json!({}))
         .await;
-    let row = db.finished(id, Duration::from_secs(5)).await;
+    let row = app.finished_within(id, Duration::from_secs(5)).await;
     assert_eq!(row.status, "succeeded");
-    worker.stop().await;
+    app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_finished_request_sends_exactly_one_request_done_notification() {
-    let db = TestDb::new().await;
-    let emulator = start_emulator().await;
-    let mut done = listen(&db, "userhooks_request_done").await;
-    let worker = start_worker(config(&db, &emulator)).await;
+    let mut app = TestApp::builder().without_worker().spawn().await;
+    let mut done = listen(&app.db, "userhooks_request_done").await;
+    app.start_worker().await;
 
     // Written back together or apart, succeeded or failed: one notification each.
     let mut expected = Vec::new();
     for i in 0..20 {
         let url = format!("https://hooks.example.com/n{i}");
-        let id = db
-            .insert("subscribe", &format!("n{i}"), Some(&url), json!({}))
-            .await;
+        let id = app.subscribe(&format!("n{i}"), &url, json!({})).await;
         expected.push(json!({"id": id, "status": "succeeded"}));
     }
-    let bad = db
-        .insert("subscribe", "bad", Some("not a url"), json!({}))
-        .await;
+    let bad = app.subscribe("bad", "not a url", json!({})).await;
     expected.push(json!({"id": bad, "status": "failed"}));
     for payload in &expected {
         let id = payload["id"].as_i64().unwrap();
-        assert_eq!(db.finished(id, WAIT).await.status, payload["status"]);
+        assert_eq!(app.finished(id).await.status, payload["status"]);
     }
 
     let mut received = Vec::new();
@@ -141,7 +109,7 @@ async fn each_finished_request_sends_exactly_one_request_done_notification() {
     received.sort_by_key(key);
     expected.sort_by_key(key);
     assert_eq!(received, expected);
-    worker.stop().await;
+    app.stop().await;
 }
 
 /// The point of migration 0006: the worker's write-back sends the notifications itself and the
@@ -150,30 +118,27 @@ async fn each_finished_request_sends_exactly_one_request_done_notification() {
 /// the trigger function's calls.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_write_backs_do_not_run_the_request_done_trigger() {
-    let db = TestDb::new().await;
-    let emulator = start_emulator().await;
-    db.client()
+    let mut app = TestApp::builder().without_worker().spawn().await;
+    app.client()
         .await
         .batch_execute(&format!(
             "alter database {} set track_functions = 'pl'",
-            db.name
+            app.db.name
         ))
         .await
         .unwrap();
-    let worker = start_worker(config(&db, &emulator)).await;
+    app.start_worker().await;
     for i in 0..5 {
         let url = format!("https://hooks.example.com/t{i}");
-        let id = db
-            .insert("subscribe", &format!("t{i}"), Some(&url), json!({}))
-            .await;
-        assert_eq!(db.finished(id, WAIT).await.status, "succeeded");
+        let id = app.subscribe(&format!("t{i}"), &url, json!({})).await;
+        assert_eq!(app.finished(id).await.status, "succeeded");
     }
     // A backend reports its statistics when it exits at the latest: stop the worker's.
-    worker.stop().await;
+    app.stop_worker().await;
 
     // A control: finishing a request by hand runs the trigger once.
-    let client = db.client().await;
-    let manual = db.insert("unsubscribe", "by-hand", None, json!({})).await;
+    let client = app.client().await;
+    let manual = app.unsubscribe("by-hand", None).await;
     client
         .execute(
             "update userhooks.subscription_requests set status = 'cancelled' where id = $1",
@@ -183,7 +148,7 @@ async fn worker_write_backs_do_not_run_the_request_done_trigger() {
         .unwrap();
     drop(client);
     let calls = || async {
-        db.scalar_i64(
+        app.scalar(
             "select coalesce(sum(calls), 0)::bigint from pg_stat_user_functions
               where schemaname = 'userhooks' and funcname = 'notify_request_done'",
         )
@@ -200,66 +165,50 @@ async fn worker_write_backs_do_not_run_the_request_done_trigger() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poll_claims_requests_when_no_notify_arrives() {
-    let db = TestDb::new().await;
-    db.client()
-        .await
-        .batch_execute(
+    let app = TestApp::builder()
+        .setup_sql(
             "alter table userhooks.subscription_requests disable trigger subscription_requests_notify",
         )
-        .await
-        .unwrap();
-    let emulator = start_emulator().await;
-    let mut config = config(&db, &emulator);
-    config.poll_interval = Duration::from_millis(300);
-    let worker = start_worker(config).await;
+        .config(|c| c.poll_interval = Duration::from_millis(300))
+        .spawn()
+        .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let id = db
-        .insert(
-            "subscribe",
-            "8",
-            Some("https://hooks.example.com/8"),
-            json!({}),
-        )
+    let id = app
+        .subscribe("8", "https://hooks.example.com/8", json!({}))
         .await;
     assert_eq!(
-        db.finished(id, Duration::from_secs(5)).await.status,
+        app.finished_within(id, Duration::from_secs(5)).await.status,
         "succeeded"
     );
-    worker.stop().await;
+    app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listener_terminated_by_postgres_still_leaves_polling_and_reconnects() {
-    let db = TestDb::new().await;
-    let emulator = start_emulator().await;
-    let mut config = config(&db, &emulator);
-    config.poll_interval = Duration::from_millis(300);
-    let worker = start_worker(config).await;
+    let app = TestApp::builder()
+        .config(|c| c.poll_interval = Duration::from_millis(300))
+        .spawn()
+        .await;
     eventually(WAIT, "listener connected", || async {
-        worker.metrics.listener_connected.get() == 1
+        app.worker().metrics.listener_connected.get() == 1
     })
     .await;
-    let killed = db
-        .scalar_i64(
+    let killed = app
+        .scalar(
             "select count(*) from (select pg_terminate_backend(pid) from pg_stat_activity
               where application_name = 'userhooks-listener' and datname = current_database()) t",
         )
         .await;
     assert_eq!(killed, 1);
-    let id = db
-        .insert(
-            "subscribe",
-            "9",
-            Some("https://hooks.example.com/9"),
-            json!({}),
-        )
+    let id = app
+        .subscribe("9", "https://hooks.example.com/9", json!({}))
         .await;
     assert_eq!(
-        db.finished(id, Duration::from_secs(5)).await.status,
+        app.finished_within(id, Duration::from_secs(5)).await.status,
         "succeeded"
     );
     eventually(WAIT, "listener reconnected", || async {
-        db.scalar_i64(
+        app.scalar(
             "select count(*) from pg_stat_activity
               where application_name = 'userhooks-listener' and datname = current_database()",
         )
@@ -267,51 +216,38 @@ async fn listener_terminated_by_postgres_still_leaves_polling_and_reconnects() {
             == 1
     })
     .await;
-    worker.stop().await;
+    app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicate_subscribe_returns_the_same_subscription() {
-    let db = TestDb::new().await;
-    let emulator = start_emulator().await;
-    let worker = start_worker(config(&db, &emulator)).await;
+    let app = TestApp::spawn().await;
 
-    let first = db
-        .insert(
-            "subscribe",
-            "1",
-            Some("https://hooks.example.com/1"),
-            json!({}),
-        )
+    let first = app
+        .subscribe("1", "https://hooks.example.com/1", json!({}))
         .await;
-    let first = db.finished(first, WAIT).await;
-    let second = db
-        .insert(
-            "subscribe",
-            "1",
-            Some("https://hooks.example.com/1"),
-            json!({}),
-        )
+    let first = app.finished(first).await;
+    let second = app
+        .subscribe("1", "https://hooks.example.com/1", json!({}))
         .await;
-    let second = db.finished(second, WAIT).await;
+    let second = app.finished(second).await;
     assert_eq!(second.status, "succeeded");
     let (a, b) = (first.result.unwrap(), second.result.unwrap());
     assert_eq!(a["subscription_id"], b["subscription_id"]);
     assert_eq!(a["sink_id"], b["sink_id"]);
-    assert_eq!(emulator.sinks().len(), 1);
-    assert_eq!(count_calls(&emulator, "create_sink"), 1);
-    worker.stop().await;
+    assert_eq!(app.sinks().len(), 1);
+    assert_eq!(app.calls("create_sink"), 1);
+    app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_subscribes_for_one_user_and_url_make_one_sink() {
-    let db = TestDb::new().await;
-    let emulator = start_emulator().await;
     // Two workers racing over the same rows.
-    let w1 = start_worker(config(&db, &emulator)).await;
-    let w2 = start_worker(config(&db, &emulator)).await;
-    let client = db.client().await;
-    let ids: Vec<i64> = client
+    let app = TestApp::spawn().await;
+    let second_worker = app.another_worker().await;
+    let ids: Vec<i64> = app
+        .client()
+        .await
         .query(
             "insert into userhooks.subscription_requests (action, user_id, webhook_url)
              select 'subscribe', 'u1', 'https://hooks.example.com/same' from generate_series(1, 5)
@@ -324,23 +260,17 @@ async fn concurrent_subscribes_for_one_user_and_url_make_one_sink() {
         .map(|r| r.get(0))
         .collect();
     for id in &ids {
-        assert_eq!(db.finished(*id, WAIT).await.status, "succeeded");
+        assert_eq!(app.finished(*id).await.status, "succeeded");
     }
-    assert_eq!(emulator.sinks().len(), 1);
-    assert_eq!(emulator.endpoints().len(), 1);
-    assert_eq!(
-        db.scalar_i64("select count(*) from userhooks.webhook_subscriptions")
-            .await,
-        1
-    );
-    w1.stop().await;
-    w2.stop().await;
+    assert_eq!(app.sinks().len(), 1);
+    assert_eq!(app.endpoints().len(), 1);
+    assert_eq!(app.subscriptions().await.len(), 1);
+    second_worker.stop().await;
+    app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_errors_are_retried_until_success_without_orphans() {
-    let db = TestDb::new().await;
-    let emulator = start_emulator().await;
     let unavailable = InjectedResponse {
         status: 503,
         body: json!({"summary": "Service unavailable (injected)"}),
@@ -354,32 +284,24 @@ async fn server_errors_are_retried_until_success_without_orphans() {
             ..RouteFaults::default()
         },
     );
-    emulator.set_faults(faults);
-    let worker = start_worker(config(&db, &emulator)).await;
-    let id = db
-        .insert(
-            "subscribe",
-            "5",
-            Some("https://hooks.example.com/5"),
-            json!({}),
-        )
+    let app = TestApp::builder().faults(faults).spawn().await;
+    let id = app
+        .subscribe("5", "https://hooks.example.com/5", json!({}))
         .await;
-    let row = db.finished(id, Duration::from_secs(30)).await;
+    let row = app.finished_within(id, Duration::from_secs(30)).await;
     assert_eq!(row.status, "succeeded", "{row:?}");
     assert!(
         row.attempts > 1,
         "expected a durable retry, attempts = {}",
         row.attempts
     );
-    assert_eq!(emulator.endpoints().len(), 1, "no orphan endpoint");
-    assert_eq!(emulator.sinks().len(), 1);
-    worker.stop().await;
+    assert_eq!(app.endpoints().len(), 1, "no orphan endpoint");
+    assert_eq!(app.sinks().len(), 1);
+    app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn permanent_rejection_fails_with_summary_and_removes_the_endpoint() {
-    let db = TestDb::new().await;
-    let emulator = start_emulator().await;
     let mut faults = Faults::default();
     faults.routes.insert(
         "create_sink".to_string(),
@@ -392,17 +314,11 @@ async fn permanent_rejection_fails_with_summary_and_removes_the_endpoint() {
             ..RouteFaults::default()
         },
     );
-    emulator.set_faults(faults);
-    let worker = start_worker(config(&db, &emulator)).await;
-    let id = db
-        .insert(
-            "subscribe",
-            "6",
-            Some("https://hooks.example.com/6"),
-            json!({}),
-        )
+    let app = TestApp::builder().faults(faults).spawn().await;
+    let id = app
+        .subscribe("6", "https://hooks.example.com/6", json!({}))
         .await;
-    let row = db.finished(id, WAIT).await;
+    let row = app.finished(id).await;
     assert_eq!(row.status, "failed");
     let error = row.last_error.unwrap();
     assert!(
@@ -411,187 +327,143 @@ async fn permanent_rejection_fails_with_summary_and_removes_the_endpoint() {
     );
     assert_eq!(row.result.unwrap()["error"]["kind"], "sequin_rejected");
     assert!(
-        emulator.endpoints().is_empty(),
+        app.endpoints().is_empty(),
         "the endpoint made for it is deleted"
     );
-    assert_eq!(
-        db.scalar_i64(
-            "select count(*) from userhooks.webhook_subscriptions where status = 'failed'"
-        )
-        .await,
-        1
-    );
+    let failed = app.subscriptions().await;
+    assert_eq!(failed.iter().filter(|s| s.status == "failed").count(), 1);
 
     // The user can subscribe again.
-    let again = db
-        .insert(
-            "subscribe",
-            "6",
-            Some("https://hooks.example.com/6"),
-            json!({}),
-        )
+    let again = app
+        .subscribe("6", "https://hooks.example.com/6", json!({}))
         .await;
-    assert_eq!(db.finished(again, WAIT).await.status, "succeeded");
-    assert_eq!(emulator.sinks().len(), 1);
-    worker.stop().await;
+    assert_eq!(app.finished(again).await.status, "succeeded");
+    assert_eq!(app.sinks().len(), 1);
+    app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rejected_token_keeps_requests_pending_until_it_works_again() {
-    let db = TestDb::new().await;
-    let emulator = start_emulator().await;
-    emulator.set_faults(Faults {
-        force_401: true,
-        ..Faults::default()
-    });
-    let worker = start_worker(config(&db, &emulator)).await;
-    let id = db
-        .insert(
-            "subscribe",
-            "3",
-            Some("https://hooks.example.com/3"),
-            json!({}),
-        )
+    let app = TestApp::builder()
+        .faults(Faults {
+            force_401: true,
+            ..Faults::default()
+        })
+        .spawn()
+        .await;
+    let id = app
+        .subscribe("3", "https://hooks.example.com/3", json!({}))
         .await;
     eventually(WAIT, "auth marked failing", || async {
-        worker.metrics.sequin_auth_ok.get() == 0
+        app.worker().metrics.sequin_auth_ok.get() == 0
     })
     .await;
     tokio::time::sleep(Duration::from_millis(800)).await;
-    let row = db.request(id).await;
+    let row = app.request_row(id).await;
     assert_eq!(row.status, "pending", "{row:?}");
     assert_eq!(
         row.attempts, 0,
         "an auth rejection does not use up attempts"
     );
 
-    emulator.set_faults(Faults::default());
-    let row = db.finished(id, Duration::from_secs(25)).await;
+    app.set_faults(Faults::default());
+    let row = app.finished_within(id, Duration::from_secs(25)).await;
     assert_eq!(row.status, "succeeded");
-    assert_eq!(worker.metrics.sequin_auth_ok.get(), 1);
-    worker.stop().await;
+    assert_eq!(app.worker().metrics.sequin_auth_ok.get(), 1);
+    app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_url_fails_clearly_without_calling_sequin() {
-    let db = TestDb::new().await;
-    let emulator = start_emulator().await;
-    let mut config = config(&db, &emulator);
-    config.allow_private_urls = false;
-    let worker = start_worker(config).await;
-    let bad = db
-        .insert(
-            "subscribe",
-            "4",
-            Some("ftp://hooks.example.com/4"),
-            json!({}),
-        )
+    let app = TestApp::builder()
+        .config(|c| c.allow_private_urls = false)
+        .spawn()
         .await;
-    let private = db
-        .insert(
-            "subscribe",
-            "4",
-            Some("http://169.254.169.254/latest"),
-            json!({}),
-        )
+    let bad = app
+        .subscribe("4", "ftp://hooks.example.com/4", json!({}))
         .await;
-    let bad = db.finished(bad, WAIT).await;
-    let private = db.finished(private, WAIT).await;
+    let private = app
+        .subscribe("4", "http://169.254.169.254/latest", json!({}))
+        .await;
+    let bad = app.finished(bad).await;
+    let private = app.finished(private).await;
     assert_eq!(bad.status, "failed");
     assert!(bad.last_error.unwrap().contains("http or https"));
     assert_eq!(private.status, "failed");
     assert!(private.last_error.unwrap().contains("link-local"));
-    assert_eq!(count_calls(&emulator, "create_endpoint"), 0);
-    assert_eq!(count_calls(&emulator, "create_sink"), 0);
-    worker.stop().await;
+    assert_eq!(app.calls("create_endpoint"), 0);
+    assert_eq!(app.calls("create_sink"), 0);
+    app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_option_fails_the_request_and_provisions_nothing() {
-    let db = TestDb::new().await;
-    let emulator = start_emulator().await;
-    let worker = start_worker(config(&db, &emulator)).await;
-    let id = db
-        .insert(
-            "subscribe",
+    let app = TestApp::spawn().await;
+    let id = app
+        .subscribe(
             "4",
-            Some("https://hooks.example.com/4"),
+            "https://hooks.example.com/4",
             json!({"filters": [{"column_name": "user_id"}]}),
         )
         .await;
-    let row = db.finished(id, WAIT).await;
+    let row = app.finished(id).await;
     assert_eq!(row.status, "failed");
     assert!(row.last_error.unwrap().contains("unknown option `filters`"));
     assert_eq!(row.result.unwrap()["error"]["kind"], "invalid_request");
-    assert!(emulator.endpoints().is_empty());
-    worker.stop().await;
+    assert!(app.endpoints().is_empty());
+    app.stop().await;
+}
+
+/// Mark a request as claimed by `worker`, its lease ending `lease_ends` from now (an
+/// interval; negative for a lease in the past).
+async fn claimed_by(app: &TestApp, id: RequestId, worker: &str, lease_ends: &str) {
+    app.client()
+        .await
+        .execute(
+            "update userhooks.subscription_requests
+                set status = 'running', attempts = 1, locked_by = $2,
+                    locked_until = now() + $3::text::interval
+              where id = $1",
+            &[&id, &worker, &lease_ends],
+        )
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_with_expired_lease_is_reclaimed_and_finished() {
-    let db = TestDb::new().await;
-    let emulator = start_emulator().await;
-    let id = db
-        .insert(
-            "subscribe",
-            "11",
-            Some("https://hooks.example.com/11"),
-            json!({}),
-        )
+    let mut app = TestApp::builder().without_worker().spawn().await;
+    let id = app
+        .subscribe("11", "https://hooks.example.com/11", json!({}))
         .await;
     // A worker claimed it and died: running, lease in the past.
-    db.client()
-        .await
-        .execute(
-            "update userhooks.subscription_requests
-                set status = 'running', attempts = 1, locked_by = 'dead-worker',
-                    locked_until = now() - interval '1 second'
-              where id = $1",
-            &[&id],
-        )
-        .await
-        .unwrap();
-    let worker = start_worker(config(&db, &emulator)).await;
-    let row = db.finished(id, WAIT).await;
+    claimed_by(&app, id, "dead-worker", "-1 second").await;
+    app.start_worker().await;
+    let row = app.finished(id).await;
     assert_eq!(row.status, "succeeded");
     assert_eq!(row.attempts, 2);
-    worker.stop().await;
+    app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_with_live_lease_is_not_taken() {
-    let db = TestDb::new().await;
-    let emulator = start_emulator().await;
-    let id = db
-        .insert(
-            "subscribe",
-            "12",
-            Some("https://hooks.example.com/12"),
-            json!({}),
-        )
+    let mut app = TestApp::builder().without_worker().spawn().await;
+    let id = app
+        .subscribe("12", "https://hooks.example.com/12", json!({}))
         .await;
-    db.client()
-        .await
-        .execute(
-            "update userhooks.subscription_requests
-                set status = 'running', attempts = 1, locked_by = 'other-worker',
-                    locked_until = now() + interval '1 hour'
-              where id = $1",
-            &[&id],
-        )
-        .await
-        .unwrap();
-    let worker = start_worker(config(&db, &emulator)).await;
+    claimed_by(&app, id, "other-worker", "1 hour").await;
+    app.start_worker().await;
     tokio::time::sleep(Duration::from_millis(800)).await;
-    let row = db.request(id).await;
+    let row = app.request_row(id).await;
     assert_eq!(row.status, "running");
     assert_eq!(row.locked_by.as_deref(), Some("other-worker"));
-    worker.stop().await;
+    app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn write_back_with_a_stale_attempt_is_refused() {
-    use userhooks::queue::{self, Outcome, WriteBack};
+    use userhooks::model::Outcome;
+    use userhooks::queue::{self, WriteBack};
     let db = TestDb::new().await;
     db.insert(
         "subscribe",
@@ -701,33 +573,33 @@ impl userhooks::webhook_url::Resolve for ScriptedDns {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dns_timeout_is_retried_with_backoff_and_succeeds_once_dns_answers() {
-    let db = TestDb::new().await;
-    let emulator = start_emulator().await;
-    let mut config = config(&db, &emulator);
-    config.allow_private_urls = false;
     let dns = ScriptedDns::new(Dns::Hang);
-    let id = db
-        .insert(
-            "subscribe",
-            "u1",
-            Some("https://hooks.example.com/u1"),
-            json!({}),
-        )
+    let mut app = TestApp::builder()
+        .config(|c| c.allow_private_urls = false)
+        .resolver(dns.resolver())
+        .without_worker()
+        .spawn()
+        .await;
+    let id = app
+        .subscribe("u1", "https://hooks.example.com/u1", json!({}))
         .await;
 
     // A worker that shuts down as soon as it asks DNS: the attempt in flight still times out
     // and is written back, and no second attempt can start.
-    let app = userhooks::worker::build_with_resolver(config.clone(), dns.resolver())
+    let worker = userhooks::worker::build_with_resolver(app.config.clone(), dns.resolver())
         .await
         .expect("build worker");
     let asked = dns.clone();
-    tokio::time::timeout(WAIT, app.run(async move { asked.0.asked.notified().await }))
-        .await
-        .expect("the worker stops")
-        .expect("worker run");
+    tokio::time::timeout(
+        WAIT,
+        worker.run(async move { asked.0.asked.notified().await }),
+    )
+    .await
+    .expect("the worker stops")
+    .expect("worker run");
     assert_eq!(dns.calls(), 1);
 
-    let row = db
+    let row = app
         .client()
         .await
         .query_one(
@@ -753,24 +625,24 @@ async fn a_dns_timeout_is_retried_with_backoff_and_succeeds_once_dns_answers() {
     assert!((0.0..=1.0).contains(&delay), "run_at is now + {delay}s");
 
     dns.answer(Dns::Public);
-    let worker = start_worker_with_resolver(config, dns.resolver()).await;
-    let row = db.finished(id, WAIT).await;
+    app.start_worker().await;
+    let row = app.finished(id).await;
     assert_eq!(row.status, "succeeded", "{row:?}");
     assert_eq!(row.attempts, 2);
     assert_eq!(dns.calls(), 2);
-    assert_eq!(emulator.endpoints().len(), 1);
-    worker.stop().await;
+    assert_eq!(app.endpoints().len(), 1);
+    app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_that_does_not_exist_fails_clearly_once_its_attempts_run_out() {
-    let db = TestDb::new().await;
-    let emulator = start_emulator().await;
-    let mut config = config(&db, &emulator);
-    config.allow_private_urls = false;
     let dns = ScriptedDns::new(Dns::NoSuchHost);
-    let worker = start_worker_with_resolver(config, dns.resolver()).await;
-    let id: i64 = db
+    let app = TestApp::builder()
+        .config(|c| c.allow_private_urls = false)
+        .resolver(dns.resolver())
+        .spawn()
+        .await;
+    let id: i64 = app
         .client()
         .await
         .query_one(
@@ -781,7 +653,7 @@ async fn a_host_that_does_not_exist_fails_clearly_once_its_attempts_run_out() {
         .await
         .unwrap()
         .get(0);
-    let row = db.finished(id, WAIT).await;
+    let row = app.finished(id).await;
     assert_eq!(row.status, "failed", "{row:?}");
     assert_eq!(row.attempts, 3, "asked again before giving up");
     assert_eq!(dns.calls(), 3);
@@ -793,11 +665,7 @@ async fn a_host_that_does_not_exist_fails_clearly_once_its_attempts_run_out() {
         )
     );
     assert_eq!(row.result.unwrap()["error"]["kind"], "invalid_request");
-    assert!(emulator.endpoints().is_empty(), "nothing provisioned");
-    assert_eq!(
-        db.scalar_i64("select count(*) from userhooks.webhook_subscriptions")
-            .await,
-        0
-    );
-    worker.stop().await;
+    assert!(app.endpoints().is_empty(), "nothing provisioned");
+    assert!(app.subscriptions().await.is_empty());
+    app.stop().await;
 }

@@ -3,8 +3,9 @@
 -- Postgres evaluates every CHECK constraint of a table on every UPDATE, whatever columns the
 -- UPDATE sets. The three on `options` (its size as text, its depth, its numbers) serialize or
 -- walk the whole document, and the worker updates each request twice (claim, write-back)
--- without ever touching `options`: ~2.5 µs per row per update, ~3 % of Postgres' time per
--- subscribe (more for large documents). They now run in a BEFORE trigger on INSERT and on UPDATE OF options only.
+-- without ever touching `options`: work on every update for a column it never changes, the
+-- more the larger the document (docs/performance.md). They now run in a BEFORE trigger on
+-- INSERT and on UPDATE OF options only.
 --
 -- What a client sees is unchanged: the same SQLSTATE (23514, check_violation), the same
 -- constraint names and message. `jsonb_typeof(options) = 'object'` is cheap and stays a

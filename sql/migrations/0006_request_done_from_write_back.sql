@@ -1,9 +1,8 @@
 -- The worker's write-back sends its own `userhooks_request_done` notifications.
 --
--- The row trigger from 0001 cost ~12 µs of Postgres time per finished request, about half of
--- the write-back (2,000 rows: 50 ms with it, 25 ms with the same notifications sent from the
--- statement): ~7 µs is the AFTER-trigger machinery (queue the event, fetch the row again, call
--- PL/pgSQL) and ~5 µs the PL/pgSQL `perform`. The write-back now calls pg_notify in its
+-- The row trigger from 0001 was a large share of the write-back's cost for every finished
+-- request: the AFTER-trigger machinery (queue the event, fetch the row again, call PL/pgSQL)
+-- and the PL/pgSQL `perform` (docs/performance.md). The write-back now calls pg_notify in its
 -- RETURNING list, with the same payload, and first sets `userhooks.notifies_request_done` for
 -- its transaction so that the trigger does not send them twice.
 --

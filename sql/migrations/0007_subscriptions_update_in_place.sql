@@ -3,13 +3,12 @@
 -- An UPDATE that changes no indexed column, and finds room on the row's page, is a HOT update:
 -- a new row version on the same page and no new index entries. `status` was in the predicate
 -- of webhook_subscriptions_live_uidx, so every status change wrote one entry into each of the
--- three indexes: ~23 µs per activated row, against ~5 µs in place (measured on 2,000-row
--- updates; a subscribe's insert plus activation went from 60 to 49 µs).
+-- three indexes, several times the cost of an update in place (docs/performance.md).
 --
 -- The unique index now keys off `live`, a generated column that changes only when a
 -- subscription stops being live (deleting, deleted, failed), and each page keeps half of its
--- space for the updated versions (fillfactor 50; at 70 only 40 % of activations stayed in
--- place). The table takes about twice the disk space it took.
+-- space for the updated versions (fillfactor 50: with less room, most activations found their
+-- page full and did not stay in place). The table takes about twice the disk space it took.
 --
 -- Adding a stored column rewrites the table under an exclusive lock, held (with 0006's lock on
 -- the request table) until `userhooks migrate` commits: with many subscriptions, migrate when

@@ -27,8 +27,21 @@ impl Split {
     }
 }
 
+/// Where tokio-postgres would read a connection string otherwise than it was meant: silently
+/// dropping what follows (the `sslmode` among it), or taking part of a password for a host.
+/// The messages quote none of it: a password may be there.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum ConnInfoError {
+    #[error("'@' in the path or query must be written %40 (and '?' in a user name or password %3F): as written, the query would be read as the user name and its sslmode lost")]
+    QueryInCredentials,
+    #[error("a parameter has no name before the '=' at byte {0}; write key=value pairs, and quote a value with spaces: key='a value'")]
+    NoName(usize),
+    #[error("a host name holds '@'; write '@' in the user name or password as %40")]
+    AtInHost,
+}
+
 /// Split a `postgres://` URL or a `key=value` connection string.
-pub(crate) fn split(s: &str) -> Split {
+pub(crate) fn split(s: &str) -> Result<Split, ConnInfoError> {
     match ["postgres://", "postgresql://"]
         .iter()
         .find(|prefix| s.starts_with(*prefix))
@@ -44,13 +57,22 @@ fn decode(s: &str) -> Cow<'_, str> {
 
 /// As tokio-postgres reads a URL: the credentials end at the first `@`, the query starts at
 /// the next `?`, and its `key=value` pairs are separated by `&`.
-fn split_url(s: &str, prefix: usize) -> Split {
-    let authority = s[prefix..].find('@').map_or(prefix, |at| prefix + at + 1);
+///
+/// An `@` in the query (`application_name=a@b`) would make everything before it the user
+/// name, the query included: refused, as a `?` before the first `@`.
+fn split_url(s: &str, prefix: usize) -> Result<Split, ConnInfoError> {
+    let authority = match s[prefix..].find('@') {
+        Some(at) if s[prefix..prefix + at].contains('?') => {
+            return Err(ConnInfoError::QueryInCredentials)
+        }
+        Some(at) => prefix + at + 1,
+        None => prefix,
+    };
     let Some(query) = s[authority..].find('?').map(|q| authority + q) else {
-        return Split {
+        return Ok(Split {
             rest: s.to_string(),
             ..Split::default()
-        };
+        });
     };
     let mut out = Split::default();
     let mut kept = Vec::new();
@@ -67,25 +89,44 @@ fn split_url(s: &str, prefix: usize) -> Split {
     } else {
         format!("{}?{}", &s[..query], kept.join("&"))
     };
-    out
+    Ok(out)
 }
 
 /// `key = value` pairs separated by whitespace; a value may be quoted in `'...'`, and `\`
 /// escapes the next character (libpq's rules, as tokio-postgres implements them).
-fn split_key_values(s: &str) -> Split {
+fn split_key_values(s: &str) -> Result<Split, ConnInfoError> {
     let mut out = Split::default();
     let mut lexer = Lexer { s, pos: 0 };
     let mut copied = 0;
-    while let Some((start, key, value, end)) = lexer.param() {
-        if out.take(key, value) {
-            out.rest.push_str(&s[copied..start]);
-            copied = end;
+    loop {
+        match lexer.param() {
+            Param::Pair(start, key, value, end) => {
+                if out.take(key, value) {
+                    out.rest.push_str(&s[copied..start]);
+                    copied = end;
+                }
+            }
+            // tokio-postgres takes an empty name for the end of the string and ignores the
+            // rest, `sslmode` included; libpq calls it an error, and so do we.
+            Param::NoName(at) => return Err(ConnInfoError::NoName(at)),
+            // A syntax error stops the scan here: the rest goes on unchanged, for
+            // tokio-postgres to report.
+            Param::Stop => break,
         }
     }
-    // A syntax error stops the scan here: the rest goes on unchanged, for tokio-postgres to
-    // report.
     out.rest.push_str(&s[copied..]);
-    out
+    Ok(out)
+}
+
+/// What [`Lexer::param`] found next.
+enum Param<'a> {
+    /// A `key = value`: where it starts, its key, its value unquoted and unescaped, and
+    /// where it ends.
+    Pair(usize, &'a str, String, usize),
+    /// An `=` with no name before it, at this byte.
+    NoName(usize),
+    /// The end, or a syntax error.
+    Stop,
 }
 
 struct Lexer<'a> {
@@ -110,9 +151,16 @@ impl<'a> Lexer<'a> {
         }
     }
 
-    /// The next `key = value`: where it starts, its key, its value unquoted and unescaped,
-    /// and where it ends. `None` at the end, or on a syntax error.
-    fn param(&mut self) -> Option<(usize, &'a str, String, usize)> {
+    /// The next `key = value`.
+    fn param(&mut self) -> Param<'a> {
+        match self.pair() {
+            Some(pair) => pair,
+            None => Param::Stop,
+        }
+    }
+
+    /// [`Lexer::param`], with `None` for the end or a syntax error.
+    fn pair(&mut self) -> Option<Param<'a>> {
         self.skip_whitespace();
         let start = self.pos;
         while self.peek().is_some_and(|c| !c.is_whitespace() && c != '=') {
@@ -120,7 +168,8 @@ impl<'a> Lexer<'a> {
         }
         let key = &self.s[start..self.pos];
         if key.is_empty() {
-            return None;
+            // Past the whitespace, only an `=` ends a name before it starts.
+            return (self.peek() == Some('=')).then_some(Param::NoName(start));
         }
         self.skip_whitespace();
         if self.bump()? != '=' {
@@ -150,7 +199,7 @@ impl<'a> Lexer<'a> {
                 return None;
             }
         }
-        Some((start, key, value, self.pos))
+        Some(Param::Pair(start, key, value, self.pos))
     }
 }
 
@@ -159,7 +208,7 @@ mod tests {
     use super::*;
 
     fn parts(s: &str) -> (String, Option<String>, Option<String>) {
-        let split = split(s);
+        let split = split(s).unwrap_or_else(|e| panic!("{s}: {e}"));
         (split.rest, split.sslmode, split.sslrootcert)
     }
 
@@ -184,10 +233,46 @@ mod tests {
     }
 
     #[test]
-    fn a_question_mark_in_the_password_does_not_start_the_query() {
-        let (rest, mode, _) = parts("postgres://u:a?sslmode=disable@h/db?sslmode=require");
-        assert_eq!(rest, "postgres://u:a?sslmode=disable@h/db");
+    fn an_encoded_question_mark_in_the_password_does_not_start_the_query() {
+        let (rest, mode, _) = parts("postgres://u:a%3Fsslmode=disable@h/db?sslmode=require");
+        assert_eq!(rest, "postgres://u:a%3Fsslmode=disable@h/db");
         assert_eq!(mode.as_deref(), Some("require"));
+    }
+
+    #[test]
+    fn an_at_sign_in_the_query_is_refused_rather_than_losing_the_sslmode() {
+        // tokio-postgres ends the user name at the first `@`: the host, path and query
+        // before it would be the user name, and sslmode silently the default.
+        for s in [
+            "postgres://db.example/app?sslmode=verify-full&application_name=a@b",
+            "postgres://h/db?user=u&password=hunt@er2&sslmode=verify-full",
+            "postgresql://h/db?sslrootcert=/ca.pem&user=me@corp",
+            "postgres://u:a?sslmode=disable@h/db?sslmode=require",
+        ] {
+            let err = split(s).unwrap_err();
+            assert_eq!(err, ConnInfoError::QueryInCredentials, "{s}");
+            let text = err.to_string();
+            assert!(text.contains("%40"), "{text}");
+            assert!(
+                !text.contains("hunt") && !text.contains("verify-full"),
+                "{text}"
+            );
+        }
+        // Written with %40, the same URL keeps its sslmode.
+        let (_, mode, _) = parts("postgres://h/db?application_name=a%40b&sslmode=verify-full");
+        assert_eq!(mode.as_deref(), Some("verify-full"));
+    }
+
+    #[test]
+    fn a_stray_equals_sign_is_refused_rather_than_ending_the_string() {
+        // tokio-postgres would stop at the `=` and ignore the sslmode after it.
+        for (s, at) in [
+            ("host=h = sslmode=verify-full", 7),
+            ("host=localhost user=nobody_x = sslmode=verify-full", 29),
+            ("=x", 0),
+        ] {
+            assert_eq!(split(s), Err(ConnInfoError::NoName(at)), "{s}");
+        }
     }
 
     #[test]
@@ -228,6 +313,9 @@ mod tests {
         let (rest, mode, _) = parts("sslmode=require host");
         assert_eq!(rest, " host");
         assert_eq!(mode.as_deref(), Some("require"));
+        assert!(rest.parse::<tokio_postgres::Config>().is_err());
+        // A name without `=` is not a stray `=`: tokio-postgres names the character.
+        let (rest, _, _) = parts("a b=c");
         assert!(rest.parse::<tokio_postgres::Config>().is_err());
     }
 }

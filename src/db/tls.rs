@@ -7,9 +7,9 @@
 //! - `verify-ca`: TLS, and the certificate chain must lead to a trusted CA.
 //! - `verify-full`: as `verify-ca`, and the certificate must name the host connected to.
 //!
-//! Trusted CAs come from `sslrootcert=<PEM file>`, or are the system roots
-//! ([`crate::tls::system_roots`]; also `sslrootcert=system`, which like libpq asks for
-//! `verify-full`).
+//! Trusted CAs come from `sslrootcert=<PEM file>`, or, for `verify-full` only, are the system
+//! roots ([`crate::tls::system_roots`]; also `sslrootcert=system`, which like libpq asks for
+//! `verify-full`). `verify-ca` without a file is refused, as libpq refuses it.
 
 use std::future::Future;
 use std::io;
@@ -123,6 +123,12 @@ impl TlsSettings {
         if system_asked && mode != SslMode::VerifyFull {
             return Err(TlsError::SystemRootsNeedVerifyFull(mode));
         }
+        // The same reason without the word `system`: verify-ca checks no name, so with the
+        // system roots any certificate from any public CA would pass. libpq refuses it too
+        // (it wants its root.crt).
+        if mode == SslMode::VerifyCa && roots == Roots::System {
+            return Err(TlsError::VerifyCaNeedsRootFile);
+        }
         // libpq: `require` with a root certificate file checks the chain like `verify-ca`.
         let mode = match (mode, &roots) {
             (SslMode::Require, Roots::File(_)) => SslMode::VerifyCa,
@@ -204,6 +210,8 @@ pub enum TlsError {
         "sslmode `{0}` is not valid; use one of disable, prefer, require, verify-ca, verify-full"
     )]
     BadMode(String),
+    #[error("sslmode=verify-ca needs sslrootcert=<the CA certificate file>: with the system roots any public certificate would pass; use verify-full for them")]
+    VerifyCaNeedsRootFile,
     #[error("sslrootcert=system works only with sslmode=verify-full (as in libpq), not sslmode={0}; set sslmode=verify-full or name a CA file in sslrootcert")]
     SystemRootsNeedVerifyFull(SslMode),
     #[error("sslrootcert={path}: cannot read the file ({reason}); fix the path or the file's permissions")]
@@ -458,7 +466,12 @@ mod tests {
                 SslMode::Prefer,
                 file.clone(),
             ),
-            (Some("verify-ca"), None, SslMode::VerifyCa, Roots::System),
+            (
+                Some("verify-ca"),
+                Some("/ca.pem"),
+                SslMode::VerifyCa,
+                file.clone(),
+            ),
             (
                 Some("verify-full"),
                 Some("/ca.pem"),
@@ -507,6 +520,24 @@ mod tests {
         let err = settings(Some("require"), Some("system")).unwrap_err();
         assert_eq!(err, TlsError::SystemRootsNeedVerifyFull(SslMode::Require));
         assert!(err.to_string().contains("sslmode=verify-full"), "{err}");
+    }
+
+    #[test]
+    fn verify_ca_without_a_root_file_is_refused_as_in_libpq() {
+        // With the system roots, verify-ca (no name check) would pass any public certificate.
+        for root in [None, Some("")] {
+            let err = settings(Some("verify-ca"), root).unwrap_err();
+            assert_eq!(err, TlsError::VerifyCaNeedsRootFile, "{root:?}");
+            assert_eq!(
+                err.to_string(),
+                "sslmode=verify-ca needs sslrootcert=<the CA certificate file>: with the system roots any public certificate would pass; use verify-full for them"
+            );
+        }
+        // `require` without a file stays unchecked: it claims no verification.
+        assert_eq!(
+            settings(Some("require"), Some("")).unwrap().mode,
+            SslMode::Require
+        );
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! `userhooks bench`: the end-to-end benchmark (DESIGN.md §8).
+//! `userhooks bench`: the end-to-end benchmark (docs/architecture.md §10).
 //!
 //! The worker runs as a separate process (this binary's `run`), so its RSS and connections
 //! are its own; the emulator runs in the bench process (or at `--sequin-url`). Everything
@@ -590,7 +590,7 @@ async fn claim_cost(admin_url: &str, finished: i64, claims: u32) -> Result<Value
         let claimed = crate::queue::claim(&pool, 64, "bench", Duration::from_secs(60)).await?;
         samples.push(t.elapsed().as_secs_f64() * 1000.0);
         for request in &claimed.requests {
-            let outcome = crate::queue::Outcome::Succeeded {
+            let outcome = crate::model::Outcome::Succeeded {
                 result: json!({}),
                 changes: vec![],
             };

@@ -435,99 +435,162 @@ async fn story(
     inbox: &Inbox,
     receiver_addr: std::net::SocketAddr,
 ) -> Result<(), DemoError> {
-    let subscribed: Vec<&(i32, String)> = users.iter().take(3).collect();
-    let name_of = |user: &str| {
-        users
-            .iter()
-            .find(|(id, _)| id.to_string() == user)
-            .map(|(_, n)| n.clone())
-            .unwrap_or_default()
-    };
-
-    // 4. Subscribe with plain SQL, as any application would.
-    let t = Instant::now();
-    let pb = Progress::spinner("subscribing");
-    let mut request_ids = Vec::new();
-    for (id, _) in &subscribed {
-        let hook = format!("http://{receiver_addr}/hooks/{id}");
-        let row = client
-            .query_one(
-                "select userhooks.subscribe($1, $2)",
-                &[&id.to_string(), &hook],
-            )
-            .await?;
-        request_ids.push(row.get::<_, i64>(0));
-    }
-    let results = wait_requests(client, &request_ids, Duration::from_secs(30)).await?;
-    pb.finish();
-    for (r, (_, n)) in results.iter().zip(&subscribed) {
-        if r.status != "succeeded" {
-            return Err(DemoError::Check(format!(
-                "subscribing {n} {}: {}",
-                r.status,
-                r.last_error.clone().unwrap_or_default()
-            )));
-        }
-    }
-    println!(
-        "[4/7] `select userhooks.subscribe(user_id, url)` for {}: all active in {:.1}s ({} not subscribed)",
-        subscribed
-            .iter()
-            .map(|(_, n)| n.as_str())
-            .collect::<Vec<_>>()
-            .join(", "),
-        t.elapsed().as_secs_f64(),
-        users
-            .iter()
-            .skip(3)
-            .map(|(_, n)| n.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
-
-    // 5. Generate notifications for random users.
-    let start_mark = max_id(client).await?;
-    let total = (args.rate * args.generate_for.as_secs_f64()).floor() as u64;
-    let mut pb = Progress::bar(total, "notifications inserted");
-    let generated = super::generate::run(
+    let story = Story {
         client,
-        args.rate,
-        Some(args.generate_for),
-        std::future::pending(),
-        |sent, elapsed| {
-            let secs = elapsed.as_secs_f64().max(0.001);
-            pb.message(format!("({})", progress::rate(sent as f64 / secs)));
-            pb.set_position(sent);
-        },
-    )
-    .await?;
-    pb.finish();
-    let gen_mark = max_id(client).await?;
-    let mut expected_live: BTreeMap<String, BTreeSet<i64>> = BTreeMap::new();
-    let live = written(client, start_mark, gen_mark).await?;
-    for (id, _) in &subscribed {
-        let u = id.to_string();
-        expected_live.insert(u.clone(), live.get(&u).cloned().unwrap_or_default());
-    }
-    settle(inbox, &expected_live, Duration::from_secs(30)).await;
-    println!(
-        "[5/7] generated {generated} notifications for random users at {}; webhooks delivered",
-        progress::rate(args.rate)
-    );
+        users,
+        inbox,
+        subscribed: users.iter().take(3).collect(),
+    };
+    story.subscribe(receiver_addr).await?;
+    let mut expected_live = story.generate(args).await?;
+    let backfilled = story.subscribed[0];
+    let expected_read = story.backfill(backfilled).await?;
+    let unsubscribed = story.subscribed[2];
+    let end_mark = story.unsubscribe(unsubscribed, &mut expected_live).await?;
+    let outcome = Outcome {
+        expected_live,
+        backfilled: (backfilled.0, expected_read),
+        unsubscribed: unsubscribed.0.to_string(),
+        end_mark,
+    };
+    story.check(&outcome).await
+}
 
-    // 6. Backfill one user's history, with live progress.
-    let (bf_id, bf_name) = (subscribed[0].0, subscribed[0].1.clone());
-    let bf_mark = max_id(client).await?;
-    let finished = enqueue_and_wait(client, "backfill", bf_id).await?;
-    let expected_read: Option<BTreeSet<i64>> = {
+/// What the demo's story works with: the users, and the three of them it subscribes.
+struct Story<'a> {
+    client: &'a tokio_postgres::Client,
+    users: &'a [(i32, String)],
+    inbox: &'a Inbox,
+    subscribed: Vec<&'a (i32, String)>,
+}
+
+/// What the story did, for the check: the live rows each user should have received, the
+/// backfilled user and their history, the unsubscribed user, the last row written.
+struct Outcome {
+    expected_live: BTreeMap<String, BTreeSet<i64>>,
+    backfilled: (i32, BTreeSet<i64>),
+    unsubscribed: String,
+    end_mark: i64,
+}
+
+fn names(users: &[&(i32, String)]) -> String {
+    users
+        .iter()
+        .map(|(_, n)| n.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl Story<'_> {
+    /// Step 4: subscribe with plain SQL, as any application would.
+    async fn subscribe(&self, receiver_addr: std::net::SocketAddr) -> Result<(), DemoError> {
+        let t = Instant::now();
+        let pb = Progress::spinner("subscribing");
+        let mut request_ids = Vec::new();
+        for (id, _) in &self.subscribed {
+            let hook = format!("http://{receiver_addr}/hooks/{id}");
+            let row = self
+                .client
+                .query_one(
+                    "select userhooks.subscribe($1, $2)",
+                    &[&id.to_string(), &hook],
+                )
+                .await?;
+            request_ids.push(row.get::<_, i64>(0));
+        }
+        let results = wait_requests(self.client, &request_ids, Duration::from_secs(30)).await?;
+        pb.finish();
+        for (r, (_, n)) in results.iter().zip(&self.subscribed) {
+            if r.status != "succeeded" {
+                return Err(DemoError::Check(format!(
+                    "subscribing {n} {}: {}",
+                    r.status,
+                    r.last_error.clone().unwrap_or_default()
+                )));
+            }
+        }
+        let others: Vec<&(i32, String)> = self.users.iter().skip(3).collect();
+        println!(
+            "[4/7] `select userhooks.subscribe(user_id, url)` for {}: all active in {:.1}s ({} not subscribed)",
+            names(&self.subscribed),
+            t.elapsed().as_secs_f64(),
+            names(&others)
+        );
+        Ok(())
+    }
+
+    /// Step 5: generate notifications for random users; the rows each subscribed user should
+    /// receive live.
+    async fn generate(
+        &self,
+        args: &DemoArgs,
+    ) -> Result<BTreeMap<String, BTreeSet<i64>>, DemoError> {
+        let start_mark = max_id(self.client).await?;
+        let total = (args.rate * args.generate_for.as_secs_f64()).floor() as u64;
+        let mut pb = Progress::bar(total, "notifications inserted");
+        let generated = super::generate::run(
+            self.client,
+            args.rate,
+            Some(args.generate_for),
+            std::future::pending(),
+            |sent, elapsed| {
+                let secs = elapsed.as_secs_f64().max(0.001);
+                pb.message(format!("({})", progress::rate(sent as f64 / secs)));
+                pb.set_position(sent);
+            },
+        )
+        .await?;
+        pb.finish();
+        let gen_mark = max_id(self.client).await?;
+        let mut expected_live: BTreeMap<String, BTreeSet<i64>> = BTreeMap::new();
+        let live = written(self.client, start_mark, gen_mark).await?;
+        for (id, _) in &self.subscribed {
+            let u = id.to_string();
+            expected_live.insert(u.clone(), live.get(&u).cloned().unwrap_or_default());
+        }
+        settle(self.inbox, &expected_live, Duration::from_secs(30)).await;
+        println!(
+            "[5/7] generated {generated} notifications for random users at {}; webhooks delivered",
+            progress::rate(args.rate)
+        );
+        Ok(expected_live)
+    }
+
+    /// Step 6: backfill one user's history, with live progress; the rows it should replay.
+    async fn backfill(
+        &self,
+        &(bf_id, ref bf_name): &(i32, String),
+    ) -> Result<BTreeSet<i64>, DemoError> {
+        let bf_mark = max_id(self.client).await?;
+        let finished = enqueue_and_wait(self.client, "backfill", bf_id).await?;
         let result = finished.result.unwrap_or(Value::Null);
         let backfill_id = result.get("backfill_id").and_then(Value::as_i64);
-        let history = written(client, 0, bf_mark).await?;
+        let history = written(self.client, 0, bf_mark).await?;
         let expected = history.get(&bf_id.to_string()).cloned().unwrap_or_default();
-        let mut pb = Progress::bar(expected.len() as u64, "rows replayed");
+        let state = self.follow_backfill(backfill_id, expected.len()).await?;
+        if state != "completed" {
+            return Err(DemoError::Check(format!(
+                "backfill for {bf_name} ended as `{state}`"
+            )));
+        }
+        println!(
+            "[6/7] `select userhooks.backfill('{bf_id}')`: {bf_name}'s {} notifications replayed as `read` messages, backfill completed",
+            expected.len()
+        );
+        Ok(expected)
+    }
+
+    /// Show a backfill's progress until it ends (or a minute passed); its last state.
+    async fn follow_backfill(
+        &self,
+        backfill_id: Option<i64>,
+        expected: usize,
+    ) -> Result<String, DemoError> {
+        let mut pb = Progress::bar(expected as u64, "rows replayed");
         let deadline = Instant::now() + Duration::from_secs(60);
         let state = loop {
-            let row = client
+            let row = self
+                .client
                 .query_opt(
                     "select state, rows_initial_count, rows_processed_count
                        from userhooks.backfills where id = $1",
@@ -555,133 +618,129 @@ async fn story(
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
         pb.finish();
-        if state != "completed" {
-            return Err(DemoError::Check(format!(
-                "backfill for {bf_name} ended as `{state}`"
-            )));
-        }
-        println!(
-            "[6/7] `select userhooks.backfill('{bf_id}')`: {bf_name}'s {} notifications replayed as `read` messages, backfill completed",
-            expected.len()
-        );
-        Some(expected)
-    };
+        Ok(state)
+    }
 
-    // 7. Unsubscribe one user; their deliveries stop, the others' go on.
-    let (un_id, un_name) = (subscribed[2].0, subscribed[2].1.clone());
-    enqueue_and_wait(client, "unsubscribe", un_id).await?;
-    let unsubscribed: Option<String> = Some(un_id.to_string());
-    let un_mark = max_id(client).await?;
-    let all_ids: Vec<i32> = users.iter().map(|u| u.0).collect();
-    let mut counter = 1_000_000;
-    for id in &all_ids {
-        super::generate::insert_batch(client, &[*id], AFTER_UNSUBSCRIBE, &mut counter).await?;
-    }
-    let end_mark = max_id(client).await?;
-    let after = written(client, un_mark, end_mark).await?;
-    for (id, _) in &subscribed {
-        let u = id.to_string();
-        if unsubscribed.as_deref() == Some(u.as_str()) {
-            continue;
+    /// Step 7: unsubscribe one user; their deliveries stop, the others' go on. Adds the others'
+    /// new rows to `expected_live`; returns the last row id written.
+    async fn unsubscribe(
+        &self,
+        &(un_id, ref un_name): &(i32, String),
+        expected_live: &mut BTreeMap<String, BTreeSet<i64>>,
+    ) -> Result<i64, DemoError> {
+        enqueue_and_wait(self.client, "unsubscribe", un_id).await?;
+        let unsubscribed = un_id.to_string();
+        let un_mark = max_id(self.client).await?;
+        let mut counter = 1_000_000;
+        for (id, _) in self.users {
+            super::generate::insert_batch(self.client, &[*id], AFTER_UNSUBSCRIBE, &mut counter)
+                .await?;
         }
-        if let Some(ids) = after.get(&u) {
-            expected_live.entry(u).or_default().extend(ids);
+        let end_mark = max_id(self.client).await?;
+        let after = written(self.client, un_mark, end_mark).await?;
+        for (id, _) in &self.subscribed {
+            let u = id.to_string();
+            if u == unsubscribed {
+                continue;
+            }
+            if let Some(ids) = after.get(&u) {
+                expected_live.entry(u).or_default().extend(ids);
+            }
         }
-    }
-    settle(inbox, &expected_live, Duration::from_secs(30)).await;
-    if let Some(u) = &unsubscribed {
+        settle(self.inbox, expected_live, Duration::from_secs(30)).await;
         // Give a wrong delivery every chance to show up.
         tokio::time::sleep(Duration::from_millis(1000)).await;
         let got = tally(
-            u,
-            inbox_snapshot(inbox)
-                .get(u)
+            &unsubscribed,
+            inbox_snapshot(self.inbox)
+                .get(&unsubscribed)
                 .map(Vec::as_slice)
                 .unwrap_or(&[]),
         );
         let late = got.inserts.iter().filter(|id| **id > un_mark).count();
         println!(
-            "[7/7] `select userhooks.unsubscribe('{u}')`: {AFTER_UNSUBSCRIBE} more notifications each; {un_name} received {late} of theirs, the others all of theirs"
+            "[7/7] `select userhooks.unsubscribe('{unsubscribed}')`: {AFTER_UNSUBSCRIBE} more notifications each; {un_name} received {late} of theirs, the others all of theirs"
         );
+        Ok(end_mark)
     }
 
-    // The table and the check.
-    let got = inbox_snapshot(inbox);
-    let written_all = written(client, 0, end_mark).await?;
-    let mut checks = Vec::new();
-    println!();
-    println!(
-        "  {:<5} {:<7} {:<13} {:>8} {:>17} {:>9} {:>9} {:>10}",
-        "user",
-        "name",
-        "subscription",
-        "written",
-        "while subscribed",
-        "received",
-        "backfill",
-        "not theirs"
-    );
-    for (id, name) in users {
-        let u = id.to_string();
-        let received = got.get(&u).cloned().unwrap_or_default();
-        let t = tally(&u, &received);
-        let state = if unsubscribed.as_deref() == Some(u.as_str()) {
-            "unsubscribed"
-        } else if subscribed.iter().any(|(i, _)| *i == *id) {
-            "active"
-        } else {
-            "none"
-        };
-        let n_written = written_all.get(&u).map(BTreeSet::len).unwrap_or(0);
-        let n_expected = expected_live.get(&u).map(BTreeSet::len).unwrap_or(0);
+    /// The table of what each user was written and received, and the check.
+    async fn check(&self, outcome: &Outcome) -> Result<(), DemoError> {
+        let got = inbox_snapshot(self.inbox);
+        let written_all = written(self.client, 0, outcome.end_mark).await?;
+        let (bf_id, expected_read) = &outcome.backfilled;
+        let mut checks = Vec::new();
+        println!();
         println!(
             "  {:<5} {:<7} {:<13} {:>8} {:>17} {:>9} {:>9} {:>10}",
-            u,
-            name,
-            state,
-            n_written,
-            n_expected,
-            t.inserts.len(),
-            t.reads.len(),
-            t.foreign.len()
+            "user",
+            "name",
+            "subscription",
+            "written",
+            "while subscribed",
+            "received",
+            "backfill",
+            "not theirs"
         );
-        checks.push(UserCheck {
-            expected_live: expected_live.get(&u).cloned().unwrap_or_default(),
-            expected_read: if *id == bf_id {
-                expected_read.clone()
+        for (id, name) in self.users {
+            let u = id.to_string();
+            let received = got.get(&u).cloned().unwrap_or_default();
+            let t = tally(&u, &received);
+            let state = if u == outcome.unsubscribed {
+                "unsubscribed"
+            } else if self.subscribed.iter().any(|(i, _)| *i == *id) {
+                "active"
             } else {
-                None
-            },
-            user: u,
-            received,
-        });
-    }
-    println!(
-        "  written: all of the user's notifications ({HISTORY_PER_USER} from before anyone subscribed); \
-         received: live `insert` webhooks; backfill: `read` webhooks; not theirs: rows of other users"
-    );
-    println!(
-        "  backfill differs from written: a backfill replays the user's rows that exist at that moment, \
-         history from before subscribing included; rows written after it arrive only as live webhooks"
-    );
-    let problems = check(&checks);
-    if problems.is_empty() {
-        println!(
-            "\n  Check passed: every subscribed user received exactly the rows written for them while subscribed, \
-             nobody received another user's rows{}.",
-            if expected_read.is_some() {
-                format!(", and {}'s backfill replayed exactly their history", name_of(&bf_id.to_string()))
-            } else {
-                String::new()
-            }
-        );
-        Ok(())
-    } else {
-        println!("\n  Check FAILED:");
-        for p in &problems {
-            println!("   - {p}");
+                "none"
+            };
+            let n_written = written_all.get(&u).map(BTreeSet::len).unwrap_or(0);
+            let expected_live = outcome.expected_live.get(&u).cloned().unwrap_or_default();
+            println!(
+                "  {:<5} {:<7} {:<13} {:>8} {:>17} {:>9} {:>9} {:>10}",
+                u,
+                name,
+                state,
+                n_written,
+                expected_live.len(),
+                t.inserts.len(),
+                t.reads.len(),
+                t.foreign.len()
+            );
+            checks.push(UserCheck {
+                expected_live,
+                expected_read: (id == bf_id).then(|| expected_read.clone()),
+                user: u,
+                received,
+            });
         }
-        Err(DemoError::Check(problems.join("; ")))
+        println!(
+            "  written: all of the user's notifications ({HISTORY_PER_USER} from before anyone subscribed); \
+             received: live `insert` webhooks; backfill: `read` webhooks; not theirs: rows of other users"
+        );
+        println!(
+            "  backfill differs from written: a backfill replays the user's rows that exist at that moment, \
+             history from before subscribing included; rows written after it arrive only as live webhooks"
+        );
+        let problems = check(&checks);
+        if problems.is_empty() {
+            let bf_name = self
+                .users
+                .iter()
+                .find(|(id, _)| id == bf_id)
+                .map(|(_, n)| n.as_str())
+                .unwrap_or_default();
+            println!(
+                "\n  Check passed: every subscribed user received exactly the rows written for them while subscribed, \
+                 nobody received another user's rows, and {bf_name}'s backfill replayed exactly their history."
+            );
+            Ok(())
+        } else {
+            println!("\n  Check FAILED:");
+            for p in &problems {
+                println!("   - {p}");
+            }
+            Err(DemoError::Check(problems.join("; ")))
+        }
     }
 }
 

@@ -6,8 +6,9 @@ use super::{
     expect_no_options, Created, Names, ProvisionError, Provisioner, ResumeOptions,
     SubscribeOptions, UpdateOptions,
 };
-use crate::queue::{Change, Request};
+use crate::model::{Change, Request};
 use crate::sequin::{ErrorClass, Resource, SequinError};
+use crate::subscriptions::{self, Selector, Subscription};
 use crate::webhook_url;
 
 /// Unsubscribe also finishes what a crashed unsubscribe left in `deleting`.
@@ -15,44 +16,16 @@ const REMOVABLE: &[&str] = &["provisioning", "active", "paused", "deleting"];
 /// What backfill/update/pause/resume can act on.
 const READY: &[&str] = &["active", "paused"];
 
-const SUBSCRIPTION_COLUMNS: &str =
-    "id, status, endpoint, sink_name, endpoint_name, transform, actions, sequin_endpoint_id::text";
-
-/// A subscription row as the actions need it.
-#[derive(Debug, Clone)]
-pub(super) struct SubscriptionRow {
-    pub id: i64,
-    pub status: String,
-    pub endpoint: String,
-    pub sink_name: Option<String>,
-    pub endpoint_name: Option<String>,
-    pub transform: Option<String>,
-    pub actions: Vec<String>,
-    pub endpoint_id: Option<String>,
-}
-
-impl SubscriptionRow {
-    fn from_row(row: &tokio_postgres::Row) -> Self {
-        SubscriptionRow {
-            id: row.get(0),
-            status: row.get(1),
-            endpoint: row.get(2),
-            sink_name: row.get(3),
-            endpoint_name: row.get(4),
-            transform: row.get(5),
-            actions: row.get(6),
-            endpoint_id: row.get(7),
-        }
-    }
-
-    /// The Sequin names: as recorded, or derived (a subscription that never finished
-    /// provisioning has none recorded, but its names are deterministic).
-    fn names(&self, prefix: &str) -> Names {
-        let derived = Names::new(prefix, self.id);
-        Names {
-            endpoint: self.endpoint_name.clone().unwrap_or(derived.endpoint),
-            sink: self.sink_name.clone().unwrap_or(derived.sink),
-        }
+/// The Sequin names of a subscription: as recorded, or derived (one that never finished
+/// provisioning has none recorded, but its names are deterministic).
+fn names_of(subscription: &Subscription, prefix: &str) -> Names {
+    let derived = Names::new(prefix, subscription.id);
+    Names {
+        endpoint: subscription
+            .endpoint_name
+            .clone()
+            .unwrap_or(derived.endpoint),
+        sink: subscription.sink_name.clone().unwrap_or(derived.sink),
     }
 }
 
@@ -70,39 +43,23 @@ impl Provisioner {
         &self,
         request: &Request,
         statuses: &[&str],
-    ) -> Result<Vec<SubscriptionRow>, ProvisionError> {
+    ) -> Result<Vec<Subscription>, ProvisionError> {
         let client = self.pool.get().await?;
-        let statuses: Vec<String> = statuses.iter().map(|s| s.to_string()).collect();
-        let rows = if let Some(id) = request.subscription_id {
-            let sql = format!(
-                "select {SUBSCRIPTION_COLUMNS} from userhooks.webhook_subscriptions
-                  where id = $1 and user_id = $2 and status = any($3)"
-            );
-            client
-                .query(&sql, &[&id, &request.user_id, &statuses])
-                .await?
-        } else if let Some(url) = &request.webhook_url {
-            // Stored URLs are normalized; compare like with like.
-            let url = webhook_url::normalize(url).unwrap_or_else(|| url.clone());
-            let sql = format!(
-                "select {SUBSCRIPTION_COLUMNS} from userhooks.webhook_subscriptions
-                  where user_id = $1 and endpoint = $2 and status = any($3) order by id"
-            );
-            client
-                .query(&sql, &[&request.user_id, &url, &statuses])
-                .await?
-        } else {
-            let sql = format!(
-                "select {SUBSCRIPTION_COLUMNS} from userhooks.webhook_subscriptions
-                  where user_id = $1 and status = any($2) order by id"
-            );
-            client.query(&sql, &[&request.user_id, &statuses]).await?
+        // Stored URLs are normalized; compare like with like.
+        let url = request
+            .webhook_url
+            .as_ref()
+            .map(|url| webhook_url::normalize(url).unwrap_or_else(|| url.clone()));
+        let which = match (request.subscription_id, &url) {
+            (Some(id), _) => Selector::Id(id),
+            (None, Some(url)) => Selector::Url(url),
+            (None, None) => Selector::All,
         };
-        Ok(rows.iter().map(SubscriptionRow::from_row).collect())
+        Ok(subscriptions::of_user(&client, &request.user_id, which, statuses).await?)
     }
 
     /// Exactly one subscription, or a clear reason why not.
-    async fn resolve_one(&self, request: &Request) -> Result<SubscriptionRow, ProvisionError> {
+    async fn resolve_one(&self, request: &Request) -> Result<Subscription, ProvisionError> {
         let mut found = self.resolve(request, READY).await?;
         let which = describe_target(request);
         match found.len() {
@@ -114,7 +71,7 @@ impl Provisioner {
                     Err(ProvisionError::NotFound(format!(
                         "user {} has no live subscription{which}; nothing to {}",
                         quoted(&request.user_id),
-                        request.action.as_str()
+                        request.action_label()
                     )))
                 } else {
                     Err(ProvisionError::NotReady(format!(
@@ -148,19 +105,12 @@ impl Provisioner {
         }
         let ids: Vec<i64> = targets.iter().map(|t| t.id).collect();
         if !ids.is_empty() {
-            // Visible while we work, and no longer "live" for a subscribe of the same URL.
             let client = self.pool.get().await?;
-            client
-                .execute(
-                    "update userhooks.webhook_subscriptions set status = 'deleting', updated_at = now()
-                      where id = any($1) and status <> 'deleting'",
-                    &[&ids],
-                )
-                .await?;
+            subscriptions::mark_deleting(&client, &ids).await?;
         }
         let mut changes = Vec::with_capacity(targets.len());
         for target in &targets {
-            let names = target.names(&self.config.name_prefix);
+            let names = names_of(target, &self.config.name_prefix);
             self.sequin.delete_sink(&names.sink).await?;
             match self.sequin.delete_endpoint(&names.endpoint).await {
                 Ok(_) => {}
@@ -201,7 +151,7 @@ impl Provisioner {
                 target.id
             )));
         }
-        let names = target.names(&self.config.name_prefix);
+        let names = names_of(&target, &self.config.name_prefix);
         let started = self.start_backfill(target.id, &names.sink).await?;
         let mut result = json!({
             "subscription_id": target.id,
@@ -295,22 +245,16 @@ impl Provisioner {
         }
         let target = self.resolve_one(request).await?;
         created.subscription_id = None; // never compensate an existing subscription
-        let names = target.names(&self.config.name_prefix);
+        let names = names_of(&target, &self.config.name_prefix);
         let mut changed = Vec::new();
         let mut new_endpoint = None;
         if let Some(raw) = &options.webhook_url {
             let url = self.validate_url(Some(raw)).await?;
             if url.as_str() != target.endpoint {
                 let client = self.pool.get().await?;
-                let taken: i64 = client
-                    .query_one(
-                        "select count(*) from userhooks.webhook_subscriptions
-                          where user_id = $1 and endpoint = $2 and id <> $3 and live",
-                        &[&request.user_id, &url.as_str(), &target.id],
-                    )
+                if subscriptions::url_taken(&client, &request.user_id, url.as_str(), target.id)
                     .await?
-                    .get(0);
-                if taken > 0 {
+                {
                     return Err(ProvisionError::Invalid(format!(
                         "user {} already has a subscription for {url}",
                         quoted(&request.user_id)
@@ -387,7 +331,7 @@ impl Provisioner {
     ) -> Result<(Value, Vec<Change>), ProvisionError> {
         expect_no_options(&request.options, "pause")?;
         let target = self.resolve_one(request).await?;
-        let names = target.names(&self.config.name_prefix);
+        let names = names_of(&target, &self.config.name_prefix);
         self.sequin.delete_sink(&names.sink).await?;
         // Sequin deleted the sink's backfills with it; a resume with replay starts anew.
         let client = self.pool.get().await?;
@@ -430,8 +374,8 @@ impl Provisioner {
                 Vec::new(),
             ));
         }
-        let names = target.names(&self.config.name_prefix);
-        let endpoint_id = match &target.endpoint_id {
+        let names = names_of(&target, &self.config.name_prefix);
+        let endpoint_id = match &target.sequin_endpoint_id {
             Some(id) => id.clone(),
             None => {
                 self.sequin

@@ -12,9 +12,10 @@ use tokio::sync::Mutex;
 
 use crate::config::Config;
 use crate::db::DbError;
-use crate::queue::{Action, Change, Outcome, Request};
+use crate::model::{Action, Change, Outcome, Request};
 use crate::retry::RetryPolicy;
 use crate::sequin::{ErrorClass, ExportedFunction, Resource, SequinClient, SequinError};
+use crate::subscriptions::{OpenRequest, OpenSubscription};
 use crate::webhook_url::{self, Resolver, UrlError, UrlPolicy, WebhookUrl};
 
 mod actions;
@@ -22,7 +23,7 @@ mod open;
 mod options;
 pub mod replica;
 
-use open::{OpenOp, OpenRequest, OpenSubscription, Opener};
+use open::{OpenOp, Opener};
 
 pub use options::{
     expect_no_options, secret_hash, ResumeOptions, SubscribeOptions, UpdateOptions, CHANGE_ACTIONS,
@@ -142,8 +143,20 @@ impl Provisioner {
 
     /// Carry out one claimed request and decide its outcome. Never panics, never loses it.
     pub async fn handle(&self, request: &Request) -> Outcome {
+        let action = match &request.action {
+            Ok(action) => *action,
+            Err(unknown) => {
+                return Outcome::Failed {
+                    kind: "invalid_request",
+                    message: unknown.to_string(),
+                    status: None,
+                    details: None,
+                    changes: Vec::new(),
+                }
+            }
+        };
         let mut created = Created::default();
-        let result = match request.action {
+        let result = match action {
             Action::Subscribe => self.subscribe(request, &mut created).await,
             Action::Unsubscribe => self.unsubscribe(request).await,
             Action::Backfill => self.backfill(request).await,

@@ -1,4 +1,5 @@
-//! Client of Sequin's Management API (see `sequin-api.md`).
+//! Client of Sequin's Management API (v0.14.6; what the worker relies on is in
+//! docs/architecture.md, section 5).
 //!
 //! Every call sends `Authorization: Bearer`, `Accept: application/json` and, on writes,
 //! `Content-Type: application/json`; errors are parsed in both of Sequin's shapes and
@@ -649,7 +650,7 @@ impl SequinClient {
 
     /// Every HTTP endpoint of the account (reconcile's orphan scan; one call, no paging).
     /// Counted as `get_endpoint`: the `operation` label values are fixed by the metrics
-    /// contract (DESIGN.md §6).
+    /// contract (docs/architecture.md, section 8).
     pub async fn list_endpoints(&self) -> Result<Vec<Value>, SequinError> {
         let value = self
             .send_json(

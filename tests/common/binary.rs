@@ -108,9 +108,10 @@ impl WorkerProcess {
     /// SIGKILL, and wait until it is gone.
     pub async fn kill(&mut self) {
         send_signal(self.pid, "-KILL");
-        let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+        tokio::time::timeout(Duration::from_secs(10), self.child.wait())
             .await
-            .expect("a SIGKILLed worker is reaped within 10s");
+            .expect("a SIGKILLed worker is reaped within 10s")
+            .expect("wait for the SIGKILLed worker");
     }
 
     /// SIGTERM, then wait up to `timeout` for the exit. Returns the status and how long

@@ -259,6 +259,10 @@ pub fn count_calls(emulator: &EmulatorHandle, operation: &str) -> usize {
         .count()
 }
 
+pub mod app;
+#[allow(unused_imports)] // not every test file uses the harness
+pub use app::*;
+
 // Helpers of the fault suite (tests/faults.rs).
 pub mod binary;
 pub mod certs;

@@ -158,6 +158,9 @@ pub(crate) async fn present(
         .collect())
 }
 
+/// The publication the emulated database reports (`replication_slots[].publication_name`).
+pub(crate) const PUBLICATION: &str = "sequin_pub";
+
 /// Install the log and the capture trigger on `tables` (which must exist). Safe to run again
 /// and from several emulators at once.
 pub(crate) async fn install(
@@ -169,6 +172,19 @@ pub(crate) async fn install(
         sql.push_str(&format!(
             "create or replace trigger sequin_emulator_capture after insert or update or delete \
              on {} for each row execute function sequin_emulator.capture();\n",
+            quote_table(table)
+        ));
+    }
+    // A database connected to Sequin has the publication its slot reads (Sequin checks it
+    // when the database is connected): the emulator, standing in for that setup, makes it.
+    sql.push_str(&format!(
+        "do $$ begin create publication {PUBLICATION}; \
+         exception when duplicate_object then null; end $$;\n"
+    ));
+    for table in tables {
+        sql.push_str(&format!(
+            "do $$ begin alter publication {PUBLICATION} add table {}; \
+             exception when duplicate_object then null; end $$;\n",
             quote_table(table)
         ));
     }

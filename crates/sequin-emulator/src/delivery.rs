@@ -293,6 +293,21 @@ async fn route_conn<'a>(
     guard.as_mut()
 }
 
+/// Install the change log (and the publication) on the tables that exist now, before the
+/// emulator answers its first call: a worker's preflight may look for the publication at once.
+/// Tables created later are picked up by the engine.
+pub(crate) async fn prepare(config: &DeliveryConfig, tables: &[String]) {
+    let result = async {
+        let client = crate::pg::connect(&config.database_url).await?;
+        let present = changelog::present(&client, tables).await?;
+        changelog::install(&client, &present).await
+    }
+    .await;
+    if let Err(err) = result {
+        tracing::warn!(error = %err, "emulator delivery: cannot install the change log yet");
+    }
+}
+
 /// The change log's position when a sink is created: it receives the changes after it.
 /// Makes sure the triggers exist first, so no later change escapes them.
 pub(crate) async fn log_position(shared: &Shared) -> Option<i64> {

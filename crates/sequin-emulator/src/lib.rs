@@ -1,7 +1,7 @@
 //! A strict stand-in for the Sequin Management API (v0.14.6), with fault injection.
 //!
-//! It follows `sequin-api.md`: same routes, status codes and error bodies as real Sequin.
-//! Where that document is silent the emulator guesses, and says so in a comment.
+//! It follows Sequin's source: same routes, status codes and error bodies as real Sequin.
+//! Where the emulator guesses, it says so in a comment.
 //!
 //! Request pipeline (mirrors Phoenix): body parsing (400 on bad JSON) → routing (404) →
 //! `accepts ["json"]` (406) → `VerifyApiToken` (401) → `VerifyContentType` (400) → controller.
@@ -310,6 +310,9 @@ fn list_of(mut v: Value, key: &str) -> Vec<Value> {
 
 /// Start the emulator on `listener` in a background task.
 pub async fn start(config: EmulatorConfig, listener: tokio::net::TcpListener) -> EmulatorHandle {
+    if let Some(delivery) = &config.delivery {
+        delivery::prepare(delivery, &config.tables).await;
+    }
     let shared = Shared::new(config);
     let addr = listener
         .local_addr()
@@ -336,6 +339,9 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    if let Some(delivery) = &config.delivery {
+        delivery::prepare(delivery, &config.tables).await;
+    }
     serve_shared(Shared::new(config), listener, shutdown).await
 }
 
@@ -432,7 +438,7 @@ impl Resp {
             (
                 status,
                 [(header::CONTENT_TYPE, "application/json; charset=utf-8")],
-                // to_vec, not to_string: Display goes through fmt::Write, ~2x slower here.
+                // to_vec, not to_string: Display goes through fmt::Write, which is slower here.
                 serde_json::to_vec(&self.body).unwrap_or_default(),
             )
                 .into_response()

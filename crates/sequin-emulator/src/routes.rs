@@ -466,74 +466,100 @@ fn parse_headers(v: &Value) -> Result<Map<String, Value>, Resp> {
     }
 }
 
-fn upsert_endpoint(db: &mut Db, params: &Map<String, Value>, existing: Option<usize>) -> Resp {
-    let mut url: Option<UrlParts> = None;
-    let mut headers: Option<Map<String, Value>> = None;
-    let mut encrypted: Option<Map<String, Value>> = None;
+/// The fields of an endpoint create or update, parsed.
+struct EndpointChange {
+    url: Option<UrlParts>,
+    headers: Option<Map<String, Value>>,
+    encrypted: Option<Map<String, Value>>,
+}
+
+/// Parse the body's fields in Sequin's order; the first field Sequin's parser refuses (or
+/// crashes on) is the answer.
+fn parse_endpoint_params(params: &Map<String, Value>) -> Result<EndpointChange, Resp> {
+    let mut change = EndpointChange {
+        url: None,
+        headers: None,
+        encrypted: None,
+    };
     for key in sorted_keys(params) {
         let v = &params[&key];
         match key.as_str() {
             "name" => {}
             "url" => match v {
-                Value::String(s) => url = Some(parse_url(s)),
+                Value::String(s) => change.url = Some(parse_url(s)),
                 // `"url": null` (or any non-string) crashes URI.parse.
-                _ => return Resp::crash(),
+                _ => return Err(Resp::crash()),
             },
-            "headers" => match parse_headers(v) {
-                Ok(h) => headers = Some(h),
-                Err(r) => return r,
-            },
-            "encrypted_headers" => match parse_headers(v) {
-                Ok(h) => encrypted = Some(h),
-                Err(r) => return r,
-            },
+            "headers" => change.headers = Some(parse_headers(v)?),
+            "encrypted_headers" => change.encrypted = Some(parse_headers(v)?),
             "id" | "inserted_at" | "updated_at" | "account_id" => {}
             // Known to Sequin but out of scope for the emulator (guess: answer a parser error).
             "webhook.site" | "local" | "path" => {
-                return Resp::parser(format!(
+                return Err(Resp::parser(format!(
                     "Emulator: `{key}` endpoints are not supported by the emulator"
-                ))
+                )))
             }
-            _ => return Resp::parser(format!("Unknown field: {key}")),
+            _ => return Err(Resp::parser(format!("Unknown field: {key}"))),
         }
     }
+    Ok(change)
+}
 
+/// The changeset errors of a URL's parts.
+fn add_url_errors(errors: &mut Map<String, Value>, u: &UrlParts) {
+    match u.scheme.as_deref() {
+        None | Some("") => add_err(errors, "scheme", "can't be blank"),
+        Some("http") | Some("https") => {}
+        Some(_) => add_err(errors, "scheme", "is invalid"),
+    }
+    match u.host.as_deref() {
+        None | Some("") => add_err(errors, "host", "can't be blank"),
+        Some(h) if !host_re().is_match(h) => add_err(errors, "host", "must be a valid hostname"),
+        Some(_) => {}
+    }
+    match u.port {
+        Some(Err(())) => add_err(errors, "port", "is invalid"),
+        Some(Ok(p)) if p < 1 => add_err(errors, "port", "must be greater than 0"),
+        Some(Ok(p)) if p > 65535 => add_err(errors, "port", "must be less than 65536"),
+        _ => {}
+    }
+}
+
+/// The changeset errors of an endpoint create (`creating`) or update.
+fn endpoint_errors(
+    params: &Map<String, Value>,
+    change: &EndpointChange,
+    creating: bool,
+) -> Map<String, Value> {
     let mut errors = Map::new();
-    check_name(&mut errors, params.get("name"), existing.is_none(), true);
-    match &url {
-        None if existing.is_none() => {
+    check_name(&mut errors, params.get("name"), creating, true);
+    match &change.url {
+        None if creating => {
             add_err(&mut errors, "scheme", "can't be blank");
             add_err(&mut errors, "host", "can't be blank");
         }
         None => {}
-        Some(u) => {
-            match u.scheme.as_deref() {
-                None | Some("") => add_err(&mut errors, "scheme", "can't be blank"),
-                Some("http") | Some("https") => {}
-                Some(_) => add_err(&mut errors, "scheme", "is invalid"),
-            }
-            match u.host.as_deref() {
-                None | Some("") => add_err(&mut errors, "host", "can't be blank"),
-                Some(h) if !host_re().is_match(h) => {
-                    add_err(&mut errors, "host", "must be a valid hostname")
-                }
-                Some(_) => {}
-            }
-            match u.port {
-                Some(Err(())) => add_err(&mut errors, "port", "is invalid"),
-                Some(Ok(p)) if p < 1 => add_err(&mut errors, "port", "must be greater than 0"),
-                Some(Ok(p)) if p > 65535 => add_err(&mut errors, "port", "must be less than 65536"),
-                _ => {}
-            }
-        }
+        Some(u) => add_url_errors(&mut errors, u),
     }
-    for (field, map) in [("headers", &headers), ("encrypted_headers", &encrypted)] {
+    for (field, map) in [
+        ("headers", &change.headers),
+        ("encrypted_headers", &change.encrypted),
+    ] {
         if let Some(m) = map {
             if m.values().any(|v| !v.is_string()) {
                 add_err(&mut errors, field, "is invalid");
             }
         }
     }
+    errors
+}
+
+fn upsert_endpoint(db: &mut Db, params: &Map<String, Value>, existing: Option<usize>) -> Resp {
+    let change = match parse_endpoint_params(params) {
+        Ok(change) => change,
+        Err(r) => return r,
+    };
+    let errors = endpoint_errors(params, &change, existing.is_none());
     if !errors.is_empty() {
         return Resp::validation(Value::Object(errors));
     }
@@ -552,7 +578,17 @@ fn upsert_endpoint(db: &mut Db, params: &Map<String, Value>, existing: Option<us
             return Resp::validation(json!({"name": ["has already been taken"]}));
         }
     }
+    let idx = store_endpoint(db, existing, name, change);
+    Resp::ok(db.render_endpoint(&db.endpoints[idx]))
+}
 
+/// Create the endpoint (`existing` is `None`) or change it; its index.
+fn store_endpoint(
+    db: &mut Db,
+    existing: Option<usize>,
+    name: Option<String>,
+    change: EndpointChange,
+) -> usize {
     let idx = match existing {
         Some(i) => i,
         None => {
@@ -581,16 +617,16 @@ fn upsert_endpoint(db: &mut Db, params: &Map<String, Value>, existing: Option<us
         }
     }
     let e = &mut db.endpoints[idx];
-    if let Some(u) = &url {
+    if let Some(u) = &change.url {
         e.url = url_to_string(u);
     }
-    if let Some(h) = headers {
+    if let Some(h) = change.headers {
         e.headers = h;
     }
-    if let Some(h) = encrypted {
+    if let Some(h) = change.encrypted {
         e.encrypted_headers = h;
     }
-    Resp::ok(db.render_endpoint(&db.endpoints[idx]))
+    idx
 }
 
 fn delete_endpoint(db: &mut Db, id_or_name: &str) -> Resp {
@@ -799,6 +835,53 @@ fn parse_destination(db: &Db, v: &Value) -> Result<Dest, Resp> {
     Ok(dest)
 }
 
+/// The legacy `tables` list: names checked, grouping columns as given.
+fn parse_tables(db: &Db, v: &Value) -> Result<Vec<Value>, Resp> {
+    let items = v
+        .as_array()
+        .ok_or_else(|| Resp::parser("Failed to parse tables: expected a list"))?;
+    let mut out = Vec::new();
+    for item in items {
+        let name = item
+            .get("name")
+            .and_then(Value::as_str)
+            .ok_or_else(|| Resp::parser("Failed to parse tables: each table needs a name"))?;
+        let name = check_table(db, name)?;
+        let cols = match item.get("group_column_names") {
+            None | Some(Value::Null) => Value::Null,
+            Some(c) => match string_list(c) {
+                Some(l) => json!(l),
+                None => {
+                    return Err(Resp::parser(
+                        "Failed to parse tables: group_column_names must be a list of strings",
+                    ))
+                }
+            },
+        };
+        out.push(json!({"name": name, "group_column_names": cols}));
+    }
+    Ok(out)
+}
+
+/// A function slot (`filter`, `transform`, ...) and the function it names (`None` for
+/// `"none"` or null).
+fn parse_function_ref(db: &Db, key: &str, v: &Value) -> Result<(&'static str, Option<Uuid>), Resp> {
+    let slot = FUNCTION_SLOTS
+        .iter()
+        .copied()
+        .find(|s| *s == key)
+        .unwrap_or("filter");
+    match v {
+        Value::Null => Ok((slot, None)),
+        Value::String(s) if s == "none" => Ok((slot, None)),
+        Value::String(s) => match db.functions.iter().find(|f| &f.name == s) {
+            Some(f) => Ok((slot, Some(f.id))),
+            None => Err(Resp::parser(format!("Function '{s}' not found."))),
+        },
+        other => Err(Resp::parser(format!("Function '{other}' not found."))),
+    }
+}
+
 fn parse_sink(db: &Db, params: &Map<String, Value>) -> Result<SinkPatch, Resp> {
     let mut p = SinkPatch::default();
     for key in sorted_keys(params) {
@@ -844,29 +927,7 @@ fn parse_sink(db: &Db, params: &Map<String, Value>) -> Result<SinkPatch, Resp> {
             }
             "tables" => {
                 require_database(db, params)?;
-                let items = v
-                    .as_array()
-                    .ok_or_else(|| Resp::parser("Failed to parse tables: expected a list"))?;
-                let mut out = Vec::new();
-                for item in items {
-                    let name = item.get("name").and_then(Value::as_str).ok_or_else(|| {
-                        Resp::parser("Failed to parse tables: each table needs a name")
-                    })?;
-                    let name = check_table(db, name)?;
-                    let cols = match item.get("group_column_names") {
-                        None | Some(Value::Null) => Value::Null,
-                        Some(c) => match string_list(c) {
-                            Some(l) => json!(l),
-                            None => {
-                                return Err(Resp::parser(
-                                    "Failed to parse tables: group_column_names must be a list of strings",
-                                ))
-                            }
-                        },
-                    };
-                    out.push(json!({"name": name, "group_column_names": cols}));
-                }
-                p.tables = Some(out);
+                p.tables = Some(parse_tables(db, v)?);
             }
             "destination" => p.destination = Some(parse_destination(db, v)?),
             "batch_size" => match v.as_u64() {
@@ -889,20 +950,7 @@ fn parse_sink(db: &Db, params: &Map<String, Value>) -> Result<SinkPatch, Resp> {
                 },
             },
             "filter" | "transform" | "routing" | "enrichment" => {
-                let slot = FUNCTION_SLOTS
-                    .iter()
-                    .copied()
-                    .find(|s| *s == key)
-                    .unwrap_or("filter");
-                match v {
-                    Value::Null => p.functions.push((slot, None)),
-                    Value::String(s) if s == "none" => p.functions.push((slot, None)),
-                    Value::String(s) => match db.functions.iter().find(|f| &f.name == s) {
-                        Some(f) => p.functions.push((slot, Some(f.id))),
-                        None => return Err(Resp::parser(format!("Function '{s}' not found."))),
-                    },
-                    other => return Err(Resp::parser(format!("Function '{other}' not found."))),
-                }
+                p.functions.push(parse_function_ref(db, &key, v)?)
             }
             "initial_backfill" => match v {
                 // Parsed, then ignored by REST create.
@@ -979,47 +1027,65 @@ fn upsert_sink(db: &mut Db, params: &Map<String, Value>, existing: Option<usize>
     match &patch.destination {
         None if creating => add_err(&mut errors, "sink", "can't be blank"),
         None => {}
-        Some(d) => {
-            match d.endpoint_id {
-                Some(id) => s.endpoint_id = id,
-                None => add_nested_err(&mut errors, "sink", "http_endpoint_id", "can't be blank"),
-            }
-            match &d.path {
-                Value::Null => s.endpoint_path = None,
-                Value::String(p) if p.is_empty() => s.endpoint_path = None,
-                Value::String(p) if p.len() <= 2000 && path_re().is_match(p) => {
-                    s.endpoint_path = Some(p.clone())
-                }
-                _ => add_nested_err(
-                    &mut errors,
-                    "sink",
-                    "http_endpoint_path",
-                    "must be a valid URL path or empty",
-                ),
-            }
-            match &d.batch {
-                Value::Bool(b) => s.batch = *b,
-                Value::String(b) if b == "true" || b == "false" => s.batch = b == "true",
-                _ => add_nested_err(&mut errors, "sink", "batch", "is invalid"),
-            }
-        }
+        Some(d) => cast_destination(&mut s, d, &mut errors),
     }
+    cast_sink_fields(&mut s, params, &mut errors);
+    apply_sink_patch(&mut s, patch, &mut errors);
+    add_sink_rule_errors(&s, &mut errors);
+    if !errors.is_empty() {
+        return Resp::validation(Value::Object(errors));
+    }
+    if let Err(r) = check_sink_constraints(db, &s, creating) {
+        return r;
+    }
+    store_sink(db, s, existing)
+}
+
+/// The destination's endpoint, path and batch flag, or their changeset errors.
+fn cast_destination(s: &mut Sink, d: &Dest, errors: &mut Map<String, Value>) {
+    match d.endpoint_id {
+        Some(id) => s.endpoint_id = id,
+        None => add_nested_err(errors, "sink", "http_endpoint_id", "can't be blank"),
+    }
+    match &d.path {
+        Value::Null => s.endpoint_path = None,
+        Value::String(p) if p.is_empty() => s.endpoint_path = None,
+        Value::String(p) if p.len() <= 2000 && path_re().is_match(p) => {
+            s.endpoint_path = Some(p.clone())
+        }
+        _ => add_nested_err(
+            errors,
+            "sink",
+            "http_endpoint_path",
+            "must be a valid URL path or empty",
+        ),
+    }
+    match &d.batch {
+        Value::Bool(b) => s.batch = *b,
+        Value::String(b) if b == "true" || b == "false" => s.batch = b == "true",
+        _ => add_nested_err(errors, "sink", "batch", "is invalid"),
+    }
+}
+
+/// The plain fields the changeset casts from the body: enums, actions, message grouping,
+/// annotations.
+fn cast_sink_fields(s: &mut Sink, params: &Map<String, Value>, errors: &mut Map<String, Value>) {
     one_of(
-        &mut errors,
+        errors,
         params,
         "status",
         &["active", "paused", "disabled"],
         &mut s.status,
     );
     one_of(
-        &mut errors,
+        errors,
         params,
         "load_shedding_policy",
         &["pause_on_full", "discard_on_full"],
         &mut s.load_shedding_policy,
     );
     one_of(
-        &mut errors,
+        errors,
         params,
         "timestamp_format",
         &["iso8601", "unix_microsecond"],
@@ -1033,28 +1099,32 @@ fn upsert_sink(db: &mut Db, params: &Map<String, Value>, existing: Option<usize>
             {
                 s.actions = l
             }
-            _ => add_err(&mut errors, "actions", "is invalid"),
+            _ => add_err(errors, "actions", "is invalid"),
         }
     }
     if let Some(v) = params.get("message_grouping") {
         match v {
             Value::Bool(b) => s.message_grouping = *b,
             Value::String(b) if b == "true" || b == "false" => s.message_grouping = b == "true",
-            _ => add_err(&mut errors, "message_grouping", "is invalid"),
+            _ => add_err(errors, "message_grouping", "is invalid"),
         }
     }
     if let Some(v) = params.get("annotations") {
         match v {
             Value::Object(_) => s.annotations = v.clone(),
-            _ => add_err(&mut errors, "annotations", "is invalid"),
+            _ => add_err(errors, "annotations", "is invalid"),
         }
     }
+}
+
+/// What [`parse_sink`] parsed: batch size, retries, source, tables, function references.
+fn apply_sink_patch(s: &mut Sink, patch: SinkPatch, errors: &mut Map<String, Value>) {
     if let Some(n) = patch.batch_size {
         s.batch_size = n;
     }
     if let Some(n) = patch.max_retry_count {
         if n == 0 {
-            add_err(&mut errors, "max_retry_count", "must be greater than 0");
+            add_err(errors, "max_retry_count", "must be greater than 0");
         }
         s.max_retry_count = Some(n);
     }
@@ -1075,6 +1145,10 @@ fn upsert_sink(db: &mut Db, params: &Map<String, Value>, existing: Option<usize>
             _ => s.enrichment = *f,
         }
     }
+}
+
+/// Rules across fields of the changed sink.
+fn add_sink_rule_errors(s: &Sink, errors: &mut Map<String, Value>) {
     // Guessed message: grouping columns need message grouping.
     if !s.message_grouping
         && s.tables.iter().any(|t| {
@@ -1084,7 +1158,7 @@ fn upsert_sink(db: &mut Db, params: &Map<String, Value>, existing: Option<usize>
         })
     {
         add_err(
-            &mut errors,
+            errors,
             "tables",
             "group_column_names cannot be set when message_grouping is false",
         );
@@ -1092,16 +1166,15 @@ fn upsert_sink(db: &mut Db, params: &Map<String, Value>, existing: Option<usize>
     // Guessed message: enrichment needs exactly one included table.
     if s.enrichment.is_some() && s.source.include_tables.as_ref().map(Vec::len) != Some(1) {
         add_err(
-            &mut errors,
+            errors,
             "enrichment_id",
             "enrichment functions require exactly one table in source.include_tables",
         );
     }
-    if !errors.is_empty() {
-        return Resp::validation(Value::Object(errors));
-    }
+}
 
-    // --- database level: BEFORE trigger, check constraints, unique index ---
+/// The database level: the function-type trigger, check constraints, the unique index.
+fn check_sink_constraints(db: &Db, s: &Sink, creating: bool) -> Result<(), Resp> {
     for (slot, id) in [
         ("filter", s.filter),
         ("transform", s.transform),
@@ -1116,19 +1189,19 @@ fn upsert_sink(db: &mut Db, params: &Map<String, Value>, existing: Option<usize>
                 .map(|f| f.kind.as_str());
             if kind != Some(slot) {
                 // The function-type trigger raises; Ecto does not map it: a crash.
-                return Resp::crash();
+                return Err(Resp::crash());
             }
         }
     }
     if serde_json::to_vec(&s.annotations).map_or(0, |v| v.len()) > 8192 {
-        return Resp::validation(
+        return Err(Resp::validation(
             json!({"annotations": ["annotations size limit exceeded (8192 bytes)"]}),
-        );
+        ));
     }
     if !s.batch && s.batch_size != 1 {
-        return Resp::validation(
+        return Err(Resp::validation(
             json!({"batch_size": ["batch_size must be 1 when batch is false for webhook sinks"]}),
-        );
+        ));
     }
     if db
         .sink_names
@@ -1136,11 +1209,18 @@ fn upsert_sink(db: &mut Db, params: &Map<String, Value>, existing: Option<usize>
         .is_some_and(|&i| db.sinks[i].id != s.id)
     {
         if creating {
-            return Resp::validation(json!({"name": ["has already been taken"]}));
+            return Err(Resp::validation(
+                json!({"name": ["has already been taken"]}),
+            ));
         }
         // Update has no unique_constraint: the constraint error is raised.
-        return Resp::crash();
+        return Err(Resp::crash());
     }
+    Ok(())
+}
+
+/// Store the created (`existing` is `None`) or changed sink; its rendering.
+fn store_sink(db: &mut Db, s: Sink, existing: Option<usize>) -> Resp {
     match existing {
         Some(i) => {
             let renamed = db.sinks[i].name != s.name;
@@ -1307,98 +1387,135 @@ fn yaml_str(m: &serde_norway::Mapping, key: &str) -> Option<Result<String, ()>> 
 }
 
 fn config_apply(db: &mut Db, params: &Map<String, Value>, apply: bool) -> Resp {
+    let parsed = match parse_config_functions(db, params) {
+        Ok(parsed) => parsed,
+        Err(r) => return r,
+    };
+    let changes = store_functions(db, parsed, apply);
+    if !apply {
+        // Guessed shape for the dry run.
+        return Resp::ok(json!({ "changes": changes }));
+    }
+    let mut resources = vec![db.render_database(true)];
+    resources.extend(db.functions.iter().map(Db::render_function));
+    resources.extend(db.endpoints.iter().map(|e| db.render_endpoint(e)));
+    resources.extend(db.sinks.iter().map(|s| db.render_sink(s, false)));
+    Resp::ok(json!({ "resources": resources }))
+}
+
+/// The functions of a config apply or plan body (`{"yaml": ...}`), or Sequin's refusal.
+fn parse_config_functions(db: &Db, params: &Map<String, Value>) -> Result<Vec<Function>, Resp> {
     // `def apply(conn, %{"yaml" => yaml})`: no other clause → Phoenix.ActionClauseError (400).
     let Some(yaml) = params.get("yaml").and_then(Value::as_str) else {
-        return Resp::detail(400, "Bad Request");
+        return Err(Resp::detail(400, "Bad Request"));
     };
-    let doc: serde_norway::Value = match serde_norway::from_str(yaml) {
-        Ok(d) => d,
-        Err(e) => return Resp::summary(400, format!("Invalid YAML: {e}")),
-    };
+    let doc: serde_norway::Value = serde_norway::from_str(yaml)
+        .map_err(|e| Resp::summary(400, format!("Invalid YAML: {e}")))?;
     let top = match doc {
         serde_norway::Value::Null => serde_norway::Mapping::new(),
         serde_norway::Value::Mapping(m) => m,
-        _ => return Resp::summary(400, "Invalid YAML: expected a map at the top level"),
+        _ => {
+            return Err(Resp::summary(
+                400,
+                "Invalid YAML: expected a map at the top level",
+            ))
+        }
     };
     let has = |k: &str| top.contains_key(serde_norway::Value::String(k.to_string()));
     if has("functions") && has("transforms") {
-        return Resp::crash();
+        return Err(Resp::crash());
     }
     for k in top.keys() {
         let k = k.as_str().unwrap_or("");
         if k != "functions" {
             // The emulator only models the `functions:` section.
-            return Resp::parser(format!(
+            return Err(Resp::parser(format!(
                 "Emulator: config section `{k}` is not supported by the emulator (only `functions:`)"
-            ));
+            )));
         }
     }
     let items = match top.get(serde_norway::Value::String("functions".into())) {
         None | Some(serde_norway::Value::Null) => Vec::new(),
         Some(serde_norway::Value::Sequence(s)) => s.clone(),
         Some(_) => {
-            return Resp::summary(400, "Error creating functions: `functions` must be a list")
+            return Err(Resp::summary(
+                400,
+                "Error creating functions: `functions` must be a list",
+            ))
         }
     };
-    let mut parsed: Vec<Function> = Vec::new();
-    for item in &items {
-        let Some(m) = item.as_mapping() else {
-            return Resp::summary(400, "Error creating function: each function must be a map");
-        };
-        let name = match yaml_str(m, "name") {
-            Some(Ok(n)) if !n.is_empty() => n,
-            _ => return Resp::summary(400, "Error creating function: name is required"),
-        };
-        let err =
-            |msg: &str| Resp::summary(400, format!("Error creating function '{name}': {msg}"));
-        for k in m.keys() {
-            let k = k.as_str().unwrap_or("");
-            if !["name", "type", "description", "code", "sink_type", "id"].contains(&k) {
-                return err(&format!("unknown key '{k}'"));
-            }
+    items.iter().map(|item| parse_function(db, item)).collect()
+}
+
+/// One entry of the `functions:` list.
+fn parse_function(db: &Db, item: &serde_norway::Value) -> Result<Function, Resp> {
+    let Some(m) = item.as_mapping() else {
+        return Err(Resp::summary(
+            400,
+            "Error creating function: each function must be a map",
+        ));
+    };
+    let name = match yaml_str(m, "name") {
+        Some(Ok(n)) if !n.is_empty() => n,
+        _ => {
+            return Err(Resp::summary(
+                400,
+                "Error creating function: name is required",
+            ))
         }
-        let kind = match yaml_str(m, "type") {
-            Some(Ok(t))
-                if ["filter", "transform", "routing", "enrichment"].contains(&t.as_str()) =>
-            {
-                t
-            }
-            _ => return err("type must be one of filter, transform, routing, enrichment"),
-        };
-        if !db.functions_enabled {
-            return functions_disabled(db, &name, &kind);
+    };
+    let err = |msg: &str| Resp::summary(400, format!("Error creating function '{name}': {msg}"));
+    for k in m.keys() {
+        let k = k.as_str().unwrap_or("");
+        if !["name", "type", "description", "code", "sink_type", "id"].contains(&k) {
+            return Err(err(&format!("unknown key '{k}'")));
         }
-        let description = match yaml_str(m, "description") {
-            None => None,
-            Some(Ok(d)) => Some(d),
-            Some(Err(())) => return err("description must be a string"),
-        };
-        let code = match yaml_str(m, "code") {
-            Some(Ok(c)) if !c.trim().is_empty() => c,
-            _ => return err("code is required"),
-        };
-        let def = match kind.as_str() {
-            "filter" => Some("def filter("),
-            "transform" => Some("def transform("),
-            "routing" => Some("def route("),
-            _ => None,
-        };
-        if let Some(def) = def {
-            if !code.contains(def) {
-                return err(&format!(
-                    "code must define `{})`",
-                    def.trim_end_matches('(')
-                ));
-            }
-        }
-        parsed.push(Function {
-            id: Uuid::new_v4(),
-            name,
-            kind,
-            description,
-            code,
-        });
     }
+    let kind = match yaml_str(m, "type") {
+        Some(Ok(t)) if ["filter", "transform", "routing", "enrichment"].contains(&t.as_str()) => t,
+        _ => {
+            return Err(err(
+                "type must be one of filter, transform, routing, enrichment",
+            ))
+        }
+    };
+    if !db.functions_enabled {
+        return Err(functions_disabled(db, &name, &kind));
+    }
+    let description = match yaml_str(m, "description") {
+        None => None,
+        Some(Ok(d)) => Some(d),
+        Some(Err(())) => return Err(err("description must be a string")),
+    };
+    let code = match yaml_str(m, "code") {
+        Some(Ok(c)) if !c.trim().is_empty() => c,
+        _ => return Err(err("code is required")),
+    };
+    let def = match kind.as_str() {
+        "filter" => Some("def filter("),
+        "transform" => Some("def transform("),
+        "routing" => Some("def route("),
+        _ => None,
+    };
+    if let Some(def) = def {
+        if !code.contains(def) {
+            return Err(err(&format!(
+                "code must define `{})`",
+                def.trim_end_matches('(')
+            )));
+        }
+    }
+    Ok(Function {
+        id: Uuid::new_v4(),
+        name,
+        kind,
+        description,
+        code,
+    })
+}
+
+/// Create or update `parsed` (only when `apply`); the change each one is (or would be).
+fn store_functions(db: &mut Db, parsed: Vec<Function>, apply: bool) -> Vec<Value> {
     let mut changes = Vec::new();
     for f in parsed {
         match db.functions.iter().position(|g| g.name == f.name) {
@@ -1426,15 +1543,7 @@ fn config_apply(db: &mut Db, params: &Map<String, Value>, apply: bool) -> Resp {
             }
         }
     }
-    if !apply {
-        // Guessed shape for the dry run.
-        return Resp::ok(json!({ "changes": changes }));
-    }
-    let mut resources = vec![db.render_database(true)];
-    resources.extend(db.functions.iter().map(Db::render_function));
-    resources.extend(db.endpoints.iter().map(|e| db.render_endpoint(e)));
-    resources.extend(db.sinks.iter().map(|s| db.render_sink(s, false)));
-    Resp::ok(json!({ "resources": resources }))
+    changes
 }
 
 /// An account without the `function_transforms` feature: the function's changeset gets an

@@ -361,7 +361,7 @@ impl Db {
             "queue_target": 50,
             "annotations": {},
             "replication_slots": [{
-                "publication_name": "sequin_pub",
+                "publication_name": crate::changelog::PUBLICATION,
                 "slot_name": "sequin_slot",
                 "status": "active"
             }]

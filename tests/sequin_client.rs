@@ -131,7 +131,7 @@ async fn an_https_base_is_spoken_to_in_tls() {
     assert_eq!(err.class(), ErrorClass::Retryable, "{err}");
 }
 
-// --- The client's own HTTP/1.1 connections, against a server that writes raw bytes ---------
+// --- The client's HTTP/1.1 connections, against a server that writes raw bytes -----------
 
 /// What the scripted server does after writing an answer.
 #[derive(Clone, Copy)]
@@ -140,25 +140,67 @@ enum Then {
     KeepOpen,
     /// Close the connection.
     Close,
+    /// Close the connection when the test calls [`Scripted::close_idle`].
+    CloseWhenTold,
+}
+
+struct Scripted {
+    base: String,
+    /// Connections accepted.
+    connections: Arc<AtomicUsize>,
+    /// The raw requests read, each with the number of the connection it came on.
+    requests: Arc<std::sync::Mutex<Vec<(usize, String)>>>,
+    close: Arc<tokio::sync::Notify>,
+    closed: tokio::sync::mpsc::UnboundedReceiver<()>,
+}
+
+impl Scripted {
+    fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+
+    /// How many requests arrived on each connection, in the order they were accepted.
+    fn requests_per_connection(&self) -> Vec<usize> {
+        let mut counts = vec![0; self.connections()];
+        for (connection, _) in self.requests.lock().unwrap().iter() {
+            counts[*connection] += 1;
+        }
+        counts
+    }
+
+    /// Have the connection waiting in `Then::CloseWhenTold` closed, and wait until it is.
+    async fn close_idle(&mut self) {
+        self.close.notify_one();
+        tokio::time::timeout(Duration::from_secs(5), self.closed.recv())
+            .await
+            .expect("the server closes the connection when told")
+            .unwrap();
+    }
 }
 
 /// A server that answers the n-th request it reads (counted over all connections) with
-/// `script(n)`, written in the given pieces. Returns the base URL, the number of
-/// connections accepted, and the raw requests read.
+/// `script(n)`, written in the given pieces.
 async fn scripted(
     script: impl Fn(usize) -> (Vec<&'static [u8]>, Then) + Send + Sync + 'static,
-) -> (String, Arc<AtomicUsize>, Arc<std::sync::Mutex<Vec<String>>>) {
+) -> Scripted {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let connections = Arc::new(AtomicUsize::new(0));
     let requests = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let close = Arc::new(tokio::sync::Notify::new());
+    let (closed_tx, closed) = tokio::sync::mpsc::unbounded_channel();
     let script = Arc::new(script);
-    let (accepted, seen) = (connections.clone(), requests.clone());
+    let (accepted, seen, told) = (connections.clone(), requests.clone(), close.clone());
     tokio::spawn(async move {
         while let Ok((mut socket, _)) = listener.accept().await {
-            accepted.fetch_add(1, Ordering::SeqCst);
-            let (script, seen) = (script.clone(), seen.clone());
+            let connection = accepted.fetch_add(1, Ordering::SeqCst);
+            let (script, seen, told, closed_tx) = (
+                script.clone(),
+                seen.clone(),
+                told.clone(),
+                closed_tx.clone(),
+            );
             tokio::spawn(async move {
                 let mut buf = Vec::new();
                 loop {
@@ -183,7 +225,7 @@ async fn scripted(
                     let request: Vec<u8> = buf.drain(..request_len).collect();
                     let n = {
                         let mut seen = seen.lock().unwrap();
-                        seen.push(String::from_utf8_lossy(&request).into_owned());
+                        seen.push((connection, String::from_utf8_lossy(&request).into_owned()));
                         seen.len() - 1
                     };
                     let (pieces, then) = script(n);
@@ -194,14 +236,27 @@ async fn scripted(
                         // Separate writes arrive as separate reads more often than not.
                         tokio::time::sleep(Duration::from_millis(5)).await;
                     }
-                    if let Then::Close = then {
-                        return;
+                    match then {
+                        Then::KeepOpen => {}
+                        Then::Close => return,
+                        Then::CloseWhenTold => {
+                            told.notified().await;
+                            drop(socket);
+                            let _ = closed_tx.send(());
+                            return;
+                        }
                     }
                 }
             });
         }
     });
-    (format!("http://{addr}/api"), connections, requests)
+    Scripted {
+        base: format!("http://{addr}/api"),
+        connections,
+        requests,
+        close,
+        closed,
+    }
 }
 
 const DATABASES: &[u8] =
@@ -209,27 +264,27 @@ const DATABASES: &[u8] =
 
 #[tokio::test]
 async fn a_kept_alive_connection_carries_the_next_call() {
-    let (base, connections, _) = scripted(|_| (vec![DATABASES], Then::KeepOpen)).await;
-    let client = client(&base);
+    let server = scripted(|_| (vec![DATABASES], Then::KeepOpen)).await;
+    let client = client(&server.base);
 
     for _ in 0..3 {
         assert_eq!(client.list_databases().await.unwrap(), vec!["app"]);
     }
 
-    assert_eq!(connections.load(Ordering::SeqCst), 1);
+    assert_eq!(server.connections(), 1);
 }
 
 /// Servers close keep-alive connections that sit idle; the next call must not fail on one.
 #[tokio::test]
 async fn a_connection_the_server_closed_while_idle_is_not_reused() {
-    let (base, connections, _) = scripted(|_| (vec![DATABASES], Then::Close)).await;
-    let client = client(&base);
+    let server = scripted(|_| (vec![DATABASES], Then::Close)).await;
+    let client = client(&server.base);
 
     assert_eq!(client.list_databases().await.unwrap(), vec!["app"]);
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(client.list_databases().await.unwrap(), vec!["app"]);
 
-    assert_eq!(connections.load(Ordering::SeqCst), 2);
+    assert_eq!(server.connections(), 2);
 }
 
 /// `Connection: close` on an answer retires the connection even if the server leaves it
@@ -237,25 +292,25 @@ async fn a_connection_the_server_closed_while_idle_is_not_reused() {
 #[tokio::test]
 async fn connection_close_on_an_answer_retires_the_connection() {
     const CLOSING: &[u8] = b"HTTP/1.1 200 OK\r\nConnection: close\r\ncontent-length: 26\r\n\r\n{\"data\":[{\"name\":\"app\"}]}\n";
-    let (base, connections, _) = scripted(|n| match n {
+    let server = scripted(|n| match n {
         0 => (vec![CLOSING], Then::KeepOpen),
         _ => (vec![DATABASES], Then::KeepOpen),
     })
     .await;
-    let client = client(&base);
+    let client = client(&server.base);
 
     for _ in 0..2 {
         assert_eq!(client.list_databases().await.unwrap(), vec!["app"]);
     }
 
-    assert_eq!(connections.load(Ordering::SeqCst), 2);
+    assert_eq!(server.connections(), 2);
 }
 
 /// Proxies in front of Sequin may re-frame answers as chunks; the body is the chunks
 /// joined, and the connection stays usable.
 #[tokio::test]
 async fn a_chunked_answer_is_read_whole_across_reads() {
-    let (base, connections, _) = scripted(|_| {
+    let server = scripted(|_| {
         (
             vec![
                 b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
@@ -267,18 +322,18 @@ async fn a_chunked_answer_is_read_whole_across_reads() {
         )
     })
     .await;
-    let client = client(&base);
+    let client = client(&server.base);
 
     for _ in 0..2 {
         assert_eq!(client.list_databases().await.unwrap(), vec!["app"]);
     }
 
-    assert_eq!(connections.load(Ordering::SeqCst), 1);
+    assert_eq!(server.connections(), 1);
 }
 
 #[tokio::test]
 async fn an_answer_without_length_is_read_until_the_server_closes() {
-    let (base, _, _) = scripted(|_| {
+    let server = scripted(|_| {
         (
             vec![
                 b"HTTP/1.1 200 OK\r\n\r\n{\"data\":",
@@ -289,12 +344,15 @@ async fn an_answer_without_length_is_read_until_the_server_closes() {
     })
     .await;
 
-    assert_eq!(client(&base).list_databases().await.unwrap(), vec!["app"]);
+    assert_eq!(
+        client(&server.base).list_databases().await.unwrap(),
+        vec!["app"]
+    );
 }
 
 #[tokio::test]
 async fn interim_answers_before_the_real_one_are_skipped() {
-    let (base, _, _) = scripted(|_| {
+    let server = scripted(|_| {
         (
             vec![b"HTTP/1.1 100 Continue\r\n\r\n", DATABASES],
             Then::KeepOpen,
@@ -302,14 +360,17 @@ async fn interim_answers_before_the_real_one_are_skipped() {
     })
     .await;
 
-    assert_eq!(client(&base).list_databases().await.unwrap(), vec!["app"]);
+    assert_eq!(
+        client(&server.base).list_databases().await.unwrap(),
+        vec!["app"]
+    );
 }
 
 /// A server that dies mid-answer leaves the request's outcome unknown: a transport error,
 /// retried later like any other, never a half-read body taken as the answer.
 #[tokio::test]
 async fn an_answer_cut_short_is_a_retryable_transport_error() {
-    let (base, _, _) = scripted(|_| {
+    let server = scripted(|_| {
         (
             vec![b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n{\"data\":[]"],
             Then::Close,
@@ -317,7 +378,7 @@ async fn an_answer_cut_short_is_a_retryable_transport_error() {
     })
     .await;
 
-    let err = client(&base).list_databases().await.unwrap_err();
+    let err = client(&server.base).list_databases().await.unwrap_err();
 
     assert_eq!(err.class(), ErrorClass::Retryable, "{err}");
     assert!(
@@ -328,28 +389,83 @@ async fn an_answer_cut_short_is_a_retryable_transport_error() {
     );
 }
 
-/// Sizes a hostile or broken server announces are checked before anything is allocated or
-/// added up: a chunk of 2^64-1 bytes is refused, not wrapped around.
+/// Sizes a hostile or broken server announces are never allocated up front nor added up:
+/// a body announced past the limit is refused before it is read, a chunk of 2^64-1 bytes
+/// is read only as far as it arrives, and a chunk size past 64 bits is malformed.
 #[tokio::test]
-async fn an_absurd_chunk_size_is_refused() {
-    let (base, _, _) = scripted(|_| {
+async fn absurd_announced_sizes_fail_cleanly() {
+    let cases: [(&'static [u8], &str); 3] = [
         (
-            vec![b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\nffffffffffffffff\r\n"],
-            Then::KeepOpen,
+            b"HTTP/1.1 200 OK\r\ncontent-length: 99999999999\r\n\r\n{}",
+            "answer larger than 67108864 bytes",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\nffffffffffffffff\r\n{}",
+            "the connection closed before the whole answer arrived",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n1ffffffffffffffff\r\n",
+            "malformed HTTP answer",
+        ),
+    ];
+    for (answer, expected) in cases {
+        let server = scripted(move |_| (vec![answer], Then::Close)).await;
+
+        let err = client(&server.base).list_databases().await.unwrap_err();
+
+        assert_eq!(err.class(), ErrorClass::Retryable, "{err}");
+        assert!(err.to_string().contains(expected), "{expected}: {err}");
+    }
+}
+
+/// `Content-Length` is digits only: `+12` parses as a number in most languages, but a
+/// server and a proxy reading it differently disagree on where the answer ends.
+#[tokio::test]
+async fn a_signed_content_length_is_refused() {
+    let server = scripted(|_| {
+        (
+            vec![
+                b"HTTP/1.1 200 OK\r\ncontent-length: +26\r\n\r\n{\"data\":[{\"name\":\"app\"}]}\n",
+            ],
+            Then::Close,
         )
     })
     .await;
 
-    let err = client(&base).list_databases().await.unwrap_err();
+    let err = client(&server.base).list_databases().await.unwrap_err();
 
-    assert!(err.to_string().contains("answer larger than"), "{err}");
+    assert_eq!(err.class(), ErrorClass::Retryable, "{err}");
+    assert!(
+        err.to_string()
+            .contains("could not reach Sequin: malformed HTTP answer"),
+        "{err}"
+    );
+}
+
+/// A kept-alive connection the server closed while it sat idle: the next call's request
+/// was never written to it, so it goes out at once on a new connection, once, and the call
+/// succeeds instead of failing.
+#[tokio::test]
+async fn a_request_a_closed_idle_connection_never_sent_goes_out_on_a_new_one() {
+    let mut server = scripted(|n| match n {
+        0 => (vec![DATABASES], Then::CloseWhenTold),
+        _ => (vec![DATABASES], Then::KeepOpen),
+    })
+    .await;
+    let client = client(&server.base);
+    assert_eq!(client.list_databases().await.unwrap(), vec!["app"]);
+
+    server.close_idle().await;
+    assert_eq!(client.list_databases().await.unwrap(), vec!["app"]);
+
+    assert_eq!(server.requests_per_connection(), vec![1, 1]);
 }
 
 #[tokio::test]
 async fn a_garbled_answer_is_a_transport_error_that_says_so() {
-    let (base, _, _) = scripted(|_| (vec![b"SSH-2.0-OpenSSH_9.2\r\n\r\n"], Then::Close)).await;
+    let server = scripted(|_| (vec![b"SSH-2.0-OpenSSH_9.2\r\n\r\n"], Then::Close)).await;
 
-    let err = client(&base).list_databases().await.unwrap_err();
+    let err = client(&server.base).list_databases().await.unwrap_err();
 
     assert_eq!(err.class(), ErrorClass::Retryable, "{err}");
     assert!(err.to_string().contains("malformed HTTP answer"), "{err}");
@@ -361,36 +477,39 @@ async fn a_garbled_answer_is_a_transport_error_that_says_so() {
 async fn a_write_is_one_http_1_1_message_with_host_token_and_json_body() {
     const CREATED: &[u8] =
         b"HTTP/1.1 201 Created\r\ncontent-length: 24\r\n\r\n{\"id\":\"s-1\",\"name\":\"u1\"}";
-    let (base, _, requests) = scripted(|_| (vec![CREATED], Then::KeepOpen)).await;
-    let port = base.rsplit(':').next().unwrap().trim_end_matches("/api");
+    let server = scripted(|_| (vec![CREATED], Then::KeepOpen)).await;
+    let port = server
+        .base
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .trim_end_matches("/api");
 
-    let sink = client(&base)
+    let sink = client(&server.base)
         .create_sink(&json!({"name": "u1"}))
         .await
         .unwrap();
 
     assert_eq!(sink.id, "s-1");
-    let request = requests.lock().unwrap()[0].clone();
+    let request = server.requests.lock().unwrap()[0].1.clone();
     let (head, body) = request.split_once("\r\n\r\n").unwrap();
     let mut lines = head.lines();
     assert_eq!(lines.next(), Some("POST /api/sinks HTTP/1.1"));
-    let headers: Vec<&str> = lines.collect();
-    assert!(
-        headers.contains(&format!("Host: 127.0.0.1:{port}").as_str()),
-        "{headers:?}"
-    );
-    assert!(
-        headers.contains(&"Authorization: Bearer tok-123"),
-        "{headers:?}"
-    );
-    assert!(
-        headers.contains(&"Content-Type: application/json"),
-        "{headers:?}"
-    );
-    assert!(
-        headers.contains(&format!("Content-Length: {}", body.len()).as_str()),
-        "{headers:?}"
-    );
+    // Header names are case-insensitive; values are compared exactly.
+    let headers: Vec<String> = lines
+        .map(|line| match line.split_once(": ") {
+            Some((name, value)) => format!("{}: {value}", name.to_lowercase()),
+            None => line.to_string(),
+        })
+        .collect();
+    for expected in [
+        format!("host: 127.0.0.1:{port}"),
+        "authorization: Bearer tok-123".to_string(),
+        "content-type: application/json".to_string(),
+        format!("content-length: {}", body.len()),
+    ] {
+        assert!(headers.contains(&expected), "{expected} in {headers:?}");
+    }
     assert_eq!(
         serde_json::from_str::<serde_json::Value>(body).unwrap(),
         json!({"name": "u1"})

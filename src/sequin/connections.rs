@@ -1,37 +1,47 @@
-//! The Sequin client's HTTP/1.1 connections: one origin, a stack of idle keep-alive
-//! connections, one request at a time on each.
+//! The Sequin client's HTTP/1.1 connections to one origin: hyper's connection API
+//! (`hyper::client::conn::http1`) over a stack of idle keep-alive sockets of our own, one
+//! request at a time on each.
 //!
-//! Why not hyper's pooled client: it keeps a connection task, a request channel and two
-//! buffers for every connection, so the worker's memory grew with every Sequin call in
-//! flight (the heap profile is in docs/performance.md). Every call also crossed two tasks
-//! (the caller's and the connection's). Here a call
-//! writes its request and reads the answer in the caller's own task, and an idle
-//! connection is only its socket.
+//! Why not hyper-util's pooled client: it spawns a task per connection and keeps a pool
+//! entry, a request channel and two buffers for each for as long as the connection lives,
+//! and every call crosses from the caller's task to the connection's and back. Here a call
+//! takes an idle socket, sets up hyper's state for it (a handshake that does no I/O), and
+//! polls hyper's side of the connection itself, in its own task, until the answer is read
+//! whole; then the socket goes back on the stack and hyper's state is freed. So an idle
+//! connection costs only its socket, and hyper's buffers (~25 KiB) exist only for calls in
+//! flight. See `docs/decisions.md` ("The Sequin HTTP client").
 //!
-//! What it speaks: requests with a `Content-Length` body; answers framed by
-//! `Content-Length`, `Transfer-Encoding: chunked` or the end of the connection; `1xx`
-//! interim answers are skipped. Redirects are returned to the caller, never followed.
+//! Redirects are returned to the caller, never followed; answer bodies are read whole, up
+//! to a limit.
 
-use std::collections::VecDeque;
+use std::future::{poll_fn, Future};
 use std::io;
-use std::sync::{Arc, Mutex};
+use std::net::SocketAddr;
+use std::pin::{pin, Pin};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use futures_util::FutureExt;
+use bytes::Bytes;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Body as _;
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
-/// The largest answer head we read; Sequin's are well under 1 KiB.
-const MAX_HEAD_BYTES: usize = 64 << 10;
-/// How many header lines an answer head may have.
-const MAX_HEADERS: usize = 64;
-/// A connection idle longer than this is closed instead of reused: servers and load
-/// balancers commonly drop idle connections after 60 s, and a request written into a
-/// connection the other side is closing fails.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// A connection idle longer than this is closed: servers and load balancers commonly drop
+/// idle connections after 60 s, and until it is closed our side holds the socket (in
+/// CLOSE_WAIT once the server gave up on it).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// When an address has not connected after this long, the next one is tried alongside it
+/// (RFC 8305's recommended connection attempt delay).
+const ATTEMPT_DELAY: Duration = Duration::from_millis(250);
 
 /// Why an exchange failed; the message is what the operator reads after "could not reach
 /// Sequin: ".
@@ -44,7 +54,7 @@ pub enum HttpError {
     #[error("TLS handshake with {target} failed: {reason}")]
     Tls { target: String, reason: String },
     #[error("connection failed: {0}")]
-    Io(#[from] io::Error),
+    Io(String),
     #[error("the connection closed before the whole answer arrived")]
     Truncated,
     #[error("malformed HTTP answer: {0}")]
@@ -56,20 +66,40 @@ pub enum HttpError {
 /// One answer, read whole.
 #[derive(Debug)]
 pub struct Answer {
-    pub status: u16,
+    pub status: http::StatusCode,
     /// `Retry-After` in seconds, when given as a number.
     pub retry_after: Option<Duration>,
     pub body: Vec<u8>,
 }
 
-enum Stream {
-    Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
+type Body = Full<Bytes>;
+type Io = TokioIo<Stream>;
+type Driver = http1::Connection<Io, Body>;
+
+/// One connection in use: where the request goes in, and hyper's side that reads and
+/// writes the socket (only while someone polls it).
+struct Conn {
+    sender: http1::SendRequest<Body>,
+    /// `None` once it finished (closed or failed); dropping it hands any request it never
+    /// began to write back to its caller.
+    driver: Option<Driver>,
 }
 
+/// An idle connection is only its socket: hyper's state for it (buffers, the request
+/// channel) is made for each exchange and freed after it, so memory follows the calls in
+/// flight, not the connections open. Keeping that state with idle connections measured
+/// lower peaks in a burst but held ~25 KiB per idle connection until it closed.
 struct Idle {
-    stream: Stream,
+    io: Io,
     since: Instant,
+}
+
+struct Stack {
+    /// Least recently used first: calls take the warmest connection from the end, and the
+    /// coldest ones age out at the front, so `since` never decreases along it.
+    idle: Vec<Idle>,
+    /// Is a sweep task running for this stack?
+    reaper: bool,
 }
 
 /// Connections to one origin (`scheme://host:port`).
@@ -78,10 +108,19 @@ pub struct Connections {
     target: String,
     tls: Option<(TlsConnector, ServerName<'static>)>,
     connect_timeout: Duration,
+    idle_timeout: Duration,
     max_body: usize,
-    /// Most recently used last: calls take the warmest connection, and the coldest ones
-    /// age out at the front.
-    idle: Mutex<VecDeque<Idle>>,
+    http: http1::Builder,
+    stack: Arc<Mutex<Stack>>,
+}
+
+/// How a request on one connection ended.
+enum Outcome {
+    /// The answer, and the connection if it can carry another request.
+    Answered(Answer, Option<Io>),
+    /// The connection closed before hyper began writing the request: it can go elsewhere.
+    NotSent(Box<http::Request<Body>>, hyper::Error),
+    Failed(HttpError),
 }
 
 impl Connections {
@@ -91,6 +130,7 @@ impl Connections {
         port: u16,
         tls: Option<Arc<rustls::ClientConfig>>,
         connect_timeout: Duration,
+        idle_timeout: Duration,
         max_body: usize,
     ) -> Result<Self, String> {
         let tls = match tls {
@@ -106,423 +146,554 @@ impl Connections {
             target: format!("{host}:{port}"),
             tls,
             connect_timeout,
+            idle_timeout,
             max_body,
-            idle: Mutex::new(VecDeque::new()),
+            http: {
+                let mut http = http1::Builder::new();
+                // One buffer and a plain `send` instead of `writev` of head and body: the
+                // bodies are small, and the kernel's vectored path cost more than the copy.
+                http.writev(false);
+                http
+            },
+            stack: Arc::new(Mutex::new(Stack {
+                idle: Vec::new(),
+                reaper: false,
+            })),
         })
     }
 
-    /// Send one request (a whole HTTP/1.1 message: head and body) and read the answer.
+    /// Send one request and read the whole answer. The request needs its `Host` header;
+    /// its target is written as given (origin-form).
     ///
-    /// A connection is reused only when the answer was framed and the server did not ask
-    /// to close it. Dropping the future mid-exchange drops its connection.
-    pub async fn exchange(&self, request: &[u8]) -> Result<Answer, HttpError> {
-        let mut stream = match self.take_idle() {
-            Some(stream) => stream,
-            None => self.connect().await?,
+    /// A request that a reused connection never began to send (the server had closed it)
+    /// is sent again at once, on a new connection; one that may have reached the server is
+    /// never sent twice. Dropping the future mid-exchange drops its connection.
+    pub async fn exchange(&self, request: http::Request<Bytes>) -> Result<Answer, HttpError> {
+        let request = request.map(Full::new);
+        let (io, reused) = match self.take_idle() {
+            Some(io) => (io, true),
+            None => (self.connect().await?, false),
         };
-        stream.write_all(request).await?;
-        let (answer, reusable) = read_answer(&mut stream, self.max_body).await?;
-        if reusable {
-            self.lock().push_back(Idle {
-                stream,
-                since: Instant::now(),
-            });
-        }
-        Ok(answer)
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Idle>> {
-        // The queue holds plain data; a panic elsewhere cannot leave it inconsistent.
-        self.idle.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The most recently used idle connection that is still open, closing expired ones.
-    fn take_idle(&self) -> Option<Stream> {
-        let mut idle = self.lock();
-        let now = Instant::now();
-        while idle
-            .front()
-            .is_some_and(|c| now.duration_since(c.since) > IDLE_TIMEOUT)
-        {
-            idle.pop_front();
-        }
-        while let Some(mut candidate) = idle.pop_back() {
-            if candidate.stream.is_open() {
-                return Some(candidate.stream);
+        let outcome = match self.send(io, request).await {
+            Outcome::NotSent(request, _) if reused => {
+                let io = self.connect().await?;
+                self.send(io, *request).await
             }
+            outcome => outcome,
+        };
+        match outcome {
+            Outcome::Answered(answer, reusable) => {
+                if let Some(io) = reusable {
+                    self.put_idle(io);
+                }
+                Ok(answer)
+            }
+            Outcome::NotSent(_, error) => Err(from_hyper(&error)),
+            Outcome::Failed(error) => Err(error),
         }
+    }
+
+    /// One request on one connection, driving the connection in this task meanwhile.
+    async fn send(&self, io: Io, request: http::Request<Body>) -> Outcome {
+        // hyper's HTTP/1 handshake only sets up its state; it does no I/O and cannot fail.
+        let (sender, driver) = match self.http.handshake(io).await {
+            Ok(parts) => parts,
+            Err(error) => return Outcome::Failed(HttpError::Io(describe(&error))),
+        };
+        let mut conn = Conn {
+            sender,
+            driver: Some(driver),
+        };
+        let response = conn.sender.try_send_request(request);
+        let max_body = self.max_body;
+        let answer = conn
+            .drive(async move {
+                match response.await {
+                    Ok(response) => read_answer(response, max_body).await,
+                    Err(mut error) => match error.take_message() {
+                        Some(request) => {
+                            Err(Outcome::NotSent(Box::new(request), error.into_error()))
+                        }
+                        None => Err(Outcome::Failed(from_hyper(error.error()))),
+                    },
+                }
+            })
+            .await;
+        match answer {
+            Ok(answer) => Outcome::Answered(answer, conn.settle().await),
+            Err(outcome) => outcome,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Stack> {
+        lock(&self.stack)
+    }
+
+    /// The most recently used idle connection, unless it has been idle too long (then
+    /// all of them have; they are closed). Sockets are closed after the lock is released.
+    fn take_idle(&self) -> Option<Io> {
+        let mut stack = self.lock();
+        let newest = stack.idle.pop()?;
+        if newest.since.elapsed() <= self.idle_timeout {
+            return Some(newest.io);
+        }
+        let expired = std::mem::take(&mut stack.idle);
+        drop(stack);
+        drop((newest, expired));
         None
     }
 
-    async fn connect(&self) -> Result<Stream, HttpError> {
+    fn put_idle(&self, io: Io) {
+        let mut stack = self.lock();
+        stack.idle.push(Idle {
+            io,
+            since: Instant::now(),
+        });
+        if !stack.reaper {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                stack.reaper = true;
+                runtime.spawn(reap(Arc::downgrade(&self.stack), self.idle_timeout));
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<Io, HttpError> {
         let target = &self.target;
-        let tcp = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(target)).await
-        {
-            Err(_) => {
-                return Err(HttpError::ConnectTimeout {
-                    target: target.clone(),
-                    after: self.connect_timeout,
-                })
-            }
-            Ok(Err(e)) => {
-                return Err(HttpError::Connect {
-                    target: target.clone(),
-                    reason: e.to_string(),
-                })
-            }
-            Ok(Ok(tcp)) => tcp,
+        let timed_out = || HttpError::ConnectTimeout {
+            target: target.clone(),
+            after: self.connect_timeout,
         };
+        let deadline = tokio::time::Instant::now() + self.connect_timeout;
+        let tcp = tokio::time::timeout_at(deadline, async {
+            let addrs = tokio::net::lookup_host(target.as_str()).await?;
+            connect_any(interleave(addrs.collect()), ATTEMPT_DELAY).await
+        })
+        .await
+        .map_err(|_| timed_out())?
+        .map_err(|e| HttpError::Connect {
+            target: target.clone(),
+            reason: e.to_string(),
+        })?;
         // Requests go out in one write; waiting to coalesce them only adds latency.
-        tcp.set_nodelay(true)?;
-        let Some((connector, name)) = &self.tls else {
-            return Ok(Stream::Plain(tcp));
+        tcp.set_nodelay(true)
+            .map_err(|e| HttpError::Io(e.to_string()))?;
+        let stream = match &self.tls {
+            None => Stream::Plain(tcp),
+            Some((connector, name)) => {
+                let handshake = connector.connect(name.clone(), tcp);
+                match tokio::time::timeout_at(deadline, handshake).await {
+                    Err(_) => return Err(timed_out()),
+                    Ok(Err(e)) => {
+                        return Err(HttpError::Tls {
+                            target: target.clone(),
+                            reason: e.to_string(),
+                        })
+                    }
+                    Ok(Ok(tls)) => Stream::Tls(Box::new(tls)),
+                }
+            }
         };
-        let handshake = connector.connect(name.clone(), tcp);
-        match tokio::time::timeout(self.connect_timeout, handshake).await {
-            Err(_) => Err(HttpError::ConnectTimeout {
-                target: target.clone(),
-                after: self.connect_timeout,
-            }),
-            Ok(Err(e)) => Err(HttpError::Tls {
-                target: target.clone(),
-                reason: e.to_string(),
-            }),
-            Ok(Ok(tls)) => Ok(Stream::Tls(Box::new(tls))),
-        }
+        Ok(TokioIo::new(stream))
     }
 }
 
-impl Stream {
-    /// Has the server not closed this idle connection (nor sent anything on it)? Checked
-    /// without waiting: a pending read means open.
-    fn is_open(&mut self) -> bool {
-        let mut probe = [0u8; 1];
-        self.read(&mut probe).now_or_never().is_none()
-    }
-
-    async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
-        match self {
-            Stream::Plain(tcp) => tcp.write_all(bytes).await,
-            Stream::Tls(tls) => {
-                tls.write_all(bytes).await?;
-                tls.flush().await
-            }
-        }
-    }
-
-    async fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Stream::Plain(tcp) => tcp.read(buf).await,
-            Stream::Tls(tls) => tls.read(buf).await,
-        }
-    }
+fn lock(stack: &Mutex<Stack>) -> std::sync::MutexGuard<'_, Stack> {
+    // The stack holds plain data; a panic elsewhere cannot leave it inconsistent.
+    stack.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Read more bytes onto the end of `buf` (into its spare room, never zero-filled); 0 means
-/// the connection closed.
-async fn fill(stream: &mut Stream, buf: &mut Vec<u8>) -> io::Result<usize> {
-    if buf.capacity() - buf.len() < 1024 {
-        buf.reserve(4096);
-    }
-    match stream {
-        Stream::Plain(tcp) => tcp.read_buf(buf).await,
-        Stream::Tls(tls) => tls.read_buf(buf).await,
-    }
-}
-
-/// How the body of an answer ends.
-enum Framing {
-    Length(usize),
-    Chunked,
-    UntilClose,
-}
-
-struct Head {
-    status: u16,
-    retry_after: Option<Duration>,
-    framing: Framing,
-    keep_alive: bool,
-    len: usize,
-}
-
-/// Parse one answer head at the start of `buf`, if it is all there.
-fn parse_head(buf: &[u8]) -> Result<Option<Head>, HttpError> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut response = httparse::Response::new(&mut headers);
-    let len = match response.parse(buf) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD_BYTES => {
-            return Err(HttpError::Malformed(format!(
-                "answer head longer than {MAX_HEAD_BYTES} bytes"
-            )))
-        }
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(e) => return Err(HttpError::Malformed(e.to_string())),
-    };
-    let status = response.code.unwrap_or_default();
-    let mut keep_alive = response.version == Some(1);
-    let mut length: Option<usize> = None;
-    let mut chunked = false;
-    let mut other_coding = false;
-    let mut retry_after = None;
-    for header in response.headers.iter() {
-        let value = std::str::from_utf8(header.value).unwrap_or("").trim();
-        if header.name.eq_ignore_ascii_case("content-length") {
-            let parsed = value
-                .parse::<usize>()
-                .map_err(|_| HttpError::Malformed(format!("Content-Length {value:?}")))?;
-            if length.is_some_and(|seen| seen != parsed) {
-                return Err(HttpError::Malformed("conflicting Content-Length".into()));
+/// Close connections idle longer than `idle_timeout`, sweeping every half of it, so a
+/// quiet worker does not hold sockets the server has long given up on. Ends when the
+/// stack is empty (the next idle connection starts another) or its `Connections` is gone.
+async fn reap(stack: Weak<Mutex<Stack>>, idle_timeout: Duration) {
+    /// Marks the stack as unswept if this task ends early (runtime shutdown).
+    struct Running(Option<Weak<Mutex<Stack>>>);
+    impl Drop for Running {
+        fn drop(&mut self) {
+            if let Some(stack) = self.0.take().and_then(|stack| stack.upgrade()) {
+                lock(&stack).reaper = false;
             }
-            length = Some(parsed);
-        } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
-            // Only the last coding frames the body; `chunked` must be it.
-            let last = value.rsplit(',').next().unwrap_or("").trim();
-            chunked = last.eq_ignore_ascii_case("chunked");
-            other_coding = !chunked;
-        } else if header.name.eq_ignore_ascii_case("connection") {
-            if value
-                .split(',')
-                .any(|token| token.trim().eq_ignore_ascii_case("close"))
-            {
-                keep_alive = false;
-            }
-        } else if header.name.eq_ignore_ascii_case("retry-after") {
-            retry_after = value.parse::<u64>().ok().map(Duration::from_secs);
         }
     }
-    let framing = if (100..200).contains(&status) || status == 204 || status == 304 {
-        Framing::Length(0)
-    } else if chunked {
-        // Transfer-Encoding wins over Content-Length (RFC 9112 §6.3).
-        Framing::Chunked
-    } else if other_coding {
-        Framing::UntilClose
-    } else {
-        length.map_or(Framing::UntilClose, Framing::Length)
-    };
-    if matches!(framing, Framing::UntilClose) {
-        keep_alive = false;
-    }
-    Ok(Some(Head {
-        status,
-        retry_after,
-        framing,
-        keep_alive,
-        len,
-    }))
-}
-
-/// Read one whole answer; also says whether the connection can carry another request.
-async fn read_answer(stream: &mut Stream, max_body: usize) -> Result<(Answer, bool), HttpError> {
-    let mut buf = Vec::with_capacity(4096);
-    let head = loop {
-        match parse_head(&buf)? {
-            // Interim answers (`100 Continue`, `103 Early Hints`) precede the real one.
-            Some(head) if (100..200).contains(&head.status) && head.status != 101 => {
-                buf.drain(..head.len);
-            }
-            Some(head) if head.status == 101 => {
-                return Err(HttpError::Malformed("unexpected protocol switch".into()))
-            }
-            Some(head) => break head,
-            None => {
-                if fill(stream, &mut buf).await? == 0 {
-                    return Err(HttpError::Truncated);
-                }
-            }
-        }
-    };
-    buf.drain(..head.len);
-    let body = match head.framing {
-        Framing::Length(len) => {
-            if len > max_body {
-                return Err(HttpError::TooLarge(max_body));
-            }
-            while buf.len() < len {
-                if fill(stream, &mut buf).await? == 0 {
-                    return Err(HttpError::Truncated);
-                }
-            }
-            if buf.len() > len {
-                // Bytes after the answer: the connection is out of step, never reuse it.
-                buf.truncate(len);
-                return Ok((answer(&head, buf), false));
-            }
-            buf
-        }
-        Framing::Chunked => {
-            let (body, clean_end) = read_chunked(stream, buf, max_body).await?;
-            return Ok((answer(&head, body), head.keep_alive && clean_end));
-        }
-        Framing::UntilClose => {
-            while fill(stream, &mut buf).await? > 0 {
-                if buf.len() > max_body {
-                    return Err(HttpError::TooLarge(max_body));
-                }
-            }
-            buf
-        }
-    };
-    let keep_alive = head.keep_alive;
-    Ok((answer(&head, body), keep_alive))
-}
-
-fn answer(head: &Head, body: Vec<u8>) -> Answer {
-    Answer {
-        status: head.status,
-        retry_after: head.retry_after,
-        body,
-    }
-}
-
-/// Decode a chunked body, `buf` holding what already arrived after the head. The decoded
-/// bytes are moved to the front of the same buffer. Also says whether the answer ended
-/// exactly where the bytes read did (else the connection is out of step).
-async fn read_chunked(
-    stream: &mut Stream,
-    mut buf: Vec<u8>,
-    max_body: usize,
-) -> Result<(Vec<u8>, bool), HttpError> {
-    let mut body_len = 0; // decoded bytes at the front of buf
-    let mut pos = 0; // next undecoded byte
+    let mut running = Running(Some(stack.clone()));
+    let period = (idle_timeout / 2).max(Duration::from_millis(10));
     loop {
-        // The chunk-size line: hex size, optional `;extensions`, CRLF.
-        let line_end = loop {
-            if let Some(at) = find_crlf(&buf[pos..]) {
-                break pos + at;
-            }
-            if buf.len() - pos > 1024 {
-                return Err(HttpError::Malformed("chunk size line too long".into()));
-            }
-            if fill(stream, &mut buf).await? == 0 {
-                return Err(HttpError::Truncated);
-            }
-        };
-        let line = std::str::from_utf8(&buf[pos..line_end]).unwrap_or("");
-        let size_text = line.split(';').next().unwrap_or("").trim();
-        let size = Some(size_text)
-            .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_hexdigit()))
-            .and_then(|t| usize::from_str_radix(t, 16).ok())
-            .ok_or_else(|| {
-                let shown: String = size_text.chars().take(40).collect();
-                HttpError::Malformed(format!("chunk size {shown:?}"))
-            })?;
-        pos = line_end + 2;
-        if size == 0 {
-            // Trailer fields, if any, then an empty line.
-            loop {
-                match find_crlf(&buf[pos..]) {
-                    Some(0) => {
-                        let clean_end = buf.len() == pos + 2;
-                        buf.truncate(body_len);
-                        return Ok((buf, clean_end));
-                    }
-                    Some(at) => pos += at + 2,
-                    None => {
-                        if buf.len() - pos > MAX_HEAD_BYTES {
-                            return Err(HttpError::Malformed("trailer too long".into()));
-                        }
-                        if fill(stream, &mut buf).await? == 0 {
-                            return Err(HttpError::Truncated);
-                        }
-                    }
-                }
-            }
+        tokio::time::sleep(period).await;
+        let Some(stack) = stack.upgrade() else { return };
+        let mut locked = lock(&stack);
+        let now = Instant::now();
+        let fresh = locked
+            .idle
+            .partition_point(|entry| now.duration_since(entry.since) > idle_timeout);
+        let expired: Vec<Idle> = locked.idle.drain(..fresh).collect();
+        let done = locked.idle.is_empty();
+        if done {
+            // Cleared under the same lock that saw the stack empty: the next `put_idle`
+            // starts a new sweep.
+            locked.reaper = false;
+            running.0 = None;
         }
-        // Compared without adding: a hostile size near usize::MAX must not wrap around.
-        if size > max_body - body_len {
-            return Err(HttpError::TooLarge(max_body));
+        drop(locked);
+        // Closed outside the lock: each is a syscall or two.
+        drop(expired);
+        if done {
+            return;
         }
-        while buf.len() < pos + size + 2 {
-            if fill(stream, &mut buf).await? == 0 {
-                return Err(HttpError::Truncated);
-            }
-        }
-        if &buf[pos + size..pos + size + 2] != b"\r\n" {
-            return Err(HttpError::Malformed("chunk not followed by CRLF".into()));
-        }
-        buf.copy_within(pos..pos + size, body_len);
-        body_len += size;
-        pos += size + 2;
     }
 }
 
-fn find_crlf(bytes: &[u8]) -> Option<usize> {
-    bytes.windows(2).position(|w| w == b"\r\n")
+impl Conn {
+    /// Run `work` while polling hyper's side of this connection in the same task.
+    async fn drive<F: Future>(&mut self, work: F) -> F::Output {
+        let mut work = pin!(work);
+        poll_fn(|cx| {
+            self.poll_driver(cx);
+            work.as_mut().poll(cx)
+        })
+        .await
+    }
+
+    fn poll_driver(&mut self, cx: &mut Context<'_>) {
+        if let Some(driver) = &mut self.driver {
+            // Its error, if any, already went to the request it concerned.
+            if Pin::new(driver).poll(cx).is_ready() {
+                self.driver = None;
+            }
+        }
+    }
+
+    /// After an answer was read whole: let hyper finish the exchange (it asks for the next
+    /// request, or closes on `Connection: close`), then hand back the socket if it is open,
+    /// ready for another request, and holds no bytes past the answer.
+    async fn settle(mut self) -> Option<Io> {
+        poll_fn(|cx| {
+            self.poll_driver(cx);
+            Poll::Ready(())
+        })
+        .await;
+        if !self.sender.is_ready() {
+            return None;
+        }
+        let parts = self.driver?.into_parts();
+        parts.read_buf.is_empty().then_some(parts.io)
+    }
+}
+
+/// Read the answer's body whole.
+async fn read_answer(
+    response: http::Response<hyper::body::Incoming>,
+    max_body: usize,
+) -> Result<Answer, Outcome> {
+    let (head, mut body) = response.into_parts();
+    let announced = body.size_hint().lower();
+    if announced > max_body as u64 {
+        return Err(Outcome::Failed(HttpError::TooLarge(max_body)));
+    }
+    // `announced` is at most `max_body`, so the cast cannot truncate.
+    let mut bytes = Vec::with_capacity(announced as usize);
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| Outcome::Failed(from_hyper(&e)))?;
+        if let Ok(data) = frame.into_data() {
+            // Compared without adding: nothing a server sends can wrap it around.
+            if data.len() > max_body - bytes.len() {
+                return Err(Outcome::Failed(HttpError::TooLarge(max_body)));
+            }
+            bytes.extend_from_slice(&data);
+        }
+    }
+    let retry_after = head
+        .headers
+        .get(http::header::RETRY_AFTER)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|text| text.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    Ok(Answer {
+        status: head.status,
+        retry_after,
+        body: bytes,
+    })
+}
+
+/// What a hyper error means to the operator.
+fn from_hyper(error: &hyper::Error) -> HttpError {
+    if error.is_parse() || error.is_parse_status() || error.is_parse_too_large() {
+        return HttpError::Malformed(describe(error));
+    }
+    if error.is_incomplete_message() {
+        return HttpError::Truncated;
+    }
+    // Body errors carry the decoder's I/O error: an early end, or bad chunked framing.
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<io::Error>() {
+            match io.kind() {
+                io::ErrorKind::UnexpectedEof => return HttpError::Truncated,
+                io::ErrorKind::InvalidData | io::ErrorKind::InvalidInput => {
+                    return HttpError::Malformed(io.to_string())
+                }
+                _ => break,
+            }
+        }
+        source = cause.source();
+    }
+    HttpError::Io(describe(error))
+}
+
+/// An error and its causes on one line (hyper's own message names only the kind).
+fn describe(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// Addresses in the order to try them: alternating families, starting with the family
+/// the resolver put first (RFC 8305 §4), so one unreachable family costs one attempt delay.
+fn interleave(addrs: Vec<SocketAddr>) -> Vec<SocketAddr> {
+    let Some(first) = addrs.first() else {
+        return addrs;
+    };
+    let first_is_v6 = first.is_ipv6();
+    let (mut preferred, mut other): (Vec<_>, Vec<_>) = addrs
+        .into_iter()
+        .partition(|addr| addr.is_ipv6() == first_is_v6);
+    let mut ordered = Vec::with_capacity(preferred.len() + other.len());
+    preferred.reverse();
+    other.reverse();
+    loop {
+        match (preferred.pop(), other.pop()) {
+            (None, None) => return ordered,
+            (a, b) => ordered.extend(a.into_iter().chain(b)),
+        }
+    }
+}
+
+/// Connect to the first address that answers. Each address gets its own attempt, started
+/// when the previous one failed or `delay` after it started, whichever comes first, and
+/// attempts run side by side until one connects (a simple Happy Eyeballs, RFC 8305): an
+/// address that drops packets costs `delay`, not the whole connect timeout.
+async fn connect_any(addrs: Vec<SocketAddr>, delay: Duration) -> io::Result<TcpStream> {
+    let mut waiting = addrs.into_iter();
+    let mut attempts = FuturesUnordered::new();
+    let mut last_error = None;
+    loop {
+        if attempts.is_empty() {
+            match waiting.next() {
+                Some(addr) => attempts.push(TcpStream::connect(addr)),
+                None => {
+                    return Err(last_error.unwrap_or_else(|| {
+                        io::Error::new(io::ErrorKind::NotFound, "the name has no addresses")
+                    }))
+                }
+            }
+        }
+        let more = waiting.len() > 0;
+        tokio::select! {
+            Some(result) = attempts.next() => match result {
+                Ok(tcp) => return Ok(tcp),
+                Err(error) => last_error = Some(error),
+            },
+            () = tokio::time::sleep(delay), if more => {
+                if let Some(addr) = waiting.next() {
+                    attempts.push(TcpStream::connect(addr));
+                }
+            }
+        }
+    }
+}
+
+/// A plain or TLS socket.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(tcp) => Pin::new(tcp).poll_read(cx, buf),
+            Stream::Tls(tls) => Pin::new(tls.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(tcp) => Pin::new(tcp).poll_write(cx, buf),
+            Stream::Tls(tls) => Pin::new(tls.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(tcp) => Pin::new(tcp).poll_write_vectored(cx, bufs),
+            Stream::Tls(tls) => Pin::new(tls.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Plain(tcp) => tcp.is_write_vectored(),
+            Stream::Tls(tls) => tls.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(tcp) => Pin::new(tcp).poll_flush(cx),
+            Stream::Tls(tls) => Pin::new(tls.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(tcp) => Pin::new(tcp).poll_shutdown(cx),
+            Stream::Tls(tls) => Pin::new(tls.as_mut()).poll_shutdown(cx),
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
 
-    fn head(text: &str) -> Head {
-        parse_head(text.as_bytes()).unwrap().expect("complete head")
+    /// A server that answers one request per connection and reports each connection the
+    /// client closes.
+    async fn server() -> (u16, tokio::sync::mpsc::UnboundedReceiver<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (closed_tx, closed) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let closed_tx = closed_tx.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        let mut chunk = [0u8; 1024];
+                        match socket.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}";
+                    socket.write_all(answer).await.unwrap();
+                    // Kept open until the client closes it.
+                    let mut rest = [0u8; 64];
+                    while matches!(socket.read(&mut rest).await, Ok(n) if n > 0) {}
+                    let _ = closed_tx.send(());
+                });
+            }
+        });
+        (port, closed)
     }
 
-    #[test]
-    fn content_length_frames_the_body_and_keeps_the_connection() {
-        let head = head("HTTP/1.1 201 Created\r\ncontent-length: 12\r\n\r\n");
-        assert_eq!(head.status, 201);
-        assert!(matches!(head.framing, Framing::Length(12)));
-        assert!(head.keep_alive);
-    }
-
-    #[test]
-    fn chunked_wins_over_content_length() {
-        let head = head(
-            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
-        );
-        assert!(matches!(head.framing, Framing::Chunked));
-    }
-
-    #[test]
-    fn connection_close_and_http_1_0_are_not_kept() {
-        assert!(
-            !head("HTTP/1.1 200 OK\r\nConnection: Close\r\nContent-Length: 0\r\n\r\n").keep_alive
-        );
-        assert!(!head("HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n").keep_alive);
-    }
-
-    #[test]
-    fn a_body_without_framing_runs_to_the_close() {
-        let head = head("HTTP/1.1 200 OK\r\n\r\n");
-        assert!(matches!(head.framing, Framing::UntilClose));
-        assert!(!head.keep_alive);
-    }
-
-    #[test]
-    fn no_content_has_no_body_whatever_it_says() {
-        assert!(matches!(
-            head("HTTP/1.1 204 No Content\r\n\r\n").framing,
-            Framing::Length(0)
-        ));
-    }
-
-    #[test]
-    fn retry_after_seconds_are_read() {
-        let head =
-            head("HTTP/1.1 429 Too Many Requests\r\nRetry-After: 7\r\nContent-Length: 0\r\n\r\n");
-        assert_eq!(head.retry_after, Some(Duration::from_secs(7)));
-    }
-
-    #[test]
-    fn malformed_heads_are_errors_not_guesses() {
-        for text in [
-            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
-            "HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
-            "SMTP ready\r\n\r\n",
-        ] {
-            assert!(parse_head(text.as_bytes()).is_err(), "{text:?}");
-        }
-        let huge = format!("HTTP/1.1 200 OK\r\nX: {}\r\n", "a".repeat(MAX_HEAD_BYTES));
-        assert!(parse_head(huge.as_bytes()).is_err());
-    }
-
-    #[test]
-    fn a_partial_head_waits_for_more() {
-        assert!(parse_head(b"HTTP/1.1 200 OK\r\nContent-Le")
+    fn get(port: u16) -> http::Request<Bytes> {
+        http::Request::builder()
+            .uri("/x")
+            .header(http::header::HOST, format!("127.0.0.1:{port}"))
+            .body(Bytes::new())
             .unwrap()
-            .is_none());
+    }
+
+    /// A quiet client still closes its idle connections: the server sees the end of each
+    /// one although no further call comes, and the sweep starts again for the next.
+    #[tokio::test]
+    async fn idle_connections_are_closed_without_another_call() {
+        let (port, mut closed) = server().await;
+        let idle_timeout = Duration::from_millis(100);
+        let connections = Connections::new(
+            "127.0.0.1",
+            port,
+            None,
+            Duration::from_secs(5),
+            idle_timeout,
+            1 << 20,
+        )
+        .unwrap();
+
+        for round in 0..2 {
+            let answer = connections.exchange(get(port)).await.unwrap();
+            assert_eq!(answer.body, b"{}");
+            assert_eq!(connections.lock().idle.len(), 1, "round {round}: kept idle");
+
+            tokio::time::timeout(Duration::from_secs(10), closed.recv())
+                .await
+                .unwrap_or_else(|_| panic!("round {round}: the idle connection stayed open"));
+            assert!(connections.lock().idle.is_empty());
+        }
+    }
+
+    #[test]
+    fn addresses_alternate_families_starting_with_the_first() {
+        let addr = |text: &str| text.parse::<SocketAddr>().unwrap();
+        let resolved = vec![
+            addr("[::1]:1"),
+            addr("[::2]:1"),
+            addr("10.0.0.1:1"),
+            addr("10.0.0.2:1"),
+            addr("10.0.0.3:1"),
+        ];
+        assert_eq!(
+            interleave(resolved),
+            vec![
+                addr("[::1]:1"),
+                addr("10.0.0.1:1"),
+                addr("[::2]:1"),
+                addr("10.0.0.2:1"),
+                addr("10.0.0.3:1"),
+            ]
+        );
+    }
+
+    /// An address that refuses is left at once; one that drops the handshake (here a
+    /// listener whose accept queue is full, so the kernel ignores further SYNs) costs one
+    /// attempt delay while the next address is tried, not the whole connect timeout.
+    #[tokio::test]
+    async fn an_address_that_never_answers_does_not_hold_up_the_next() {
+        let refused = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let silent = tokio::net::TcpSocket::new_v4().unwrap();
+        silent.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let silent = silent.listen(0).unwrap();
+        let silent_addr = silent.local_addr().unwrap();
+        // Fills the accept queue (never accepted): the next SYN is dropped.
+        let _queued = TcpStream::connect(silent_addr).await.unwrap();
+        let (good, _) = server().await;
+        let good = SocketAddr::from(([127, 0, 0, 1], good));
+
+        let tcp = tokio::time::timeout(
+            Duration::from_secs(20),
+            connect_any(vec![refused, silent_addr, good], ATTEMPT_DELAY),
+        )
+        .await
+        .expect("a silent address held up the others")
+        .unwrap();
+
+        assert_eq!(tcp.peer_addr().unwrap(), good);
     }
 }

@@ -8,7 +8,8 @@
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use http::{HeaderValue, Method, StatusCode};
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, StatusCode};
 use serde_json::{json, Value};
 
 use crate::config::Secret;
@@ -19,7 +20,7 @@ mod connections;
 mod export;
 mod pacing;
 
-use self::connections::Connections;
+use self::connections::{Connections, IDLE_TIMEOUT};
 pub use self::export::{ConfigExport, ExportedFunction};
 pub use self::pacing::{CallKind, Pacer, WriteRate, DEFAULT_RESTART_SPACING};
 
@@ -235,7 +236,7 @@ pub struct SequinClient {
     /// Where calls go, or why the configured base URL cannot be used (reported on each call).
     origin: Result<Arc<Origin>, Arc<str>>,
     /// `Bearer <token>`, built once; `None` if the token cannot be sent in a header.
-    authorization: Option<Arc<[u8]>>,
+    authorization: Option<HeaderValue>,
     metrics: Arc<Metrics>,
     timeout: Duration,
     /// Timeout of the calls that list every resource of the account (see [`LIST_TIMEOUT`]).
@@ -253,11 +254,12 @@ pub const LIST_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The configured base URL, checked and taken apart once, so a call only appends its path.
 ///
-/// Not reqwest, nor hyper's pooled client: see `connections.rs` for why the connections are ours.
+/// Not reqwest, nor hyper-util's pooled client: see `connections.rs` for why the idle
+/// connections are kept by us.
 struct Origin {
     connections: Connections,
     /// The `Host` header: the URL's host, and its port unless it is the scheme's default.
-    host: String,
+    host: HeaderValue,
     /// The base URL's path without the trailing slash (`/api`); a call appends its own.
     path: String,
 }
@@ -278,14 +280,24 @@ impl Origin {
                 "SEQUIN_API_URL {base:?} must not have a query or fragment"
             ));
         }
-        let connections = Connections::new(host, port, tls, connect_timeout, MAX_RESPONSE_BYTES)
-            .map_err(|e| format!("SEQUIN_API_URL: {e}"))?;
+        let connections = Connections::new(
+            host,
+            port,
+            tls,
+            connect_timeout,
+            IDLE_TIMEOUT,
+            MAX_RESPONSE_BYTES,
+        )
+        .map_err(|e| format!("SEQUIN_API_URL: {e}"))?;
+        let host = match url.port() {
+            Some(port) => format!("{host}:{port}"),
+            None => host.to_string(),
+        };
         Ok(Origin {
             connections,
-            host: match url.port() {
-                Some(port) => format!("{host}:{port}"),
-                None => host.to_string(),
-            },
+            // A parsed URL's host is always a valid header value.
+            host: HeaderValue::from_str(&host)
+                .map_err(|_| format!("SEQUIN_API_URL {base:?}: bad host {host:?}"))?,
             path: url.path().trim_end_matches('/').to_string(),
         })
     }
@@ -296,7 +308,10 @@ impl SequinClient {
         // The same rule as any HTTP library: visible ASCII, spaces and tabs only.
         let authorization = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
             .ok()
-            .map(|value| Arc::from(value.as_bytes()));
+            .map(|mut value| {
+                value.set_sensitive(true);
+                value
+            });
         SequinClient {
             origin: Origin::new(base, timeout.min(Duration::from_secs(5)))
                 .map(Arc::new)
@@ -323,14 +338,15 @@ impl SequinClient {
         self
     }
 
-    /// The whole HTTP/1.1 request, head and body, ready to write.
+    /// The request: origin-form target under the base path, `Host`, the token, and on
+    /// writes a JSON body (hyper adds its `Content-Length`).
     fn request(
         &self,
         origin: &Origin,
         method: &Method,
         path: &str,
         body: Option<&Value>,
-    ) -> Result<Vec<u8>, SequinError> {
+    ) -> Result<Request<Bytes>, SequinError> {
         // Our paths are fixed text and percent-encoded names; anything that could break
         // the request line is refused, not sent.
         if path.bytes().any(|b| b <= b' ' || b == 0x7f) {
@@ -341,34 +357,24 @@ impl SequinClient {
                 "the API token has characters an HTTP header cannot carry".to_string(),
             ));
         };
+        let target = format!("{}{path}", origin.path);
+        let bad_path = |_| SequinError::Transport(format!("bad request path {path:?}"));
+        let uri = http::Uri::try_from(target).map_err(bad_path)?;
+        let mut request = Request::new(Bytes::new());
+        *request.method_mut() = method.clone();
+        *request.uri_mut() = uri;
+        let headers = request.headers_mut();
+        headers.insert(header::HOST, origin.host.clone());
+        headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+        headers.insert(header::AUTHORIZATION, authorization.clone());
         // Sequin requires the JSON content type on every write, even with an empty body.
-        let body = (method != Method::GET && method != Method::DELETE)
-            .then(|| serde_json::to_vec(body.unwrap_or(&json!({}))).unwrap_or_default());
-        let mut request = Vec::with_capacity(256 + body.as_ref().map_or(0, Vec::len));
-        for part in [
-            method.as_str(),
-            " ",
-            &origin.path,
-            path,
-            " HTTP/1.1\r\nHost: ",
-            &origin.host,
-            "\r\nAccept: application/json\r\nAuthorization: ",
-        ] {
-            request.extend_from_slice(part.as_bytes());
-        }
-        request.extend_from_slice(authorization);
-        match body {
-            Some(body) => {
-                request.extend_from_slice(
-                    format!(
-                        "\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-                        body.len()
-                    )
-                    .as_bytes(),
-                );
-                request.extend_from_slice(&body);
-            }
-            None => request.extend_from_slice(b"\r\n\r\n"),
+        if method != Method::GET && method != Method::DELETE {
+            let body = serde_json::to_vec(body.unwrap_or(&json!({}))).unwrap_or_default();
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            *request.body_mut() = Bytes::from(body);
         }
         Ok(request)
     }
@@ -377,19 +383,16 @@ impl SequinClient {
     async fn exchange(
         &self,
         origin: &Origin,
-        request: Vec<u8>,
+        request: Request<Bytes>,
     ) -> Result<(StatusCode, Option<Duration>, String), SequinError> {
         let answer = origin
             .connections
-            .exchange(&request)
+            .exchange(request)
             .await
             .map_err(|err| SequinError::Transport(err.to_string()))?;
-        let status = StatusCode::from_u16(answer.status).map_err(|_| {
-            SequinError::Protocol(format!("HTTP status {} is not valid", answer.status))
-        })?;
         let text = String::from_utf8(answer.body)
             .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
-        Ok((status, answer.retry_after, text))
+        Ok((answer.status, answer.retry_after, text))
     }
 
     /// One HTTP exchange, paced, measured and classified.

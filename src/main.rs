@@ -6,6 +6,12 @@ use userhooks::cli::Command;
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// jemalloc returns freed pages to the system at once instead of keeping them for 10 s: each
+/// Sequin call in flight holds hyper's buffers for its duration only, and without this a burst
+/// at high concurrency keeps the peak resident long after. `_RJEM_MALLOC_CONF` overrides it.
+#[export_name = "_rjem_malloc_conf"]
+pub static MALLOC_CONF: &[u8] = b"dirty_decay_ms:0,muzzy_decay_ms:0\0";
+
 /// Errors end the process with one line, `error: what: why`, and exit code 1: no `Debug`
 /// rendering, no backtrace whatever RUST_BACKTRACE says.
 #[tokio::main]

@@ -164,6 +164,29 @@ impl Provisioner {
         Ok((result, Vec::new()))
     }
 
+    /// Start a backfill for a subscribe or a resume and put its ids in `result`. The
+    /// subscription works without its history, so a permanent refusal is reported in the
+    /// result (`backfill_error`), not as a failed request.
+    pub(super) async fn replay_into(
+        &self,
+        subscription_id: i64,
+        sink: &str,
+        result: &mut Value,
+    ) -> Result<(), ProvisionError> {
+        match self.start_backfill(subscription_id, sink).await {
+            Ok(started) => {
+                result["backfill_id"] = json!(started.id);
+                result["sequin_backfill_id"] = json!(started.sequin_id);
+                Ok(())
+            }
+            Err(err) if err.class() == ErrorClass::Permanent => {
+                result["backfill_error"] = json!(err.to_string());
+                Ok(())
+            }
+            Err(err) => Err(err),
+        }
+    }
+
     /// Start a backfill of the subscription's sink and record it in `userhooks.backfills`.
     /// A backfill already running is returned instead of starting a second one.
     pub(super) async fn start_backfill(
@@ -405,18 +428,8 @@ impl Provisioner {
             "sink_name": names.sink,
         });
         if options.replay {
-            // As for subscribe: the sink works without the replay, so a permanent refusal
-            // is reported in the result, not a failed resume.
-            match self.start_backfill(target.id, &names.sink).await {
-                Ok(started) => {
-                    result["backfill_id"] = json!(started.id);
-                    result["sequin_backfill_id"] = json!(started.sequin_id);
-                }
-                Err(err) if err.class() == ErrorClass::Permanent => {
-                    result["backfill_error"] = json!(err.to_string());
-                }
-                Err(err) => return Err(err),
-            }
+            self.replay_into(target.id, &names.sink, &mut result)
+                .await?;
         }
         Ok((
             result,

@@ -307,18 +307,8 @@ impl Provisioner {
             result["warnings"] = json!([warning]);
         }
         if options.backfill {
-            // The subscription works without its history: a permanent refusal of the
-            // backfill is reported in the result, not a failed subscribe.
-            match self.start_backfill(subscription.id, &names.sink).await {
-                Ok(started) => {
-                    result["backfill_id"] = json!(started.id);
-                    result["sequin_backfill_id"] = json!(started.sequin_id);
-                }
-                Err(err) if err.class() == ErrorClass::Permanent => {
-                    result["backfill_error"] = json!(err.to_string());
-                }
-                Err(err) => return Err(err),
-            }
+            self.replay_into(subscription.id, &names.sink, &mut result)
+                .await?;
         }
         let changes = vec![Change::Activate {
             subscription_id: subscription.id,

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Body as _;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
@@ -384,23 +384,23 @@ async fn read_answer(
     response: http::Response<hyper::body::Incoming>,
     max_body: usize,
 ) -> Result<Answer, Outcome> {
-    let (head, mut body) = response.into_parts();
-    let announced = body.size_hint().lower();
-    if announced > max_body as u64 {
+    let (head, body) = response.into_parts();
+    // An announced length over the cap is refused before anything is read; `Limited` stops
+    // a body that grows past it, and nothing is reserved on the server's word.
+    if body.size_hint().lower() > max_body as u64 {
         return Err(Outcome::Failed(HttpError::TooLarge(max_body)));
     }
-    // `announced` is at most `max_body`, so the cast cannot truncate.
-    let mut bytes = Vec::with_capacity(announced as usize);
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| Outcome::Failed(from_hyper(&e)))?;
-        if let Ok(data) = frame.into_data() {
-            // Compared without adding: nothing a server sends can wrap it around.
-            if data.len() > max_body - bytes.len() {
-                return Err(Outcome::Failed(HttpError::TooLarge(max_body)));
-            }
-            bytes.extend_from_slice(&data);
-        }
-    }
+    let bytes = Limited::new(body, max_body)
+        .collect()
+        .await
+        .map_err(|err| {
+            Outcome::Failed(match err.downcast::<hyper::Error>() {
+                Ok(err) => from_hyper(&err),
+                Err(_) => HttpError::TooLarge(max_body),
+            })
+        })?
+        .to_bytes()
+        .to_vec();
     let retry_after = head
         .headers
         .get(http::header::RETRY_AFTER)

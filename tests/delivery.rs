@@ -12,7 +12,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::{Json, Router};
 use common::{start_emulator_with, TestApp, TestDb, SEQUIN_DB, TOKEN};
-use sequin_emulator::{DeliveryConfig, EmulatorConfig, EmulatorHandle, RuntimeReport};
+use sequin_emulator::{EmulatorConfig, EmulatorHandle, RuntimeReport};
 use serde_json::{json, Value};
 
 const FILTER_YAML: &str = r#"functions:
@@ -905,14 +905,9 @@ async fn two_emulators_on_one_database_share_the_change_log_and_each_read_it_all
     let s = Setup::new().await;
     let mine = s.subscribe_all("first").await;
     // A second emulator on the same source database installs the same log concurrently.
-    let mut delivery = DeliveryConfig::new(s.db.url.clone());
-    delivery.poll_interval = Duration::from_millis(30);
     let other = start_emulator_with(EmulatorConfig {
-        token: TOKEN.to_string(),
-        database: SEQUIN_DB.to_string(),
-        tables: vec!["public.notifications".to_string()],
-        delivery: Some(delivery),
-        ..EmulatorConfig::default()
+        delivery: Some(common::test_delivery(&s.db.url)),
+        ..common::emulator_config()
     })
     .await;
     let call = |path: &str, body: Value| {

@@ -12,7 +12,7 @@ use common::binary::run_userhooks;
 use common::certs::{self, Pem};
 use common::cluster::{ServerTls, TempCluster};
 use common::*;
-use sequin_emulator::{DeliveryConfig, EmulatorConfig};
+use sequin_emulator::EmulatorConfig;
 use serde_json::json;
 use userhooks::db::{self, DbError, SslMode, TlsError};
 
@@ -134,14 +134,9 @@ async fn a_worker_over_require_subscribes_with_every_connection_encrypted() {
         .await
         .expect("example app tables");
     let require = with_params(&db.url, "sslmode=require");
-    let mut delivery = DeliveryConfig::new(require.clone());
-    delivery.poll_interval = Duration::from_millis(50);
     let emulator = start_emulator_with(EmulatorConfig {
-        token: TOKEN.to_string(),
-        database: SEQUIN_DB.to_string(),
-        tables: vec!["public.notifications".to_string()],
-        delivery: Some(delivery),
-        ..EmulatorConfig::default()
+        delivery: Some(common::test_delivery(&require)),
+        ..common::emulator_config()
     })
     .await;
     let mut config = config(&db, &emulator);

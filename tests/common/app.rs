@@ -22,7 +22,7 @@ use userhooks::Config;
 
 use super::{
     config, count_calls, start_emulator_with, start_worker_with_resolver, RequestRow,
-    RunningWorker, TestDb, SEQUIN_DB, TOKEN,
+    RunningWorker, TestDb,
 };
 
 /// The id of a row of `userhooks.subscription_requests`.
@@ -136,11 +136,7 @@ impl TestAppBuilder {
             userhooks::db::create_example_app(&db.url)
                 .await
                 .expect("example app tables");
-            let mut delivery = DeliveryConfig::new(db.url.clone());
-            delivery.poll_interval = Duration::from_millis(30);
-            delivery.retry_initial = Duration::from_millis(50);
-            delivery.retry_max = Duration::from_millis(200);
-            delivery.request_timeout = Duration::from_secs(5);
+            let mut delivery = super::test_delivery(&db.url);
             change(&mut delivery);
             emulator_config.delivery = Some(delivery);
         }
@@ -185,12 +181,7 @@ impl TestApp {
 
     pub fn builder() -> TestAppBuilder {
         TestAppBuilder {
-            emulator: EmulatorConfig {
-                token: TOKEN.to_string(),
-                database: SEQUIN_DB.to_string(),
-                tables: vec!["public.notifications".to_string()],
-                ..EmulatorConfig::default()
-            },
+            emulator: super::emulator_config(),
             delivery: None,
             tweaks: Vec::new(),
             resolver: Resolver::default(),

@@ -154,14 +154,28 @@ pub struct RequestRow {
     pub locked_by: Option<String>,
 }
 
-pub async fn start_emulator() -> EmulatorHandle {
-    start_emulator_with(EmulatorConfig {
+/// The emulated account the tests use: [`TOKEN`], [`SEQUIN_DB`], `public.notifications`.
+pub fn emulator_config() -> EmulatorConfig {
+    EmulatorConfig {
         token: TOKEN.to_string(),
         database: SEQUIN_DB.to_string(),
         tables: vec!["public.notifications".to_string()],
         ..EmulatorConfig::default()
-    })
-    .await
+    }
+}
+
+/// Webhook delivery from `database_url`, with test-sized polling and retry delays.
+pub fn test_delivery(database_url: &str) -> emulator::DeliveryConfig {
+    let mut delivery = emulator::DeliveryConfig::new(database_url);
+    delivery.poll_interval = Duration::from_millis(30);
+    delivery.retry_initial = Duration::from_millis(50);
+    delivery.retry_max = Duration::from_millis(200);
+    delivery.request_timeout = Duration::from_secs(5);
+    delivery
+}
+
+pub async fn start_emulator() -> EmulatorHandle {
+    start_emulator_with(emulator_config()).await
 }
 
 pub async fn start_emulator_with(config: EmulatorConfig) -> EmulatorHandle {
